@@ -1,0 +1,3 @@
+export * from './backend.js';
+export * from './safetensors.js';
+export * from './testing/fixtures.js';

@@ -1,0 +1,21 @@
+import { defineConfig } from 'tsup';
+
+// One ESM build per workspace package, with type declarations. @tensorflow/* stays external
+// (it is a dependency), which keeps the wasm backend's .wasm lookup inside its own package.
+const packages = ['core', 'runtime-gpu', 'nodes'];
+
+export default defineConfig(
+  packages.map((name) => ({
+    name,
+    entry: { index: `packages/${name}/src/index.ts` },
+    outDir: `packages/${name}/dist`,
+    format: ['esm'],
+    dts: { compilerOptions: { customConditions: [] } },
+    tsconfig: 'tsconfig.base.json',
+    sourcemap: true,
+    clean: true,
+    target: 'node20',
+    platform: 'node',
+    external: [/^@omniflow\//, /^@tensorflow\//],
+  })),
+);
