@@ -1,1 +1,3 @@
-export {};
+export * from './media/index.js';
+export * from './layers/index.js';
+export * from './models/qwen3-omni/index.js';
