@@ -352,7 +352,7 @@ export function readQwen3OmniConfig(path: string): ParsedQwen3OmniConfig {
   try {
     json = JSON.parse(readFileSync(file, 'utf8'));
   } catch (err) {
-    throw new Error(`${file}: not valid JSON (${(err as Error).message})`);
+    throw new Error(`${file}: not valid JSON (${(err as Error).message})`, { cause: err });
   }
   return parseQwen3OmniConfig(json, file);
 }
