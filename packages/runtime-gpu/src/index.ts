@@ -1,4 +1,6 @@
 export * from './backend.js';
 export * from './checkpoint.js';
+export * from './kv-cache.js';
+export * from './ownership.js';
 export * from './safetensors.js';
 export * from './testing/fixtures.js';

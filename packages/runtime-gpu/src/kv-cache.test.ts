@@ -1,0 +1,75 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from './backend.js';
+import { KVCache } from './kv-cache.js';
+import { leakCheck } from './ownership.js';
+
+beforeAll(async () => {
+  await initBackend();
+});
+
+/** Rows h*1000 + position*10 + d, so any misplaced row shows up in the numbers. */
+function rows(heads: number, from: number, n: number, dim: number, sign = 1): tf.Tensor3D {
+  const data = new Float32Array(heads * n * dim);
+  for (let h = 0; h < heads; h++) for (let t = 0; t < n; t++) for (let d = 0; d < dim; d++) data[(h * n + t) * dim + d] = sign * (h * 1000 + (from + t) * 10 + d);
+  return tf.tensor3d(data, [heads, n, dim]);
+}
+
+describe.each([true, false])('KVCache (inPlace %s)', (inPlace) => {
+  it('appends across growth and returns exactly the concatenation', () => {
+    const leaks = leakCheck();
+    const cache = new KVCache({ layers: 2, kvHeads: 2, headDim: 3, capacity: 4, inPlace });
+    const steps = [3, 1, 1, 4, 1]; // crosses capacity 4 -> 8 -> 16
+    let pos = 0;
+    for (const n of steps) {
+      for (let layer = 0; layer < 2; layer++) {
+        const k = rows(2, pos, n, 3), v = rows(2, pos, n, 3, -1);
+        const full = cache.append(layer, k, v);
+        const wantK = rows(2, 0, pos + n, 3), wantV = rows(2, 0, pos + n, 3, -1);
+        expect(full.k.shape).toEqual([2, pos + n, 3]);
+        expect(Array.from(full.k.dataSync())).toEqual(Array.from(wantK.dataSync()));
+        expect(Array.from(full.v.dataSync())).toEqual(Array.from(wantV.dataSync()));
+        tf.dispose([k, v, full.k, full.v, wantK, wantV]);
+      }
+      pos += n;
+    }
+    expect(cache.length).toBe(10);
+    expect(cache.capacity).toBe(16);
+    expect(cache.bytes).toBe(2 * 2 * 2 * 16 * 3 * 4);
+    cache.dispose();
+    leaks.check('KVCache');
+  });
+
+  it('rolls an interrupted turn back and overwrites the stale rows', () => {
+    const leaks = leakCheck();
+    const cache = new KVCache({ layers: 1, kvHeads: 1, headDim: 2, capacity: 2, inPlace });
+    tf.tidy(() => {
+      cache.append(0, rows(1, 0, 3, 2), rows(1, 0, 3, 2));
+    });
+    expect(cache.beginTurn()).toBe(3);
+    tf.tidy(() => {
+      cache.append(0, rows(1, 100, 2, 2), rows(1, 100, 2, 2));
+    });
+    expect(cache.length).toBe(5);
+    cache.rollback();
+    expect(cache.length).toBe(3);
+    const out = tf.tidy(() => Array.from(cache.append(0, rows(1, 3, 1, 2), rows(1, 3, 1, 2)).k.dataSync()));
+    expect(out).toEqual([0, 1, 10, 11, 20, 21, 30, 31]);
+    cache.truncate(1);
+    const bufs = cache.buffers(0);
+    expect([bufs.length, bufs.capacity]).toEqual([1, 8]); // grew 2 -> 4 -> 8 during the rolled-back turn
+    cache.dispose();
+    leaks.check('KVCache rollback');
+  });
+
+  it('rejects bad shapes, layers and lengths with the expected sizes', () => {
+    const cache = new KVCache({ layers: 1, kvHeads: 2, headDim: 4, maxLength: 3 });
+    const bad = tf.zeros([2, 1, 5]), ok = tf.zeros([2, 4, 4]);
+    expect(() => cache.append(0, bad, bad)).toThrow('k must be float32 [2, newLen, 4], got float32 [2,1,5]');
+    expect(() => cache.append(1, ok, ok)).toThrow('layer 1 is out of range [0, 1)');
+    expect(() => cache.append(0, ok, ok)).toThrow('4 positions exceed maxLength 3');
+    cache.dispose();
+    expect(() => cache.append(0, ok, ok)).toThrow('used after dispose');
+    tf.dispose([bad, ok]);
+  });
+});
