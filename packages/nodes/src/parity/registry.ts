@@ -1,0 +1,8 @@
+import type { ParityRunner } from './types.js';
+
+/**
+ * Every parity runner, one line each. A runner handles one kind of case (see `ParityRunner.matches`); several may
+ * match one case, and their outputs are merged.
+ */
+export const parityRunners: ParityRunner[] = [
+];
