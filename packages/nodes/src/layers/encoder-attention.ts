@@ -1,0 +1,66 @@
+import * as tf from '@tensorflow/tfjs-core';
+
+/**
+ * Bidirectional multi-head attention over a packed sequence cut into independent segments
+ * (`cu_seqlens`, as the reference's flash-attention path takes them): every token attends to every
+ * token of its own segment and to nothing else. Used by the audio encoder (8 s windows) and the
+ * vision encoder (one segment per frame group).
+ *
+ * Runs of consecutive segments with the same length are computed as one batched matmul, so a
+ * long audio cut into many equal windows costs a few large ops, not one op chain per window.
+ *
+ * `q`, `k`, `v` are [N, heads·headDim] (heads laid out head-major, as `view(N, heads, headDim)`);
+ * the result has the same shape. `cuSeqlens` starts at 0 and ends at N.
+ *
+ * ```ts
+ * // two windows of 3 and 2 tokens, 2 heads of 4 dims
+ * const out = segmentAttention(q, k, v, [0, 3, 5], 2); // q, k, v: [5, 8] -> [5, 8]
+ * ```
+ */
+export function segmentAttention(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  cuSeqlens: readonly number[],
+  numHeads: number,
+  scaling?: number,
+): tf.Tensor2D {
+  const [n, width] = q.shape;
+  if (width % numHeads !== 0) throw new Error(`segmentAttention: width ${width} is not divisible by ${numHeads} heads`);
+  if (cuSeqlens[0] !== 0 || cuSeqlens[cuSeqlens.length - 1] !== n) {
+    throw new Error(`segmentAttention: cu_seqlens [${cuSeqlens}] must start at 0 and end at the sequence length ${n}`);
+  }
+  const headDim = width / numHeads;
+  const scale = scaling ?? 1 / Math.sqrt(headDim);
+  return tf.tidy(() => {
+    const outs: tf.Tensor2D[] = [];
+    for (const run of equalLengthRuns(cuSeqlens)) {
+      const { start, length, count } = run;
+      const rows = length * count;
+      // [rows, H·D] -> [count, length, H, D]
+      const split = (t: tf.Tensor2D) => tf.reshape(tf.slice(t, [start, 0], [rows, width]), [count, length, numHeads, headDim]);
+      const qh = tf.reshape(tf.transpose(split(q), [0, 2, 1, 3]), [count * numHeads, length, headDim]);
+      const kt = tf.reshape(tf.transpose(split(k), [0, 2, 3, 1]), [count * numHeads, headDim, length]);
+      const vh = tf.reshape(tf.transpose(split(v), [0, 2, 1, 3]), [count * numHeads, length, headDim]);
+      const scores = tf.mul(tf.matMul(qh, kt), scale);
+      const ctx = tf.matMul(tf.softmax(scores), vh); // [count·H, length, D]
+      outs.push(tf.reshape(tf.transpose(tf.reshape(ctx, [count, numHeads, length, headDim]), [0, 2, 1, 3]), [rows, width]));
+    }
+    return outs.length === 1 ? outs[0] : tf.concat(outs, 0);
+  });
+}
+
+/** Groups consecutive segments of equal length: [0,4,8,12,14] -> {start 0, length 4, count 3}, {start 12, length 2, count 1}. */
+export function equalLengthRuns(cuSeqlens: readonly number[]): { start: number; length: number; count: number }[] {
+  const runs: { start: number; length: number; count: number }[] = [];
+  for (let i = 1; i < cuSeqlens.length; i++) {
+    const start = cuSeqlens[i - 1];
+    const length = cuSeqlens[i] - start;
+    if (length < 0) throw new Error(`cu_seqlens must be non-decreasing, got [${cuSeqlens}]`);
+    if (length === 0) continue;
+    const last = runs[runs.length - 1];
+    if (last && last.length === length && last.start + last.length * last.count === start) last.count++;
+    else runs.push({ start, length, count: 1 });
+  }
+  return runs;
+}
