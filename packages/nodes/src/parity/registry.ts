@@ -1,8 +1,10 @@
 import type { ParityRunner } from './types.js';
+import { audioEncoderRunner } from './cases/audio-encoder.js';
 
 /**
  * Every parity runner, one line each. A runner handles one kind of case (see `ParityRunner.matches`); several may
  * match one case, and their outputs are merged.
  */
 export const parityRunners: ParityRunner[] = [
+  audioEncoderRunner,
 ];
