@@ -1,1 +1,5 @@
-export {};
+export * from './ffmpeg-binary.js';
+export * from './ffmpeg-process.js';
+export * from './media-info.js';
+export * from './decode-audio.js';
+export * from './decode-video.js';

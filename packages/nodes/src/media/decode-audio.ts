@@ -1,0 +1,126 @@
+import { PassThrough } from 'node:stream';
+import { audioPacket, samplesToMicros, type AudioPacket, type Micros } from '@omniflow/core';
+import { fixedChunks } from './byte-chunks.js';
+import { FfmpegProcess, MediaError, type MediaInput } from './ffmpeg-process.js';
+import type { MediaInfo } from './media-info.js';
+
+export interface DecodeAudioOptions {
+  /** Output sample rate in Hz (ffmpeg resamples). Default 16 000. */
+  readonly sampleRate?: number;
+  /** Output channels (ffmpeg downmixes/upmixes). Default 1. */
+  readonly channels?: number;
+  /** Packet length in milliseconds; the last packet may be shorter. Default 100. */
+  readonly chunkMs?: number;
+  /** Container/codec of the input when ffmpeg cannot guess it (`-f`), e.g. for raw PCM on a pipe. */
+  readonly inputFormat?: string;
+  /** Extra options before `-i` (e.g. `['-ar', '8000', '-ac', '2']` for raw input). */
+  readonly inputOptions?: readonly string[];
+  readonly ffmpegPath?: string;
+  /** Bytes ffmpeg may run ahead of the consumer before it is paused. Default 64 KiB. */
+  readonly highWaterMark?: number;
+  readonly session?: string;
+  readonly turn?: number;
+  /** pts of the first sample, microseconds. Default 0. */
+  readonly startPts?: Micros;
+}
+
+/** A single-use, pull-based decode: iterate it once; `info` and `pid` describe the ffmpeg behind it. */
+export interface MediaDecode<P> extends AsyncIterable<P> {
+  /** Streams ffmpeg reported (inputs and the output it produces); settles when decoding starts or ends. */
+  readonly info: Promise<MediaInfo>;
+  /** Process id of the running ffmpeg (undefined before the first pull and after it exited). */
+  readonly pid: number | undefined;
+  /** Stops ffmpeg (also done automatically when the iteration ends early). */
+  close(): void;
+}
+
+const positive = (name: string, v: number | undefined, integer: boolean): void => {
+  if (v === undefined) return;
+  if (!(v > 0) || (integer && !Number.isInteger(v))) throw new RangeError(`decodeAudio: option ${name} must be a positive ${integer ? 'integer' : 'number'}, got ${v}`);
+};
+
+/**
+ * Decodes the first audio stream of any input ffmpeg reads (file, http(s) URL, Node Readable) into float32
+ * {@link AudioPacket}s. Pull-based: ffmpeg is paused while the consumer is busy, and killed when the loop ends early.
+ * pts count samples from `startPts`, so they are exact and gap-free whatever the container says.
+ *
+ * ```ts
+ * for await (const p of decodeAudio('talk.mp3', { sampleRate: 16_000, chunkMs: 100 })) {
+ *   console.log(p.pts, p.samples.length); // 0 1600, 100000 1600, …
+ * }
+ * ```
+ */
+export function decodeAudio(input: MediaInput, options: DecodeAudioOptions = {}): MediaDecode<AudioPacket> {
+  const sampleRate = options.sampleRate ?? 16_000;
+  const channels = options.channels ?? 1;
+  const chunkMs = options.chunkMs ?? 100;
+  positive('sampleRate', sampleRate, true);
+  positive('channels', channels, true);
+  positive('chunkMs', chunkMs, false);
+  positive('highWaterMark', options.highWaterMark, true);
+  const chunkFrames = Math.max(1, Math.round((sampleRate * chunkMs) / 1000));
+  let proc: FfmpegProcess | undefined;
+  let resolveInfo!: (i: MediaInfo) => void;
+  const info = new Promise<MediaInfo>((r) => (resolveInfo = r));
+  let started = false;
+
+  async function* packets(): AsyncGenerator<AudioPacket> {
+    if (started) throw new Error('decodeAudio: this decode was already iterated; call decodeAudio() again to decode again');
+    started = true;
+    const out = new PassThrough({ highWaterMark: options.highWaterMark ?? 64 * 1024 });
+    try {
+      proc = FfmpegProcess.start({
+        input,
+        expect: 'audio',
+        ffmpegPath: options.ffmpegPath,
+        inputOptions: [...(options.inputFormat ? ['-f', options.inputFormat] : []), ...(options.inputOptions ?? [])],
+        outputOptions: ['-map', '0:a:0', '-vn', '-sn', '-dn', '-ac', String(channels), '-ar', String(sampleRate), '-acodec', 'pcm_f32le', '-f', 'f32le'],
+        output: out,
+      });
+    } catch (err) {
+      resolveInfo({ inputs: [], outputs: [] });
+      throw err;
+    }
+    const p = proc;
+    p.stderr.onOutputStream(() => resolveInfo(p.stderr.info));
+    // Surface ffmpeg's own failure even if it ends stdout first; a rejected `done` must never go unhandled.
+    const failed = p.done.then(
+      () => undefined,
+      (e: MediaError) => e,
+    );
+    void failed.then(() => resolveInfo(p.stderr.info));
+    let frames = 0;
+    try {
+      for await (const bytes of fixedChunks(out, chunkFrames * channels * 4)) {
+        const samples = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
+        yield audioPacket({
+          samples,
+          sampleRate,
+          channels,
+          pts: (options.startPts ?? 0) + samplesToMicros(frames, sampleRate),
+          session: options.session,
+          turn: options.turn,
+        });
+        frames += samples.length / channels;
+      }
+      const err = await failed;
+      if (err) throw err;
+    } finally {
+      p.kill();
+      out.destroy();
+    }
+  }
+
+  const iterable = packets();
+  return {
+    [Symbol.asyncIterator]: () => iterable,
+    info,
+    get pid() {
+      return proc?.running ? proc.pid : undefined;
+    },
+    close() {
+      proc?.kill();
+      void iterable.return(undefined);
+    },
+  };
+}
