@@ -5,3 +5,8 @@ export * from './conv.js';
 export * from './fused-linear.js';
 export * from './encoder-attention.js';
 export * from './vision-rope.js';
+export * from './stream-state.js';
+export * from './snake-beta.js';
+export * from './causal-conv.js';
+export * from './convnext.js';
+export * from './layer-scale.js';

@@ -1,0 +1,132 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Checkpoint, SafetensorsFile, fixtureDir, fixturePath, initBackend } from '@omniflow/runtime-gpu';
+import { readQwen3OmniConfig } from './config.js';
+import { Code2Wav } from './code2wav.js';
+import { Code2WavStream } from './code2wav-stream.js';
+
+const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+};
+
+/** [1, C, L] channels-first reference layout -> channels-last flat, as our stages produce. */
+const channelsLast = (data: Float32Array, C: number, L: number): Float32Array => {
+  const out = new Float32Array(C * L);
+  for (let c = 0; c < C; c++) for (let l = 0; l < L; l++) out[l * C + c] = data[c * L + l];
+  return out;
+};
+
+describe('Code2Wav (fixture case 8)', () => {
+  let ckpt: Checkpoint;
+  let cases: SafetensorsFile;
+  let c2w: Code2Wav;
+  let codes: Int32Array;
+  let frames: number;
+  let start: number;
+  const ref = (name: string) => cases.read(`code2wav.${name}`).data as Float32Array;
+
+  beforeAll(async () => {
+    await initBackend();
+    start = tf.memory().numTensors;
+    const { config } = readQwen3OmniConfig(fixtureDir());
+    ckpt = Checkpoint.open(fixturePath('model.safetensors'));
+    c2w = Code2Wav.load(ckpt, config.code2wav_config!);
+    cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
+    const c = cases.read('code2wav.codes');
+    codes = c.data as Int32Array;
+    frames = c.shape[2];
+  });
+
+  afterAll(() => {
+    c2w.dispose();
+    ckpt.close();
+    cases.close();
+    expect(tf.memory().numTensors).toBe(start);
+  });
+
+  it('reads every code2wav tensor and derives the frame geometry', () => {
+    expect(ckpt.unused().filter((k) => k.startsWith('code2wav.'))).toEqual([]);
+    expect(c2w.samplesPerFrame).toBe(24);
+    expect(c2w.outputLength(frames)).toBe(279); // 24·12 − 9: the transposed convs' look-ahead
+    expect(c2w.lookaheadSamples).toBe(9);
+  });
+
+  it('matches every intermediate stage of the reference', () => {
+    const before = tf.memory().numTensors;
+    const H = c2w.config.hidden_size;
+    const embed = c2w.embed(codes, frames);
+    const pre = c2w.preTransformer(embed);
+    const up = c2w.upsample(pre);
+    const raw = c2w.decoder(up, undefined, false);
+    expect(maxAbsDiff(embed.dataSync(), ref('embed_mean'))).toBeLessThan(2e-4);
+    expect(maxAbsDiff(pre.dataSync(), ref('pre_transformer'))).toBeLessThan(3e-4);
+    expect(up.shape).toEqual([1, 48, H]);
+    expect(maxAbsDiff(up.dataSync(), channelsLast(ref('upsampled'), H, 48))).toBeLessThan(4e-4);
+    expect(maxAbsDiff(raw.dataSync(), ref('wav_unclamped'))).toBeLessThan(2e-4);
+    tf.dispose([embed, pre, up, raw]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('decodes the waveform and the reference chunked decode', () => {
+    const before = tf.memory().numTensors;
+    expect(maxAbsDiff(c2w.decode(codes, frames), ref('wav'))).toBeLessThan(1e-4);
+    expect(maxAbsDiff(c2w.chunkedDecode(codes, frames, 5, 2), ref('wav_chunked'))).toBeLessThan(1e-4);
+    // HF's defaults (300, 25) decode these 12 frames in one chunk: no seam, identical to the full decode.
+    expect(maxAbsDiff(c2w.chunkedDecode(codes, frames), ref('wav'))).toBeLessThan(1e-4);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('streams frame by frame exactly like the offline decode, then flushes the look-ahead tail', () => {
+    const before = tf.memory().numTensors;
+    const offline = c2w.decode(codes, frames);
+    for (const split of [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [3, 1, 5, 2, 1], [12]]) {
+      const stream = new Code2WavStream(c2w);
+      const pieces: Float32Array[] = [];
+      let at = 0;
+      for (const n of split) {
+        const chunk = new Int32Array(4 * n);
+        for (let g = 0; g < 4; g++) chunk.set(codes.subarray(g * frames + at, g * frames + at + n), g * n);
+        const wav = stream.push(chunk, n);
+        // Each push completes exactly the samples the frames so far determine.
+        expect(stream.samplesOut).toBe(c2w.outputLength(at + n));
+        pieces.push(wav);
+        at += n;
+      }
+      const streamed = Float32Array.from(pieces.flatMap((p) => [...p]));
+      expect(maxAbsDiff(streamed, offline)).toBeLessThan(1e-5);
+      expect(maxAbsDiff(streamed, ref('wav'))).toBeLessThan(1e-4);
+      const tail = stream.flush();
+      expect(tail.length).toBe(c2w.lookaheadSamples);
+      expect(tail.every((x) => x >= -1 && x <= 1 && Number.isFinite(x))).toBe(true);
+      expect(() => stream.push(chunk1(codes, frames), 1)).toThrow(/after flush/);
+    }
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('streams past the attention window with bounded state (window 4 < 12 frames)', () => {
+    const stream = new Code2WavStream(c2w);
+    const before = tf.memory().numTensors;
+    stream.push(chunk1(codes, frames), 1);
+    const afterOne = tf.memory().numTensors;
+    for (let f = 1; f < frames; f++) stream.push(chunk1(codes, frames, f), 1);
+    expect(tf.memory().numTensors).toBe(afterOne); // state tensors replaced, never accumulated
+    stream.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('names what is wrong with bad codes', () => {
+    expect(() => c2w.decode(codes.subarray(1), frames)).toThrow(/expected 4 code groups x 12 frames = 48 codes, got 47/);
+    const bad = codes.slice();
+    bad[2 * frames + 5] = 32;
+    expect(() => c2w.decode(bad, frames)).toThrow(/code 32 at group 2, frame 5 is outside the codebook \[0, 32\)/);
+  });
+});
+
+/** Frame `f` of group-major codes as a one-frame chunk. */
+function chunk1(codes: Int32Array, frames: number, f = 0): Int32Array {
+  const groups = codes.length / frames;
+  return Int32Array.from({ length: groups }, (_, g) => codes[g * frames + f]);
+}

@@ -1,0 +1,408 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { Checkpoint } from '@omniflow/runtime-gpu';
+import { loadLinear, linear, disposeLinear, type Linear } from '../../layers/linear.js';
+import { loadLayerScale, layerScale, disposeLayerScale, type LayerScale } from '../../layers/layer-scale.js';
+import { loadSnakeBeta, snakeBeta, disposeSnakeBeta, type SnakeBeta } from '../../layers/snake-beta.js';
+import {
+  loadCausalConv1d, causalConv1d, loadCausalTransConv1d, causalTransConv1d, causalTransConv1dTail, disposeConv,
+  type CausalConv1d, type CausalTransConv1d,
+} from '../../layers/causal-conv.js';
+import { loadConvNeXtBlock, convNeXtBlock, disposeConvNeXtBlock, type ConvNeXtBlock } from '../../layers/convnext.js';
+import type { StreamState } from '../../layers/stream-state.js';
+import type { Code2WavConfig } from './config.js';
+
+/** Code2Wav's output rate. The config has no field for it: 12.5 Hz codec frames x 1920 samples (spec 1.1). */
+export const CODE2WAV_SAMPLE_RATE = 24_000;
+
+interface PreTransformerLayer {
+  inputLayernorm: tf.Tensor1D;
+  q: Linear; k: Linear; v: Linear; o: Linear;
+  selfAttnLayerScale: LayerScale;
+  postAttentionLayernorm: tf.Tensor1D;
+  gateUp: Linear; // gate_proj and up_proj side by side: one matmul, then split (gate first)
+  down: Linear;
+  mlpLayerScale: LayerScale;
+}
+
+interface ResidualUnit {
+  act1: SnakeBeta; conv1: CausalConv1d; act2: SnakeBeta; conv2: CausalConv1d;
+}
+
+interface DecoderBlock {
+  snake: SnakeBeta;
+  up: CausalTransConv1d;
+  units: ResidualUnit[];
+}
+
+/** The residual units' dilations (checkpoint block indices 2, 3, 4). */
+const RESIDUAL_DILATIONS = [1, 3, 9] as const;
+
+/**
+ * Qwen3-Omni's Code2Wav vocoder (spec 3.9): 16-group codec codes at 12.5 Hz -> 24 kHz waveform.
+ * Embedding mean over the code groups, an 8-layer sliding-window causal transformer with LayerScale,
+ * two upsampling stages (transposed conv k = s = 2 + causal ConvNeXt), and the causal conv decoder with
+ * SnakeBeta (rates 8·5·4·3). Everything is causal except the decoder's transposed convs, which look one
+ * input ahead: a forward over T frames returns `samplesPerFrame·T − lookaheadSamples` samples.
+ *
+ * All activations are channels-last ([1, L, C]). `forward` takes an optional StreamState, which makes
+ * the same code the streaming decoder (see Code2WavStream); without one it is the reference forward.
+ *
+ * ```ts
+ * const c2w = Code2Wav.load(ckpt, config.code2wav_config!);
+ * const wav = c2w.decode(codes, frames);             // codes group-major: codes[g * frames + f]
+ * const ref = c2w.chunkedDecode(codes, frames);      // HF chunked_decode(chunk 300, left context 25)
+ * ```
+ */
+export class Code2Wav {
+  /** Samples per codec frame: prod(upsampling_ratios) · prod(upsample_rates) (1920 for the release). */
+  readonly samplesPerFrame: number;
+  /** Samples a forward loses at its end to the decoder's transposed-conv look-ahead (555 for the release). */
+  readonly lookaheadSamples: number;
+  readonly sampleRate = CODE2WAV_SAMPLE_RATE;
+  readonly headDim: number;
+  private readonly invFreq: Float32Array;
+
+  private constructor(
+    readonly config: Code2WavConfig,
+    private readonly codeEmbedding: tf.Tensor2D,
+    private readonly layers: PreTransformerLayer[],
+    private readonly norm: tf.Tensor1D,
+    private readonly upsampleStages: { up: CausalTransConv1d; convnext: ConvNeXtBlock }[],
+    private readonly decoderIn: CausalConv1d,
+    private readonly blocks: DecoderBlock[],
+    private readonly finalSnake: SnakeBeta,
+    private readonly decoderOut: CausalConv1d,
+  ) {
+    const c = config;
+    this.headDim = c.hidden_size / c.num_attention_heads;
+    this.samplesPerFrame = [...c.upsampling_ratios, ...c.upsample_rates].reduce((a, b) => a * b, 1);
+    this.lookaheadSamples = this.samplesPerFrame - this.outputLength(1);
+    // inv_freq as the reference computes it in float32: 1 / theta^(2j/d).
+    this.invFreq = new Float32Array(this.headDim / 2).map((_, j) => 1 / Math.fround(Math.pow(c.rope_theta, Math.fround((2 * j) / this.headDim))));
+  }
+
+  /** Loads every `code2wav.*` tensor, checking its shape against `config`. */
+  static load(ckpt: Checkpoint, config: Code2WavConfig, prefix = 'code2wav'): Code2Wav {
+    const c = config;
+    const H = c.hidden_size, I = c.intermediate_size;
+    if (H % c.num_attention_heads !== 0) throw new Error(`code2wav_config: hidden_size ${H} is not divisible by num_attention_heads ${c.num_attention_heads}`);
+    if (c.num_attention_heads % c.num_key_value_heads !== 0) {
+      throw new Error(`code2wav_config: num_attention_heads ${c.num_attention_heads} is not a multiple of num_key_value_heads ${c.num_key_value_heads}`);
+    }
+    const headDim = H / c.num_attention_heads;
+    const kvDim = c.num_key_value_heads * headDim;
+    const vec = (key: string, n: number) => tf.tensor1d(ckpt.get(`${prefix}.${key}`, [n]).data as Float32Array);
+    const codeEmbedding = tf.tensor2d(
+      ckpt.get(`${prefix}.code_embedding.weight`, [c.num_quantizers * c.codebook_size, H]).data as Float32Array,
+      [c.num_quantizers * c.codebook_size, H],
+    );
+    const layers: PreTransformerLayer[] = [];
+    for (let n = 0; n < c.num_hidden_layers; n++) {
+      const p = `${prefix}.pre_transformer.layers.${n}`;
+      const gate = loadLinear(ckpt, `${p}.mlp.gate_proj`, H, I);
+      const up = loadLinear(ckpt, `${p}.mlp.up_proj`, H, I);
+      const gateUp: Linear = { weight: tf.concat([gate.weight, up.weight], 1), inFeatures: H, outFeatures: 2 * I };
+      disposeLinear(gate);
+      disposeLinear(up);
+      layers.push({
+        inputLayernorm: vec(`pre_transformer.layers.${n}.input_layernorm.weight`, H),
+        q: loadLinear(ckpt, `${p}.self_attn.q_proj`, H, H, c.attention_bias),
+        k: loadLinear(ckpt, `${p}.self_attn.k_proj`, H, kvDim, c.attention_bias),
+        v: loadLinear(ckpt, `${p}.self_attn.v_proj`, H, kvDim, c.attention_bias),
+        o: loadLinear(ckpt, `${p}.self_attn.o_proj`, H, H, c.attention_bias),
+        selfAttnLayerScale: loadLayerScale(ckpt, `${p}.self_attn_layer_scale`, H),
+        postAttentionLayernorm: vec(`pre_transformer.layers.${n}.post_attention_layernorm.weight`, H),
+        gateUp,
+        down: loadLinear(ckpt, `${p}.mlp.down_proj`, I, H),
+        mlpLayerScale: loadLayerScale(ckpt, `${p}.mlp_layer_scale`, H),
+      });
+    }
+    const norm = vec('pre_transformer.norm.weight', H);
+    const upsampleStages = c.upsampling_ratios.map((ratio, s) => ({
+      up: loadCausalTransConv1d(ckpt, `${prefix}.upsample.${s}.0`, H, H, ratio, ratio),
+      convnext: loadConvNeXtBlock(ckpt, `${prefix}.upsample.${s}.1`, H),
+    }));
+    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7);
+    const blocks: DecoderBlock[] = c.upsample_rates.map((rate, i) => {
+      const inC = c.decoder_dim / 2 ** i, outC = c.decoder_dim / 2 ** (i + 1);
+      const p = `${prefix}.decoder.${i + 1}.block`;
+      return {
+        snake: loadSnakeBeta(ckpt, `${p}.0`, inC),
+        up: loadCausalTransConv1d(ckpt, `${p}.1`, inC, outC, 2 * rate, rate),
+        units: RESIDUAL_DILATIONS.map((d, u) => ({
+          act1: loadSnakeBeta(ckpt, `${p}.${u + 2}.act1`, outC),
+          conv1: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv1`, outC, outC, 7, d),
+          act2: loadSnakeBeta(ckpt, `${p}.${u + 2}.act2`, outC),
+          conv2: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv2`, outC, outC, 1),
+        })),
+      };
+    });
+    const n = c.upsample_rates.length;
+    const lastC = c.decoder_dim / 2 ** n;
+    const finalSnake = loadSnakeBeta(ckpt, `${prefix}.decoder.${n + 1}`, lastC);
+    const decoderOut = loadCausalConv1d(ckpt, `${prefix}.decoder.${n + 2}`, lastC, 1, 7);
+    return new Code2Wav(config, codeEmbedding, layers, norm, upsampleStages, decoderIn, blocks, finalSnake, decoderOut);
+  }
+
+  /** Samples one forward over `frames` codec frames returns: each decoder block maps L to (L−1)·rate. */
+  outputLength(frames: number): number {
+    let length = frames * this.config.upsampling_ratios.reduce((a, b) => a * b, 1);
+    for (const r of this.config.upsample_rates) length = Math.max(0, (length - 1) * r);
+    return length;
+  }
+
+  /**
+   * Offline decode of a whole utterance, as the reference `Code2Wav.forward`: `outputLength(frames)` samples
+   * in [-1, 1]. `codes` is group-major (`codes[g * frames + f]`, the CodesPacket layout).
+   */
+  decode(codes: Int32Array, frames: number): Float32Array {
+    const wav = this.forward(codes, frames);
+    try {
+      return wav.dataSync() as Float32Array;
+    } finally {
+      wav.dispose();
+    }
+  }
+
+  /**
+   * The reference `chunked_decode`: chunks of `chunkSize` frames, each decoded with up to `leftContextSize`
+   * frames of left context whose samples are then dropped. Each chunk loses its own look-ahead tail, so the
+   * result has a `lookaheadSamples` gap at every chunk seam — faithful to HF.
+   */
+  chunkedDecode(codes: Int32Array, frames: number, chunkSize = 300, leftContextSize = 25): Float32Array {
+    this.checkCodes(codes, frames);
+    const G = this.config.num_quantizers;
+    const pieces: Float32Array[] = [];
+    for (let start = 0; start < frames; start += chunkSize) {
+      const end = Math.min(start + chunkSize, frames);
+      const context = Math.min(leftContextSize, start);
+      const n = end - start + context;
+      const chunk = new Int32Array(G * n);
+      for (let g = 0; g < G; g++) chunk.set(codes.subarray(g * frames + start - context, g * frames + end), g * n);
+      pieces.push(this.decode(chunk, n).subarray(context * this.samplesPerFrame));
+    }
+    return concatFloat32(pieces);
+  }
+
+  /**
+   * One forward over a chunk of frames: codes -> [1, samples] waveform tensor (clamped to [-1, 1]).
+   * With `state` (and `position`, the absolute index of the chunk's first frame) it continues the previous
+   * chunk: attention sees the cached window, convs their left context, transposed convs emit the block they
+   * held back. Without it, it is the reference forward over `codes` alone.
+   */
+  forward(codes: Int32Array, frames: number, state?: StreamState, position = 0): tf.Tensor2D {
+    this.checkCodes(codes, frames);
+    return tf.tidy(() => {
+      const h = this.preTransformer(this.embed(codes, frames), state, position);
+      const wav = this.decoder(this.upsample(h, state), state);
+      return tf.reshape(wav, [1, wav.shape[1]]) as tf.Tensor2D;
+    });
+  }
+
+  /** Stage 1: mean of the G code embeddings per frame -> [1, T, hidden]. */
+  embed(codes: Int32Array, frames: number): tf.Tensor3D {
+    const G = this.config.num_quantizers, V = this.config.codebook_size;
+    const ids = new Int32Array(G * frames);
+    for (let g = 0; g < G; g++) for (let f = 0; f < frames; f++) ids[g * frames + f] = codes[g * frames + f] + g * V; // code_offset
+    return tf.tidy(() => {
+      const rows = tf.reshape(tf.gather(this.codeEmbedding, tf.tensor1d(ids, 'int32')), [G, frames, this.config.hidden_size]);
+      return tf.reshape(tf.mean(rows, 0), [1, frames, this.config.hidden_size]) as tf.Tensor3D;
+    });
+  }
+
+  /** Stage 2: the sliding-window causal transformer and its final RMSNorm, [1, T, hidden]. */
+  preTransformer(x: tf.Tensor3D, state?: StreamState, position = 0): tf.Tensor3D {
+    return tf.tidy(() => {
+      const T = x.shape[1];
+      const { cos, sin } = this.rope(position, T);
+      let h: tf.Tensor = tf.reshape(x, [T, this.config.hidden_size]);
+      this.layers.forEach((layer, n) => {
+        const attn = this.attention(rmsNorm(h, layer.inputLayernorm, this.config.rms_norm_eps), layer, cos, sin, position, state, `pre_transformer.layers.${n}`);
+        h = tf.add(h, layerScale(attn, layer.selfAttnLayerScale));
+        const gu = linear(rmsNorm(h, layer.postAttentionLayernorm, this.config.rms_norm_eps), layer.gateUp);
+        const [gate, up] = tf.split(gu, 2, 1);
+        h = tf.add(h, layerScale(linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), layer.down), layer.mlpLayerScale));
+      });
+      return tf.reshape(rmsNorm(h, this.norm, this.config.rms_norm_eps), [1, T, this.config.hidden_size]) as tf.Tensor3D;
+    });
+  }
+
+  /** Stage 3: upsampling stages (transposed conv k = s + causal ConvNeXt), [1, T·prod(ratios), hidden]. */
+  upsample(x: tf.Tensor3D, state?: StreamState): tf.Tensor3D {
+    return tf.tidy(() => {
+      let h = x;
+      this.upsampleStages.forEach((stage, s) => {
+        h = causalTransConv1d(h, stage.up, state, `upsample.${s}.0`);
+        h = convNeXtBlock(h, stage.convnext, state, `upsample.${s}.1`);
+      });
+      return h;
+    });
+  }
+
+  /** Stage 4: the causal conv decoder, [1, L, hidden] -> [1, N, 1], clamped to [-1, 1] unless `clamp` is false. */
+  decoder(x: tf.Tensor3D, state?: StreamState, clamp = true): tf.Tensor3D {
+    return tf.tidy(() => {
+      let h = causalConv1d(x, this.decoderIn, state, 'decoder.0');
+      this.blocks.forEach((block, b) => {
+        h = this.residualUnits(causalTransConv1d(snakeBeta(h, block.snake) as tf.Tensor3D, block.up, state, `decoder.${b + 1}.block.1`), block, b, state);
+      });
+      return this.output(h, state, clamp);
+    });
+  }
+
+  /**
+   * End of a stream: the samples the transposed convs held back waiting for a next frame (the reference
+   * drops them), computed as if no frame followed: [1, lookaheadSamples, 1] clamped; undefined if nothing
+   * was decoded.
+   */
+  decoderTail(state: StreamState): tf.Tensor3D | undefined {
+    return tf.tidy(() => {
+      let h: tf.Tensor3D | undefined;
+      for (const [b, block] of this.blocks.entries()) {
+        const name = `decoder.${b + 1}.block.1`;
+        const fresh = h ? causalTransConv1d(snakeBeta(h, block.snake) as tf.Tensor3D, block.up, state, name) : undefined;
+        const tail = causalTransConv1dTail(block.up, state, name);
+        const parts = [fresh, tail].filter((t): t is tf.Tensor3D => t !== undefined && t.shape[1] > 0);
+        if (parts.length === 0) return undefined;
+        h = this.residualUnits(parts.length === 1 ? parts[0] : (tf.concat(parts, 1) as tf.Tensor3D), block, b, state);
+      }
+      return h ? this.output(h, state, true) : undefined;
+    });
+  }
+
+  dispose(): void {
+    this.codeEmbedding.dispose();
+    for (const l of this.layers) {
+      l.inputLayernorm.dispose();
+      l.postAttentionLayernorm.dispose();
+      for (const lin of [l.q, l.k, l.v, l.o, l.gateUp, l.down]) disposeLinear(lin);
+      disposeLayerScale(l.selfAttnLayerScale);
+      disposeLayerScale(l.mlpLayerScale);
+    }
+    this.norm.dispose();
+    for (const s of this.upsampleStages) {
+      disposeConv(s.up);
+      disposeConvNeXtBlock(s.convnext);
+    }
+    disposeConv(this.decoderIn);
+    for (const b of this.blocks) {
+      disposeSnakeBeta(b.snake);
+      disposeConv(b.up);
+      for (const u of b.units) {
+        disposeSnakeBeta(u.act1);
+        disposeSnakeBeta(u.act2);
+        disposeConv(u.conv1);
+        disposeConv(u.conv2);
+      }
+    }
+    disposeSnakeBeta(this.finalSnake);
+    disposeConv(this.decoderOut);
+  }
+
+  /** Validates a group-major code array at the boundary, naming what is wrong. */
+  checkCodes(codes: Int32Array, frames: number): void {
+    const G = this.config.num_quantizers, V = this.config.codebook_size;
+    if (!Number.isInteger(frames) || frames < 1) throw new Error(`code2wav: frames must be a positive integer, got ${frames}`);
+    if (codes.length !== G * frames) throw new Error(`code2wav: expected ${G} code groups x ${frames} frames = ${G * frames} codes, got ${codes.length}`);
+    for (let i = 0; i < codes.length; i++) {
+      if (codes[i] < 0 || codes[i] >= V) {
+        throw new Error(`code2wav: code ${codes[i]} at group ${Math.floor(i / frames)}, frame ${i % frames} is outside the codebook [0, ${V})`);
+      }
+    }
+  }
+
+  private residualUnits(x: tf.Tensor3D, block: DecoderBlock, b: number, state?: StreamState): tf.Tensor3D {
+    let h = x;
+    block.units.forEach((u, i) => {
+      const name = `decoder.${b + 1}.block.${i + 2}`;
+      const y = causalConv1d(snakeBeta(h, u.act1) as tf.Tensor3D, u.conv1, state, `${name}.conv1`);
+      h = tf.add(h, causalConv1d(snakeBeta(y, u.act2) as tf.Tensor3D, u.conv2, state, `${name}.conv2`)) as tf.Tensor3D;
+    });
+    return h;
+  }
+
+  private output(h: tf.Tensor3D, state: StreamState | undefined, clamp: boolean): tf.Tensor3D {
+    const n = this.blocks.length;
+    const wav = causalConv1d(snakeBeta(h, this.finalSnake) as tf.Tensor3D, this.decoderOut, state, `decoder.${n + 2}`);
+    return clamp ? (tf.clipByValue(wav, -1, 1) as tf.Tensor3D) : wav;
+  }
+
+  /**
+   * Sliding-window causal self-attention over a chunk of T frames at absolute positions
+   * [position, position+T): query q sees keys k with q − window < k ≤ q, taken from the cached previous
+   * keys (already rotated) and the chunk itself. No q/k norm in Code2Wav.
+   */
+  private attention(
+    x: tf.Tensor, layer: PreTransformerLayer, cos: tf.Tensor, sin: tf.Tensor,
+    position: number, state: StreamState | undefined, name: string,
+  ): tf.Tensor {
+    const c = this.config, T = x.shape[0], D = this.headDim;
+    const heads = c.num_attention_heads, kvHeads = c.num_key_value_heads;
+    const toHeads = (t: tf.Tensor, n: number) => tf.transpose(tf.reshape(t, [T, n, D]), [1, 0, 2]);
+    const q = applyRope(toHeads(linear(x, layer.q), heads), cos, sin);
+    let k = applyRope(toHeads(linear(x, layer.k), kvHeads), cos, sin);
+    let v = toHeads(linear(x, layer.v), kvHeads);
+    const pastK = state?.get(`${name}.k`), pastV = state?.get(`${name}.v`);
+    if (pastK && pastV) {
+      k = tf.concat([pastK, k], 1);
+      v = tf.concat([pastV, v], 1);
+    }
+    const keys = k.shape[1] as number;
+    if (state) {
+      const keep = Math.min(keys, c.sliding_window - 1); // the next query still sees the last window−1 keys
+      state.set(`${name}.k`, tf.slice(k, [0, keys - keep, 0], [kvHeads, keep, D]));
+      state.set(`${name}.v`, tf.slice(v, [0, keys - keep, 0], [kvHeads, keep, D]));
+    }
+    if (kvHeads !== heads) {
+      const idx = tf.tensor1d(Array.from({ length: heads }, (_, h) => Math.floor(h / (heads / kvHeads))), 'int32');
+      k = tf.gather(k, idx, 0);
+      v = tf.gather(v, idx, 0);
+    }
+    const first = position + T - keys; // absolute position of the first key
+    const mask = new Float32Array(T * keys);
+    for (let i = 0; i < T; i++) {
+      for (let j = 0; j < keys; j++) {
+        const qp = position + i, kp = first + j;
+        mask[i * keys + j] = kp <= qp && kp > qp - c.sliding_window ? 0 : -Infinity;
+      }
+    }
+    const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), D ** -0.5), tf.tensor2d(mask, [T, keys]));
+    const out = tf.matMul(tf.softmax(scores), v); // [heads, T, D]
+    return linear(tf.reshape(tf.transpose(out, [1, 0, 2]), [T, heads * D]), layer.o);
+  }
+
+  /** cos/sin [T, headDim] for positions [position, position+T), halves duplicated (rotate-half layout). */
+  private rope(position: number, T: number): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
+    const D = this.headDim, half = D / 2;
+    const cos = new Float32Array(T * D), sin = new Float32Array(T * D);
+    for (let t = 0; t < T; t++) {
+      for (let j = 0; j < half; j++) {
+        const angle = Math.fround((position + t) * this.invFreq[j]);
+        cos[t * D + j] = cos[t * D + j + half] = Math.cos(angle);
+        sin[t * D + j] = sin[t * D + j + half] = Math.sin(angle);
+      }
+    }
+    return { cos: tf.tensor2d(cos, [T, D]), sin: tf.tensor2d(sin, [T, D]) };
+  }
+}
+
+/** x · rsqrt(mean(x²) + eps) · w over the last axis. */
+function rmsNorm(x: tf.Tensor, weight: tf.Tensor1D, eps: number): tf.Tensor {
+  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), eps))), weight);
+}
+
+/** q·cos + rotate_half(q)·sin, rotate_half([x1, x2]) = [−x2, x1]; x [heads, T, D]. */
+function applyRope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
+  const [x1, x2] = tf.split(x, 2, 2);
+  return tf.add(tf.mul(x, cos), tf.mul(tf.concat([tf.neg(x2), x1], 2), sin));
+}
+
+export function concatFloat32(pieces: Float32Array[]): Float32Array {
+  const out = new Float32Array(pieces.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const p of pieces) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
+}
