@@ -1,5 +1,7 @@
 import type { ParityRunner } from './types.js';
 import { audioEncoderRunner } from './cases/audio-encoder.js';
+import { visionEncoderRunner } from './cases/vision-encoder.js';
+import { code2WavRunner } from './cases/code2wav.js';
 
 /**
  * Every parity runner, one line each. A runner handles one kind of case (see `ParityRunner.matches`); several may
@@ -7,4 +9,6 @@ import { audioEncoderRunner } from './cases/audio-encoder.js';
  */
 export const parityRunners: ParityRunner[] = [
   audioEncoderRunner,
+  visionEncoderRunner,
+  code2WavRunner,
 ];
