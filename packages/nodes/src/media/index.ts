@@ -3,3 +3,4 @@ export * from './ffmpeg-process.js';
 export * from './media-info.js';
 export * from './decode-audio.js';
 export * from './decode-video.js';
+export * from './log-mel.js';
