@@ -3,3 +3,8 @@ export * from './audio-encoder.js';
 export * from './code2wav.js';
 export * from './code2wav-stream.js';
 export * from './vision-encoder.js';
+export * from './tokenizer.js';
+export * from './chat-template.js';
+export * from './detokenizer.js';
+export * from './fixture-tokenizer/fixture-tokenizer.js';
+export * from './fixture-tokenizer/byte-level-bpe.js';
