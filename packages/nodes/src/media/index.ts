@@ -4,3 +4,4 @@ export * from './media-info.js';
 export * from './decode-audio.js';
 export * from './decode-video.js';
 export * from './log-mel.js';
+export * from './vision-preprocess.js';
