@@ -2,6 +2,7 @@ import type { ParityRunner } from './types.js';
 import { audioEncoderRunner } from './cases/audio-encoder.js';
 import { visionEncoderRunner } from './cases/vision-encoder.js';
 import { code2WavRunner } from './cases/code2wav.js';
+import { moeRunner } from './cases/moe.js';
 
 /**
  * Every parity runner, one line each. A runner handles one kind of case (see `ParityRunner.matches`); several may
@@ -11,4 +12,5 @@ export const parityRunners: ParityRunner[] = [
   audioEncoderRunner,
   visionEncoderRunner,
   code2WavRunner,
+  moeRunner,
 ];

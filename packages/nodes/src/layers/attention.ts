@@ -1,0 +1,107 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { Checkpoint, KVCache } from '@omniflow/runtime-gpu';
+import { disposeLinear, linear, loadLinear, type Linear } from './linear.js';
+import { loadRMSNorm, rmsNorm, type RMSNorm } from './rms-norm.js';
+import { applyRope } from './rope.js';
+
+/**
+ * Decoder self-attention of the Qwen3 family (thinker, talker, code predictor; spec 3.4): q/k/v/o projections without
+ * bias, per-head RMSNorm `q_norm`/`k_norm` over head_dim applied BEFORE RoPE, grouped-query attention (head h reads
+ * KV head floor(h / groups)), scaling head_dim^-0.5, causal, float32 softmax.
+ */
+export interface DecoderAttention {
+  readonly q_proj: Linear;
+  readonly k_proj: Linear;
+  readonly v_proj: Linear;
+  readonly o_proj: Linear;
+  readonly q_norm: RMSNorm;
+  readonly k_norm: RMSNorm;
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+}
+
+export interface DecoderAttentionSizes {
+  hidden: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  rmsNormEps: number;
+  attentionBias?: boolean;
+}
+
+/**
+ * Loads `${prefix}.{q,k,v,o}_proj` and `${prefix}.{q,k}_norm`.
+ *
+ * ```ts
+ * const attn = loadDecoderAttention(ckpt, 'thinker.model.layers.0.self_attn', { hidden: 2048, numHeads: 32, numKvHeads: 4, headDim: 128, rmsNormEps: 1e-6 });
+ * const y = decoderAttention(x, attn, cos, sin, { cache, layer: 0 }); // x [S, 2048]
+ * ```
+ */
+export function loadDecoderAttention(ckpt: Checkpoint, prefix: string, s: DecoderAttentionSizes): DecoderAttention {
+  if (s.numHeads % s.numKvHeads !== 0) throw new Error(`${prefix}: num_attention_heads ${s.numHeads} is not a multiple of num_key_value_heads ${s.numKvHeads}`);
+  const bias = s.attentionBias ?? false;
+  return {
+    q_proj: loadLinear(ckpt, `${prefix}.q_proj`, s.hidden, s.numHeads * s.headDim, bias),
+    k_proj: loadLinear(ckpt, `${prefix}.k_proj`, s.hidden, s.numKvHeads * s.headDim, bias),
+    v_proj: loadLinear(ckpt, `${prefix}.v_proj`, s.hidden, s.numKvHeads * s.headDim, bias),
+    o_proj: loadLinear(ckpt, `${prefix}.o_proj`, s.numHeads * s.headDim, s.hidden, bias),
+    q_norm: loadRMSNorm(ckpt, `${prefix}.q_norm.weight`, s.headDim, s.rmsNormEps),
+    k_norm: loadRMSNorm(ckpt, `${prefix}.k_norm.weight`, s.headDim, s.rmsNormEps),
+    numHeads: s.numHeads,
+    numKvHeads: s.numKvHeads,
+    headDim: s.headDim,
+  };
+}
+
+/** Where a layer keeps its keys and values across calls. */
+export interface AttentionCacheSlot {
+  cache: KVCache;
+  layer: number;
+}
+
+/**
+ * Attention over `x` ([S, hidden], the S newest positions). `cos`/`sin` are `[S, 1, headDim]` for those positions. With
+ * a cache slot, the new keys/values are appended and the queries attend to every cached position (query i sits at
+ * cache position past + i and sees keys up to and including it); without one, plain causal attention over x.
+ */
+export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf.Tensor, sin: tf.Tensor, slot?: AttentionCacheSlot): tf.Tensor2D {
+  const { numHeads: H, numKvHeads: Hkv, headDim: D } = attn;
+  const groups = H / Hkv;
+  const S = x.shape[0];
+  return tf.tidy(() => {
+    const q = applyRope(rmsNorm(tf.reshape(linear(x, attn.q_proj), [S, H, D]), attn.q_norm), cos, sin);
+    const kNew = tf.transpose(applyRope(rmsNorm(tf.reshape(linear(x, attn.k_proj), [S, Hkv, D]), attn.k_norm), cos, sin), [1, 0, 2]);
+    const vNew = tf.transpose(tf.reshape(linear(x, attn.v_proj), [S, Hkv, D]), [1, 0, 2]);
+    let k: tf.Tensor3D = kNew as tf.Tensor3D, v: tf.Tensor3D = vNew as tf.Tensor3D;
+    if (slot) ({ k, v } = slot.cache.append(slot.layer, kNew, vNew));
+    const T = k.shape[1];
+    const past = T - S;
+    // [S, H, D] -> [Hkv, groups·S, D]: the queries of one KV group become one batch row.
+    const qg = tf.reshape(tf.transpose(tf.mul(q, 1 / Math.sqrt(D)), [1, 0, 2]), [Hkv, groups * S, D]);
+    let scores = tf.matMul(qg, k, false, true); // [Hkv, groups·S, T]
+    // The [S, T] mask broadcasts over heads and groups.
+    if (S > 1) scores = tf.reshape(tf.add(tf.reshape(scores, [Hkv, groups, S, T]), causalMask(S, T, past)), [Hkv, groups * S, T]);
+    const probs = tf.softmax(scores, -1);
+    const out = tf.matMul(probs, v); // [Hkv, groups·S, D]
+    const merged = tf.reshape(tf.transpose(tf.reshape(out, [H, S, D]), [1, 0, 2]), [S, H * D]) as tf.Tensor2D;
+    return linear(merged, attn.o_proj) as tf.Tensor2D;
+  });
+}
+
+/**
+ * Additive causal mask `[S, T]`: query i (at position past + i) sees keys 0..past + i. Masked entries get the float32
+ * minimum, like the reference (finfo.min); exp() of it underflows to exactly 0.
+ */
+function causalMask(S: number, T: number, past: number): tf.Tensor2D {
+  const m = new Float32Array(S * T);
+  const neg = -3.4028234663852886e38;
+  for (let i = 0; i < S; i++) m.fill(neg, i * T + past + i + 1, (i + 1) * T);
+  return tf.tensor2d(m, [S, T]);
+}
+
+export function disposeDecoderAttention(a: DecoderAttention): void {
+  for (const l of [a.q_proj, a.k_proj, a.v_proj, a.o_proj]) disposeLinear(l);
+  a.q_norm.weight.dispose();
+  a.k_norm.weight.dispose();
+}

@@ -1,0 +1,56 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { Checkpoint } from '@omniflow/runtime-gpu';
+
+/**
+ * SwiGLU MLP `down(silu(gate(x)) ⊙ up(x))`, no biases (spec 3.1). gate_proj and up_proj are stored side by side in one
+ * `[in, 2·intermediate]` matrix (gate first, like transformers' fused `gate_up_proj`), so one matmul computes both.
+ */
+export interface SwiGluMlp {
+  readonly gateUp: tf.Tensor2D; // [hidden, 2 * intermediate]
+  readonly down: tf.Tensor2D; // [intermediate, hidden]
+  readonly hidden: number;
+  readonly intermediate: number;
+}
+
+/**
+ * Loads `${prefix}.gate_proj/up_proj/down_proj.weight` (PyTorch [out, in]) into the pre-transposed fused layout.
+ *
+ * ```ts
+ * const mlp = loadSwiGluMlp(ckpt, 'thinker.model.layers.0.mlp.experts.3', 2048, 768);
+ * const y = swiGlu(x, mlp); // [n, 2048] -> [n, 2048]
+ * ```
+ */
+export function loadSwiGluMlp(ckpt: Checkpoint, prefix: string, hidden: number, intermediate: number): SwiGluMlp {
+  const gate = ckpt.get(`${prefix}.gate_proj.weight`, [intermediate, hidden]).data as Float32Array;
+  const up = ckpt.get(`${prefix}.up_proj.weight`, [intermediate, hidden]).data as Float32Array;
+  const down = ckpt.get(`${prefix}.down_proj.weight`, [hidden, intermediate]).data as Float32Array;
+  return swiGluFromPyTorch(gate, up, down, hidden, intermediate);
+}
+
+/** Builds the fused layout from PyTorch-layout host arrays (gate, up: [I, H]; down: [H, I]). */
+export function swiGluFromPyTorch(gate: Float32Array, up: Float32Array, down: Float32Array, hidden: number, intermediate: number): SwiGluMlp {
+  // Transpose on the host into the final layout: one device tensor per matrix, no temporaries on the device.
+  const gateUp = new Float32Array(hidden * 2 * intermediate);
+  for (let o = 0; o < intermediate; o++) {
+    for (let i = 0; i < hidden; i++) {
+      gateUp[i * 2 * intermediate + o] = gate[o * hidden + i]!;
+      gateUp[i * 2 * intermediate + intermediate + o] = up[o * hidden + i]!;
+    }
+  }
+  const downT = new Float32Array(intermediate * hidden);
+  for (let o = 0; o < hidden; o++) for (let i = 0; i < intermediate; i++) downT[i * hidden + o] = down[o * intermediate + i]!;
+  return { gateUp: tf.tensor2d(gateUp, [hidden, 2 * intermediate]), down: tf.tensor2d(downT, [intermediate, hidden]), hidden, intermediate };
+}
+
+/** SwiGLU over the rows of `x` ([n, hidden]). */
+export function swiGlu(x: tf.Tensor2D, mlp: SwiGluMlp): tf.Tensor2D {
+  return tf.tidy(() => {
+    const [g, u] = tf.split(tf.matMul(x, mlp.gateUp), 2, 1);
+    return tf.matMul(tf.mul(tf.mul(g!, tf.sigmoid(g!)), u!), mlp.down);
+  });
+}
+
+export function disposeSwiGluMlp(mlp: SwiGluMlp): void {
+  mlp.gateUp.dispose();
+  mlp.down.dispose();
+}

@@ -1,0 +1,165 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { Checkpoint } from '@omniflow/runtime-gpu';
+import { disposeSwiGluMlp, loadSwiGluMlp, swiGlu, type SwiGluMlp } from './mlp.js';
+
+/**
+ * Sparse mixture-of-experts block (`*SparseMoeBlock`, spec 3.1): router `mlp.gate` → softmax over ALL experts →
+ * top-k → optional renormalisation → weighted sum of SwiGLU experts; the talker adds
+ * `sigmoid(shared_expert_gate(x)) · shared_expert(x)`.
+ *
+ * Experts are separate pre-transposed `[in, out]` matrices (the checkpoint stores them per expert), so an active
+ * expert reads only its own weights: no slicing of a stacked tensor, which on wasm would copy them.
+ */
+export interface SparseMoe {
+  readonly router: tf.Tensor2D; // [hidden, numExperts]
+  readonly experts: readonly SwiGluMlp[];
+  readonly topK: number;
+  readonly normTopKProb: boolean;
+  readonly sharedExpert?: SwiGluMlp;
+  readonly sharedExpertGate?: tf.Tensor2D; // [hidden, 1]
+  readonly hidden: number;
+}
+
+export interface SparseMoeSizes {
+  hidden: number;
+  numExperts: number;
+  topK: number;
+  moeIntermediate: number;
+  normTopKProb: boolean;
+  /** 0 or absent: no shared expert (the thinker). */
+  sharedExpertIntermediate?: number;
+}
+
+/**
+ * Loads `${prefix}.gate`, `${prefix}.experts.M.*` and, when `sharedExpertIntermediate` > 0, `${prefix}.shared_expert.*`
+ * and `${prefix}.shared_expert_gate`.
+ *
+ * ```ts
+ * const moe = loadSparseMoe(ckpt, 'thinker.model.layers.0.mlp', { hidden: 2048, numExperts: 128, topK: 8, moeIntermediate: 768, normTopKProb: true });
+ * const { output } = sparseMoe(x, moe); // x [n, 2048]
+ * ```
+ */
+export function loadSparseMoe(ckpt: Checkpoint, prefix: string, s: SparseMoeSizes): SparseMoe {
+  const router = transposedHost(ckpt.get(`${prefix}.gate.weight`, [s.numExperts, s.hidden]).data as Float32Array, s.numExperts, s.hidden);
+  const experts: SwiGluMlp[] = [];
+  for (let e = 0; e < s.numExperts; e++) experts.push(loadSwiGluMlp(ckpt, `${prefix}.experts.${e}`, s.hidden, s.moeIntermediate));
+  const shared = s.sharedExpertIntermediate ? loadSwiGluMlp(ckpt, `${prefix}.shared_expert`, s.hidden, s.sharedExpertIntermediate) : undefined;
+  const sharedGate = s.sharedExpertIntermediate ? tf.tensor2d(ckpt.get(`${prefix}.shared_expert_gate.weight`, [1, s.hidden]).data as Float32Array, [s.hidden, 1]) : undefined;
+  return {
+    router: tf.tensor2d(router, [s.hidden, s.numExperts]),
+    experts, topK: s.topK, normTopKProb: s.normTopKProb, sharedExpert: shared, sharedExpertGate: sharedGate, hidden: s.hidden,
+  };
+}
+
+/** Host routing decisions for n tokens. */
+export interface MoeRouting {
+  /** [n, numExperts] router logits (x · gateᵀ). */
+  readonly routerLogits: Float32Array;
+  /** [n, topK] expert indices, descending probability (torch.topk order; ties to the lower index). */
+  readonly selectedExperts: Int32Array;
+  /** [n, topK] weights: the top-k softmax probabilities, renormalised to sum 1 when normTopKProb. */
+  readonly routingWeights: Float32Array;
+}
+
+export interface SparseMoeResult {
+  /** [n, hidden], owned by the caller. */
+  readonly output: tf.Tensor2D;
+  readonly routing: MoeRouting;
+  /** With `{ sharedDetails: true }` and a shared expert: sigmoid gate [n, 1] and shared expert output [n, hidden]. */
+  readonly sharedGate?: tf.Tensor2D;
+  readonly sharedOutput?: tf.Tensor2D;
+}
+
+/**
+ * The MoE block over the rows of `x` ([n, hidden]). Tokens are grouped per expert: each active expert gathers its rows,
+ * runs one SwiGLU over them, and the weighted results are summed back per token (a gather + sum, deterministic) — no
+ * loop over tokens on the device. The router's top-k needs host values, so the router logits are read back once.
+ */
+export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetails?: boolean } = {}): SparseMoeResult {
+  const [n, hidden] = x.shape;
+  if (hidden !== moe.hidden) throw new Error(`sparseMoe: input has ${hidden} features but the block expects ${moe.hidden}`);
+  const logitsT = tf.matMul(x, moe.router);
+  const routerLogits = logitsT.dataSync() as Float32Array;
+  logitsT.dispose();
+  const routing = route(routerLogits, n, moe.experts.length, moe.topK, moe.normTopKProb);
+  const k = moe.topK;
+
+  // Group (token, slot) pairs by expert, in expert order; remember where each pair's result row lands.
+  const perExpert: number[][] = moe.experts.map(() => []);
+  for (let t = 0; t < n; t++) for (let s = 0; s < k; s++) perExpert[routing.selectedExperts[t * k + s]!]!.push(t * k + s);
+  const rowOfPair = new Int32Array(n * k);
+  let rows = 0;
+  for (const pairs of perExpert) for (const pair of pairs) rowOfPair[pair] = rows++;
+
+  const tensors = tf.tidy(() => {
+    const parts: tf.Tensor2D[] = [];
+    perExpert.forEach((pairs, e) => {
+      if (!pairs.length) return;
+      const tokens = Int32Array.from(pairs, (p) => Math.floor(p / k));
+      const weights = Float32Array.from(pairs, (p) => routing.routingWeights[p]!);
+      const xe = tokens.length === n && tokens.every((t, i) => t === i) ? x : tf.gather(x, tf.tensor1d(tokens, 'int32'));
+      parts.push(tf.mul(swiGlu(xe, moe.experts[e]!), tf.tensor2d(weights, [pairs.length, 1])));
+    });
+    const stacked = parts.length === 1 ? parts[0]! : tf.concat(parts, 0);
+    // Row t·k + s of `ordered` is token t's slot-s contribution; summing the k slots adds the experts back per token.
+    const ordered = k === 1 ? stacked : tf.gather(stacked, tf.tensor1d(rowOfPair, 'int32'));
+    let output = (k === 1 ? ordered : tf.sum(tf.reshape(ordered, [n, k, hidden]), 1)) as tf.Tensor2D;
+    let sharedGate: tf.Tensor2D | undefined, sharedOutput: tf.Tensor2D | undefined;
+    if (moe.sharedExpert && moe.sharedExpertGate) {
+      const gate = tf.sigmoid(tf.matMul(x, moe.sharedExpertGate)) as tf.Tensor2D;
+      const shared = swiGlu(x, moe.sharedExpert);
+      output = tf.add(output, tf.mul(gate, shared)) as tf.Tensor2D;
+      sharedGate = gate;
+      sharedOutput = shared;
+    }
+    const keep = options.sharedDetails && sharedGate ? { output, sharedGate, sharedOutput } : { output };
+    return keep as { output: tf.Tensor2D; sharedGate?: tf.Tensor2D; sharedOutput?: tf.Tensor2D };
+  });
+  return { ...tensors, routing };
+}
+
+/**
+ * Softmax over all experts, top-k (descending; ties to the lower index, like torch.topk on CPU), renormalised when
+ * `normTopKProb`. Computed in float64 and rounded to float32: the reference computes in float32; the difference is
+ * ~1e-7 relative, far below routing gaps.
+ */
+export function route(routerLogits: Float32Array, n: number, numExperts: number, topK: number, normTopKProb: boolean): MoeRouting {
+  const selectedExperts = new Int32Array(n * topK);
+  const routingWeights = new Float32Array(n * topK);
+  const probs = new Float64Array(numExperts);
+  const taken = new Uint8Array(numExperts);
+  for (let t = 0; t < n; t++) {
+    const row = t * numExperts;
+    let max = -Infinity;
+    for (let e = 0; e < numExperts; e++) max = Math.max(max, routerLogits[row + e]!);
+    let sum = 0;
+    for (let e = 0; e < numExperts; e++) sum += probs[e] = Math.exp(routerLogits[row + e]! - max);
+    taken.fill(0);
+    let picked = 0;
+    for (let s = 0; s < topK; s++) {
+      let best = -1;
+      for (let e = 0; e < numExperts; e++) if (!taken[e] && (best < 0 || probs[e]! > probs[best]!)) best = e;
+      taken[best] = 1;
+      selectedExperts[t * topK + s] = best;
+      picked += probs[best]! / sum;
+    }
+    for (let s = 0; s < topK; s++) {
+      const p = probs[selectedExperts[t * topK + s]!]! / sum;
+      routingWeights[t * topK + s] = normTopKProb ? p / picked : p;
+    }
+  }
+  return { routerLogits, selectedExperts, routingWeights };
+}
+
+export function disposeSparseMoe(moe: SparseMoe): void {
+  moe.router.dispose();
+  for (const e of moe.experts) disposeSwiGluMlp(e);
+  if (moe.sharedExpert) disposeSwiGluMlp(moe.sharedExpert);
+  moe.sharedExpertGate?.dispose();
+}
+
+function transposedHost(w: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = w[r * cols + c]!;
+  return out;
+}
