@@ -1,6 +1,7 @@
 import type { ParityRunner } from './types.js';
 import { audioEncoderRunner } from './cases/audio-encoder.js';
 import { visionEncoderRunner } from './cases/vision-encoder.js';
+import { ropeIndexRunner } from './cases/rope-index.js';
 import { code2WavRunner } from './cases/code2wav.js';
 import { moeRunner } from './cases/moe.js';
 
@@ -11,6 +12,7 @@ import { moeRunner } from './cases/moe.js';
 export const parityRunners: ParityRunner[] = [
   audioEncoderRunner,
   visionEncoderRunner,
+  ropeIndexRunner,
   code2WavRunner,
   moeRunner,
 ];

@@ -8,3 +8,4 @@ export * from './chat-template.js';
 export * from './detokenizer.js';
 export * from './fixture-tokenizer/fixture-tokenizer.js';
 export * from './fixture-tokenizer/byte-level-bpe.js';
+export * from './rope-index.js';
