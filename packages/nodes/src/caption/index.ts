@@ -1,0 +1,5 @@
+export * from './caption-model.js';
+export * from './caption-options.js';
+export * from './audio-file-segments.js';
+export * from './caption-batcher.js';
+export * from './caption-audio-file.js';
