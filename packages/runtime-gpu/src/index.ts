@@ -5,3 +5,4 @@ export * from './ownership.js';
 export * from './safetensors.js';
 export * from './testing/fixtures.js';
 export * from './qwen3-omni-tensors.js';
+export * from './worker-stage.js';
