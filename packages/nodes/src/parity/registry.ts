@@ -4,6 +4,7 @@ import { visionEncoderRunner } from './cases/vision-encoder.js';
 import { ropeIndexRunner } from './cases/rope-index.js';
 import { code2WavRunner } from './cases/code2wav.js';
 import { moeRunner } from './cases/moe.js';
+import { thinkerRunner } from './cases/thinker.js';
 
 /**
  * Every parity runner, one line each. A runner handles one kind of case (see `ParityRunner.matches`); several may
@@ -15,4 +16,5 @@ export const parityRunners: ParityRunner[] = [
   ropeIndexRunner,
   code2WavRunner,
   moeRunner,
+  thinkerRunner,
 ];

@@ -101,7 +101,7 @@ export async function runParity(fixtureDir: string, options: RunParityOptions = 
       }
       const tensors: Record<string, HostTensor> = {};
       for (const name of Object.keys(spec.tensors)) if (caseTensors.has(name)) tensors[name] = caseTensors.read(name);
-      const ctx = makeContext(fixtureDir, config, ckpt, caseName, spec, tensors);
+      const ctx = makeContext(fixtureDir, config, ckpt, caseName, spec, tensors, caseTensors);
       const before = tf.memory().numTensors;
       const t0 = performance.now();
       const produced: Record<string, HostTensor | { shape?: number[]; data: ArrayLike<number> }> = {};
@@ -154,7 +154,10 @@ function parseCasesFile(path: string): CasesFile {
   return json as CasesFile;
 }
 
-function makeContext(fixtureDir: string, config: ParityContext['config'], ckpt: Checkpoint, caseName: string, caseSpec: CaseSpec, tensors: Record<string, HostTensor>): ParityContext {
+function makeContext(
+  fixtureDir: string, config: ParityContext['config'], ckpt: Checkpoint, caseName: string, caseSpec: CaseSpec,
+  tensors: Record<string, HostTensor>, file: SafetensorsFile,
+): ParityContext {
   return {
     fixtureDir, config, ckpt, caseName, caseSpec, params: caseSpec.params, tensors,
     tensor(name) {
@@ -162,6 +165,7 @@ function makeContext(fixtureDir: string, config: ParityContext['config'], ckpt: 
       if (!t) throw new Error(`parity case ${caseName}: tensor '${name}' is not in cases.safetensors (have: ${Object.keys(tensors).join(', ')})`);
       return t;
     },
+    fixtureTensor: (name) => tensors[name] ?? (file.has(name) ? file.read(name) : undefined),
     param<T>(name: string): T {
       if (!(name in caseSpec.params)) throw new Error(`parity case ${caseName}: parameter '${name}' is not in cases.json (have: ${Object.keys(caseSpec.params).join(', ')})`);
       return caseSpec.params[name] as T;

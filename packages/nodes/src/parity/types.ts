@@ -41,6 +41,11 @@ export interface ParityContext {
   tensors: Record<string, HostTensor>;
   /** The case tensor `name`, or an error naming the case and the tensor. */
   tensor(name: string): HostTensor;
+  /**
+   * Any tensor of the fixture's cases.safetensors, also another case's (e.g. the thinker case reads the encoder cases'
+   * inputs to build its multimodal prompt); undefined when the folder has none of that name.
+   */
+  fixtureTensor(name: string): HostTensor | undefined;
   /** The case parameter `name`, or an error naming the case and the parameter. */
   param<T = unknown>(name: string): T;
 }

@@ -9,3 +9,6 @@ export * from './detokenizer.js';
 export * from './fixture-tokenizer/fixture-tokenizer.js';
 export * from './fixture-tokenizer/byte-level-bpe.js';
 export * from './rope-index.js';
+export * from './text-model.js';
+export * from './generate.js';
+export * from './sampler.js';

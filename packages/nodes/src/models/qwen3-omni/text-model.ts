@@ -22,16 +22,16 @@ export interface TextDecoderLayer {
 export interface TextModelKeys {
   /** Prefix of the decoder (`thinker.model`): layers.N.*, norm. */
   model: string;
-  /** Token embedding table ([vocab, hidden]). */
+  /** Token embedding module (`thinker.model.embed_tokens`; its `.weight` is [vocab, hidden]). */
   embed: string;
-  /** Output head ([vocab, hidden]); absent: no logits (hidden states only). */
+  /** Output head Linear (`thinker.lm_head`; `.weight` [vocab, hidden]); absent: no logits (hidden states only). */
   lmHead?: string;
 }
 
 export const THINKER_TEXT_KEYS: TextModelKeys = {
   model: 'thinker.model',
-  embed: 'thinker.model.embed_tokens.weight',
-  lmHead: 'thinker.lm_head.weight',
+  embed: 'thinker.model.embed_tokens',
+  lmHead: 'thinker.lm_head',
 };
 
 /** Rows spliced over placeholder tokens: the i-th `tokenId` in sequence order receives row i of `rows`. */
@@ -110,7 +110,7 @@ export class TextModel {
   static load(ckpt: Checkpoint, config: ThinkerTextConfig, keys: TextModelKeys = THINKER_TEXT_KEYS): TextModel {
     const c = config;
     const D = c.hidden_size;
-    const embed = ckpt.get(keys.embed, [c.vocab_size, D]).data as Float32Array;
+    const embed = ckpt.get(`${keys.embed}.weight`, [c.vocab_size, D]).data as Float32Array;
     // Inside tidy so a missing or mis-shaped tensor half-way through disposes what was already loaded.
     const parts = tf.tidy(() => {
       const layers: TextDecoderLayer[] = [];
