@@ -152,19 +152,18 @@ export async function serveWorkerStage(): Promise<void> {
   if (mod.setup) await mod.setup(data.setup);
   port.on('message', (req: Request) => {
     try {
-      const outputs = tf.tidy(() => {
+      const outputs: HostTensors = {};
+      tf.tidy(() => {
         const ins: Record<string, tf.Tensor> = {};
         for (const [k, t] of Object.entries(req.inputs)) ins[k] = tf.tensor(t.data, t.shape, t.dtype);
         const out = (fn as (x: Record<string, tf.Tensor>) => tf.Tensor | Record<string, tf.Tensor>)(ins);
         const named = out instanceof tf.Tensor ? { out } : out;
-        const host: HostTensors = {};
         for (const [k, t] of Object.entries(named)) {
           // wasm hands out a fresh copy of its heap; the cpu backend hands out its own storage,
           // which must not be transferred away.
           const d = t.dataSync() as Float32Array | Int32Array;
-          host[k] = { dtype: t.dtype === 'int32' ? 'int32' : 'float32', shape: [...t.shape], data: report.name === 'wasm' ? d : d.slice() };
+          outputs[k] = { dtype: t.dtype === 'int32' ? 'int32' : 'float32', shape: [...t.shape], data: report.name === 'wasm' ? d : d.slice() };
         }
-        return host;
       });
       port.postMessage({ id: req.id, outputs } satisfies Reply, Object.values(outputs).map((t) => t.data.buffer as ArrayBuffer));
     } catch (err) {
