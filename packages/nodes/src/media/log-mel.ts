@@ -160,9 +160,9 @@ export class LogMel {
     for (let t = 0; t < T; t++) for (let k = 0; k < nFft; k++) idx[t * nFft + k] = t * hopLength + k;
     return tf.tidy(() => {
       const padded = tf.mirrorPad(pcm, [[pad, pad]], 'reflect');
-      const frames = tf.gather(padded, tf.tensor2d(idx, [T, nFft], 'int32')) as tf.Tensor2D;
+      const frames = tf.gather(padded, tf.tensor2d(idx, [T, nFft], 'int32')) as unknown as tf.Tensor2D;
       const x = this.logMelOfFrames(frames);
-      return tf.transpose(normalizeLogMel(x, tf.max(x))) as tf.Tensor2D;
+      return tf.transpose(normalizeLogMel(x, tf.max(x) as tf.Scalar)) as tf.Tensor2D;
     });
   }
 
