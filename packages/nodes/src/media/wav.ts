@@ -32,7 +32,7 @@ export async function readWav(source: string | Uint8Array): Promise<WavAudio> {
     bytes = typeof source === 'string' ? await readFile(source) : source;
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new Error(e.code === 'ENOENT' ? `readWav: file not found: ${name}` : `readWav: cannot read ${name}: ${e.message}`);
+    throw new Error(e.code === 'ENOENT' ? `readWav: file not found: ${name}` : `readWav: cannot read ${name}: ${e.message}`, { cause: err });
   }
   return decodeWav(bytes, name);
 }
@@ -42,7 +42,7 @@ function decodeWav(bytes: Uint8Array, name: string): WavAudio {
   try {
     wav.fromBuffer(bytes);
   } catch (err) {
-    throw new Error(`readWav: ${name} is not a readable WAV file: ${(err as Error).message}`);
+    throw new Error(`readWav: ${name} is not a readable WAV file: ${(err as Error).message}`, { cause: err });
   }
   const fmt = wav.fmt as { numChannels: number; sampleRate: number };
   const bitDepth = wav.bitDepth;
