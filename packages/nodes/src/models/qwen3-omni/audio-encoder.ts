@@ -247,6 +247,20 @@ export class AudioEncoder {
    * @param featureLens mel frames of each audio, in order.
    */
   encode(features: tf.Tensor2D, featureLens: readonly number[], options: { keepConvEmbeds?: boolean } = {}): AudioEncoding {
+    const { convEmbeds, plan } = this.embed(features, featureLens);
+    try {
+      const embeds = this.transform(convEmbeds, plan);
+      return { embeds, outputLengths: plan.outputLengths, plan, convEmbeds: options.keepConvEmbeds ? convEmbeds : undefined };
+    } finally {
+      if (!options.keepConvEmbeds) convEmbeds.dispose();
+    }
+  }
+
+  /**
+   * First stage of `encode`: chunking, the conv stack, conv_out and positions. Returns the input of encoder layer 0
+   * ([Σ output_lengths, d_model], caller-owned) and the chunk plan.
+   */
+  embed(features: tf.Tensor2D, featureLens: readonly number[]): { convEmbeds: tf.Tensor2D; plan: AudioChunkPlan } {
     const cfg = this.config;
     if (features.rank !== 2 || features.shape[0] !== cfg.num_mel_bins) {
       throw new Error(`audio encoder: features must be [num_mel_bins=${cfg.num_mel_bins}, frames], got [${features.shape}]`);
@@ -256,17 +270,25 @@ export class AudioEncoder {
     if (totalFrames !== features.shape[1]) {
       throw new Error(`audio encoder: feature_lens sum to ${totalFrames} frames but features hold ${features.shape[1]}`);
     }
-    const convEmbeds = this.convEmbeds(features, featureLens, plan);
+    return { convEmbeds: this.convEmbeds(features, featureLens, plan), plan };
+  }
+
+  /**
+   * Second stage of `encode`: the windowed encoder layers, ln_post, proj1, GELU, proj2 over the output of `embed`
+   * (not consumed). Returns [Σ output_lengths, output_dim], caller-owned.
+   */
+  transform(convEmbeds: tf.Tensor2D, plan: AudioChunkPlan): tf.Tensor2D {
     let hidden: tf.Tensor2D = convEmbeds;
-    for (const layer of this.layers) {
-      const next = this.layer(hidden, layer, plan.cuSeqlens);
+    try {
+      for (const layer of this.layers) {
+        const next = this.layer(hidden, layer, plan.cuSeqlens);
+        if (hidden !== convEmbeds) hidden.dispose();
+        hidden = next;
+      }
+      return tf.tidy(() => linear(gelu(linear(layerNorm(hidden, this.ln_post), this.proj1)), this.proj2) as tf.Tensor2D);
+    } finally {
       if (hidden !== convEmbeds) hidden.dispose();
-      hidden = next;
     }
-    const embeds = tf.tidy(() => linear(gelu(linear(layerNorm(hidden, this.ln_post), this.proj1)), this.proj2) as tf.Tensor2D);
-    if (hidden !== convEmbeds) hidden.dispose();
-    if (!options.keepConvEmbeds) convEmbeds.dispose();
-    return { embeds, outputLengths: plan.outputLengths, plan, convEmbeds: options.keepConvEmbeds ? convEmbeds : undefined };
   }
 
   /** Chunk, zero-pad every chunk to the longest (before the convs, as the reference's pad_sequence does), conv stack, conv_out, positions, valid rows. */
