@@ -12,3 +12,7 @@ export * from './rope-index.js';
 export * from './text-model.js';
 export * from './generate.js';
 export * from './sampler.js';
+export * from './codec-head.js';
+export * from './code-predictor.js';
+export * from './talker-input.js';
+export * from './talker.js';

@@ -1,0 +1,148 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Checkpoint, SafetensorsFile, fixtureDir, fixturePath, initBackend } from '@omniflow/runtime-gpu';
+import { readQwen3OmniConfig, type Qwen3OmniConfig } from './config.js';
+import { Talker, TalkerGeneration, type CodecFrame } from './talker.js';
+import { CodecHead, GREEDY } from './codec-head.js';
+import { Sampler } from './sampler.js';
+import { CodePredictor } from './code-predictor.js';
+import { buildTalkerPrompt, talkerTokenIds, userTurnIndices } from './talker-input.js';
+
+const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+};
+
+describe('talker, codec head and code predictor (fixture case 7)', () => {
+  let config: Qwen3OmniConfig;
+  let ckpt: Checkpoint;
+  let cases: SafetensorsFile;
+  let talker: Talker;
+  let head: CodecHead;
+  let predictor: CodePredictor;
+  let ids: Int32Array;
+  let embeds: tf.Tensor2D;
+  let hidden: tf.Tensor2D;
+  let start: number;
+  const ref = (name: string) => cases.read(`talker.${name}`);
+
+  beforeAll(async () => {
+    await initBackend();
+    start = tf.memory().numTensors;
+    config = readQwen3OmniConfig(fixtureDir()).config;
+    ckpt = Checkpoint.open(fixturePath('model.safetensors'));
+    cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
+    talker = Talker.load(ckpt, config);
+    head = CodecHead.load(ckpt, config.talker_config!);
+    predictor = CodePredictor.load(ckpt, config.talker_config!.code_predictor_config);
+    // Case 7 voices the thinker generation of case 5: its token ids are that case's sequences.
+    ids = cases.read('thinker.sequences').data as Int32Array;
+    const e = ref('thinker_embed'), h = ref('thinker_hidden');
+    embeds = tf.tensor2d(e.data as Float32Array, [e.shape[1], e.shape[2]]);
+    hidden = tf.tensor2d(h.data as Float32Array, [h.shape[1], h.shape[2]]);
+    // The predictor's reusable per-frame KV cache is allocated on first use; do that here so tests count leaks only.
+    const z = tf.zeros([1, 24]) as tf.Tensor2D;
+    predictor.predict(z, z, new Sampler(GREEDY)).embeddingSum.dispose();
+    z.dispose();
+  });
+
+  afterAll(() => {
+    tf.dispose([embeds, hidden]);
+    talker.dispose();
+    head.dispose();
+    predictor.dispose();
+    expect(tf.memory().numTensors).toBe(start);
+    ckpt.close();
+    cases.close();
+  });
+
+  it('reads every talker tensor', () => {
+    expect(ckpt.unused().filter((k) => k.startsWith('talker.'))).toEqual([]);
+  });
+
+  it('builds the talker prompt: user turns, assistant prefix, trailing text', () => {
+    const before = tf.memory().numTensors;
+    const tokens = talkerTokenIds(config);
+    expect(Array.from(userTurnIndices(ids, tokens.imStart, tokens.user, 56))).toEqual(Array.from(ref('user_indices').data));
+    const prompt = buildTalkerPrompt(talker, tokens, { ids, thinkerEmbeds: embeds, thinkerHidden: hidden, speaker: 'Ethan' });
+    expect(prompt.assistantStart).toBe(56);
+    expect(maxAbsDiff(talker.ttsSpecialEmbeds.dataSync(), ref('tts_special_embeds').data)).toBeLessThan(2e-4);
+    expect(maxAbsDiff(prompt.userEmbeds.dataSync(), ref('user_embeds').data)).toBeLessThan(4e-4);
+    expect(maxAbsDiff(prompt.assistantEmbeds.dataSync(), ref('assistant_embeds').data)).toBeLessThan(5e-4);
+    expect(maxAbsDiff(prompt.trailingText.dataSync(), ref('trailing_text_hidden').data)).toBeLessThan(2e-4);
+    expect(maxAbsDiff(prompt.inputsEmbeds.dataSync(), ref('input_embeds').data)).toBeLessThan(5e-4);
+    expect(Array.from(prompt.inputIds)).toEqual(Array.from(ref('input_ids').data));
+    prompt.dispose();
+    expect(() => buildTalkerPrompt(talker, tokens, { ids, thinkerEmbeds: embeds, thinkerHidden: hidden, speaker: 'bob' }))
+      .toThrow(/unknown speaker 'bob'; this checkpoint has aiden, chelsie, ethan/);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('generates the reference codes greedily: code 0, residual codes, logits, positions', () => {
+    const before = tf.memory().numTensors;
+    const prompt = buildTalkerPrompt(talker, talkerTokenIds(config), { ids, thinkerEmbeds: embeds, thinkerHidden: hidden, speaker: 'ethan' });
+    const gen = new TalkerGeneration(talker, head, predictor, prompt, {
+      sampling: GREEDY, predictorSampling: GREEDY, maxFrames: 3, media: {
+        imageGridThw: [Array.from(cases.read('rope.image_grid_thw').data) as [number, number, number]],
+        videoGridThw: [Array.from(cases.read('rope.video_grid_thw').data) as [number, number, number]],
+        audioSeqlens: Array.from(cases.read('rope.audio_seqlens').data),
+        secondPerGrids: Array.from(cases.read('rope.video_second_per_grid').data),
+      },
+    });
+    const frames: CodecFrame[] = [];
+    for (let f = gen.next(); f; f = gen.next()) frames.push(f);
+    expect(gen.stopReason).toBe('max-frames');
+    const G = 4, F = 3;
+    const codes = ref('codes').data; // [1, G, F]
+    for (let f = 0; f < F; f++) expect(Array.from(frames[f].codes)).toEqual(Array.from({ length: G }, (_, g) => codes[g * F + f]));
+    const stepLogits = ref('step_logits').data, cpLogits = ref('code_predictor_logits').data;
+    for (let f = 0; f < F; f++) {
+      expect(maxAbsDiff(frames[f].code0Logits, stepLogits.subarray(f * 48, (f + 1) * 48))).toBeLessThan(3e-4);
+      expect(maxAbsDiff(frames[f].residualLogits, cpLogits.subarray(f * 96, (f + 1) * 96))).toBeLessThan(4e-4);
+    }
+    const decodePositions = ref('decode_position_ids').data;
+    expect([...frames[1].position, ...frames[2].position]).toEqual(Array.from(decodePositions));
+    expect(frames.map((f) => f.textTokensRead)).toEqual([1, 2, 3]);
+    gen.dispose();
+    prompt.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('streams trailing text: waits for a missing token, then gives the same frames', () => {
+    const before = tf.memory().numTensors;
+    const tokens = talkerTokenIds(config);
+    // Build the prompt as soon as the first answer token exists (rows up to 56 + 4), then push the rest.
+    const first = 60;
+    const part = (t: tf.Tensor2D) => tf.slice(t, [0, 0], [first, -1]) as tf.Tensor2D;
+    const [e, h] = [part(embeds), part(hidden)];
+    const prompt = buildTalkerPrompt(talker, tokens, { ids: ids.subarray(0, first), thinkerEmbeds: e, thinkerHidden: h }, { textComplete: false });
+    const positionIds = [0, 1, 2].map((r) => ref('position_ids').data.subarray(r * 57, (r + 1) * 57)) as unknown as [Float32Array, Float32Array, Float32Array];
+    const gen = new TalkerGeneration(talker, head, predictor, prompt, { sampling: GREEDY, predictorSampling: GREEDY, maxFrames: 3, positionIds, streamingText: true });
+    const f0 = gen.next()!;
+    expect(gen.needsText).toBe(true);
+    expect(() => gen.next()).toThrow(/needs the next answer token/);
+    const rest = tf.tidy(() => talker.textProjection(tf.slice(embeds, [first, 0], [embeds.shape[0] - first, -1]) as tf.Tensor2D));
+    gen.pushText(rest);
+    gen.endText();
+    rest.dispose();
+    const f1 = gen.next()!, f2 = gen.next()!;
+    const codes = ref('codes').data;
+    expect([f0, f1, f2].map((f) => f.codes[0])).toEqual([codes[0], codes[1], codes[2]]);
+    expect(Array.from(f2.codes)).toEqual([codes[2], codes[5], codes[8], codes[11]]);
+    gen.dispose();
+    prompt.dispose();
+    tf.dispose([e, h]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('suppresses the control codes when sampling, not when greedy', () => {
+    const logits = Float32Array.from({ length: 48 }, (_, i) => (i === 40 ? 10 : Math.sin(i)));
+    // generate() suppresses [vocab − 1024, vocab) except codec EOS; with this 48-id vocabulary that is all but EOS.
+    expect(head.suppressTokens.length).toBe(47);
+    expect(head.suppressTokens).not.toContain(38);
+    for (let seed = 0; seed < 5; seed++) expect(head.pick(logits, new Sampler({ topK: 5, seed }))).toBe(38);
+    expect(head.pick(logits, new Sampler(GREEDY))).toBe(40); // greedy: the raw argmax, as the fixtures record
+});
+});
