@@ -6,3 +6,5 @@ export * from './safetensors.js';
 export * from './testing/fixtures.js';
 export * from './qwen3-omni-tensors.js';
 export * from './worker-stage.js';
+export * from './fusion.js';
+export * from './kernels.js';

@@ -1,0 +1,77 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { TensorHandle } from '@omniflow/core';
+
+/** Activations the backends' fused matMul implements (tf.fused.matMul). */
+export type FusableActivation = 'relu' | 'relu6' | 'sigmoid' | 'elu' | 'leakyrelu';
+
+/** What a fusable kernel computes, so the fuser can merge matMul + bias + activation into one op. */
+export type FusableOp =
+  | { readonly op: 'matMul'; readonly weight: tf.Tensor2D }
+  | { readonly op: 'biasAdd'; readonly bias: tf.Tensor1D }
+  | { readonly op: 'activation'; readonly activation: FusableActivation; readonly alpha?: number };
+
+/** A kernel (tensor in, tensor out) that says what it computes. */
+export type DescribedKernel = ((x: TensorHandle) => TensorHandle) & { readonly fusableOp: FusableOp };
+
+/** The op a kernel declares, if it is one of the fusable kernels below. */
+export function fusableOpOf(kernel: (x: TensorHandle) => TensorHandle): FusableOp | undefined {
+  return (kernel as Partial<DescribedKernel>).fusableOp;
+}
+
+function described(fn: (x: tf.Tensor) => tf.Tensor, op: FusableOp): DescribedKernel {
+  const k = ((x: TensorHandle) => tf.tidy(() => fn(x as unknown as tf.Tensor))) as unknown as DescribedKernel;
+  Object.defineProperty(k, 'fusableOp', { value: op, enumerable: true });
+  return k;
+}
+
+/** Applies a [in, out] weight over the last axis of x, whatever its leading shape. */
+function overLastAxis(x: tf.Tensor, inF: number, outF: number, f: (x2: tf.Tensor2D) => tf.Tensor2D): tf.Tensor {
+  if (x.shape[x.rank - 1] !== inF) throw new Error(`matMul kernel: input's last axis is ${x.shape[x.rank - 1]} but the weight expects ${inF} (input shape [${x.shape}])`);
+  if (x.rank === 2) return f(x as tf.Tensor2D);
+  const lead = x.shape.slice(0, -1);
+  return tf.reshape(f(tf.reshape(x, [-1, inF]) as tf.Tensor2D), [...lead, outF]);
+}
+
+/**
+ * `x · W` over the last axis, W already `[in, out]` (see LINEAR_IN_OUT). Fusable with a following
+ * bias and activation.
+ *
+ * ```ts
+ * const k = matMulKernel(w); // kernel: (p) => matMulKernel(weights.get(p.layer))
+ * ```
+ */
+export function matMulKernel(weight: tf.Tensor2D): DescribedKernel {
+  const [inF, outF] = weight.shape;
+  return described((x) => overLastAxis(x, inF, outF, (x2) => tf.matMul(x2, weight)), { op: 'matMul', weight });
+}
+
+/** `x + b` over the last axis. */
+export function biasAddKernel(bias: tf.Tensor1D): DescribedKernel {
+  return described((x) => tf.add(x, bias), { op: 'biasAdd', bias });
+}
+
+/** An elementwise activation the fused matMul can absorb. */
+export function activationKernel(activation: FusableActivation, alpha = 0.2): DescribedKernel {
+  const fns: Record<FusableActivation, (x: tf.Tensor) => tf.Tensor> = {
+    relu: (x) => tf.relu(x),
+    relu6: (x) => tf.relu6(x),
+    sigmoid: (x) => tf.sigmoid(x),
+    elu: (x) => tf.elu(x),
+    leakyrelu: (x) => tf.leakyRelu(x, alpha),
+  };
+  if (!fns[activation]) throw new Error(`activationKernel: '${activation}' is not one of ${Object.keys(fns).join(', ')}`);
+  return described(fns[activation], { op: 'activation', activation, ...(activation === 'leakyrelu' ? { alpha } : {}) });
+}
+
+/** One tf.fused.matMul for matMul [+ bias] [+ activation]. */
+export function fusedLinear(x: tf.Tensor, weight: tf.Tensor2D, bias?: tf.Tensor1D, activation?: { activation: FusableActivation; alpha?: number }): tf.Tensor {
+  const [inF, outF] = weight.shape;
+  return overLastAxis(x, inF, outF, (x2) =>
+    tf.fused.matMul({
+      a: x2,
+      b: weight,
+      ...(bias ? { bias } : {}),
+      ...(activation ? { activation: activation.activation, ...(activation.alpha !== undefined ? { leakyreluAlpha: activation.alpha } : {}) } : {}),
+    }) as tf.Tensor2D,
+  );
+}
