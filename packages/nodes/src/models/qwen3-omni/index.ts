@@ -16,3 +16,6 @@ export * from './codec-head.js';
 export * from './code-predictor.js';
 export * from './talker-input.js';
 export * from './talker.js';
+export * from './load.js';
+export * from './thinker-prompt.js';
+export * from './thinker-turn.js';

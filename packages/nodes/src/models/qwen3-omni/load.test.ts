@@ -1,0 +1,116 @@
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SafetensorsFile, fixtureDir, fixturePath, initBackend, writeSafetensors, writeShardedCheckpoint, type TensorToWrite } from '@omniflow/runtime-gpu';
+import { fixtureTokenizer, writeFixtureTokenizer } from './fixture-tokenizer/fixture-tokenizer.js';
+import { loadQwen3Omni } from './load.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'omniflow-load-'));
+const weights = SafetensorsFile.open(fixturePath('model.safetensors'));
+const allTensors = (dtype: 'F32' | 'BF16', keep: (k: string) => boolean = () => true): Record<string, TensorToWrite> =>
+  Object.fromEntries(weights.keys().filter(keep).map((k) => {
+    const t = weights.read(k);
+    return [k, { dtype, shape: t.shape, data: t.data }];
+  }));
+const count = (prefix: string) => weights.keys().filter((k) => k.startsWith(prefix)).length;
+
+beforeAll(async () => {
+  await initBackend();
+});
+afterAll(() => {
+  weights.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+describe('loadQwen3Omni', () => {
+  it('loads the fixture checkpoint, reports what it loaded, and frees every tensor on dispose', async () => {
+    const before = tf.memory().numTensors;
+    const model = await loadQwen3Omni(fixtureDir(), { tokenizer: fixtureTokenizer() });
+    const r = model.report;
+    expect(r.modules.map((m) => m.name).sort()).toEqual(['audio_tower', 'code2wav', 'thinker', 'visual']);
+    // Tensor counts per module follow spec 4.4's formulas at the fixture's sizes.
+    const byName = Object.fromEntries(r.modules.map((m) => [m.name, m]));
+    expect(byName.thinker.tensors).toBe(4 * (8 + 1 + 4 * 3) + 3);
+    expect(byName.audio_tower.tensors).toBe(2 * 16 + 13);
+    expect(byName.visual.tensors).toBe(3 * 12 + 3 + 6 + 2 * 6);
+    expect(byName.code2wav.tensors).toBe(count('code2wav.'));
+    expect(byName.thinker.parameters).toBe(256 * 32 * 2 + 4 * (2 * 32 + 2 * 16 + (64 + 32 + 32) * 32 + 64 * 32 + 4 * 32 + 4 * 3 * 16 * 32) + 32);
+    expect(r.bytes).toBe(r.parameters * 4);
+    expect(r.storedBytes).toBe(r.parameters * 4); // the fixture is stored as F32
+    // The talker has no loader wired in yet: its keys are reported, not silently dropped.
+    expect(r.skipped).toEqual([{ name: 'talker', reason: 'no talker loader in this build' }]);
+    expect(r.unusedKeys.length).toBe(count('talker.'));
+    expect(r.tensors + r.unusedKeys.length).toBe(387);
+    expect(r.configWarnings).toEqual([]);
+    expect(model.describe()).toMatch(/thinker\s+87 tensors/);
+    expect(model.tokenizer.specialTokens.audioPad).toBe(244);
+    expect(tf.memory().numTensors).toBeGreaterThan(before);
+    model.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('loads a sharded bf16 copy (converted to float32 on load) with the tokenizer from the folder', async () => {
+    const dir = join(tmp, 'sharded-bf16');
+    const shards = writeShardedCheckpoint(dir, allTensors('BF16'), { maxShardBytes: 64 * 1024 });
+    expect(shards.length).toBeGreaterThan(2);
+    copyFileSync(fixturePath('config.json'), join(dir, 'config.json'));
+    writeFixtureTokenizer(dir);
+    const model = await loadQwen3Omni(dir);
+    expect(model.report.tokenizer.source).toBe(dir);
+    expect(model.report.storedBytes).toBe(model.report.parameters * 2);
+    // bf16 keeps 8 mantissa bits: each embedding row matches the f32 original to 2^-8 relative.
+    const f32 = weights.read('thinker.model.embed_tokens.weight').data as Float32Array;
+    const got = model.thinker.embedTokens;
+    let worst = 0;
+    for (let i = 0; i < f32.length; i++) worst = Math.max(worst, Math.abs(got[i] - f32[i]) / Math.max(Math.abs(f32[i]), 1e-30));
+    expect(worst).toBeGreaterThan(0);
+    expect(worst).toBeLessThanOrEqual(2 ** -8);
+    model.dispose();
+  });
+
+  it('loads a thinker-only (Captioner-style) checkpoint without a talker or code2wav', async () => {
+    const dir = join(tmp, 'captioner');
+    mkdirSync(dir);
+    writeSafetensors(join(dir, 'model.safetensors'), allTensors('F32', (k) => k.startsWith('thinker.')));
+    const config = JSON.parse(readFileSync(fixturePath('config.json'), 'utf8'));
+    delete config.talker_config;
+    delete config.code2wav_config;
+    config.enable_audio_output = false;
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+    const model = await loadQwen3Omni(dir, { tokenizer: fixtureTokenizer(), modules: ['thinker', 'audio_tower'] });
+    expect(model.report.modules.map((m) => m.name)).toEqual(['thinker', 'audio_tower']);
+    expect(model.report.skipped).toEqual([{ name: 'visual', reason: 'not asked for' }]);
+    expect(model.visionEncoder).toBeUndefined();
+    expect(model.code2wav).toBeUndefined();
+    expect(model.report.unusedKeys.length).toBe(count('thinker.visual.'));
+    expect(model.report.configWarnings).toEqual([]);
+    model.dispose();
+  });
+
+  it('fails once, naming every missing and mis-shaped tensor, before loading anything', async () => {
+    const dir = join(tmp, 'broken');
+    mkdirSync(dir);
+    const tensors = allTensors('F32', (k) => k !== 'thinker.model.layers.2.mlp.experts.3.up_proj.weight');
+    const shape = [...tensors['thinker.audio_tower.proj2.weight'].shape];
+    tensors['thinker.audio_tower.proj2.weight'] = { dtype: 'F32', shape: [shape[0] + 1, shape[1]], data: new Float32Array((shape[0] + 1) * shape[1]) };
+    writeSafetensors(join(dir, 'model.safetensors'), tensors);
+    copyFileSync(fixturePath('config.json'), join(dir, 'config.json'));
+    const before = tf.memory().numTensors;
+    const err = await loadQwen3Omni(dir, { tokenizer: fixtureTokenizer() }).then(() => undefined, (e: Error) => e);
+    expect(err?.message).toMatch(/1 missing: thinker\.model\.layers\.2\.mlp\.experts\.3\.up_proj\.weight/);
+    expect(err?.message).toMatch(/1 mis-shaped: thinker\.audio_tower\.proj2\.weight \(expected \[32,32\], got \[33,32\]\)/);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('says what to pass when the folder has no tokenizer, and rejects a bad config with its field path', async () => {
+    await expect(loadQwen3Omni(fixtureDir())).rejects.toThrow(/no tokenizer\.json.*fixtureTokenizer\(\)/);
+    const dir = join(tmp, 'bad-config');
+    mkdirSync(dir);
+    const config = JSON.parse(readFileSync(fixturePath('config.json'), 'utf8'));
+    config.thinker_config.text_config.num_experts = 'four';
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+    await expect(loadQwen3Omni(dir, { tokenizer: fixtureTokenizer() })).rejects.toThrow(/thinker_config\.text_config\.num_experts/);
+  });
+});
