@@ -3,6 +3,7 @@ import { audioEncoderRunner } from './cases/audio-encoder.js';
 import { visionEncoderRunner } from './cases/vision-encoder.js';
 import { ropeIndexRunner } from './cases/rope-index.js';
 import { code2WavRunner } from './cases/code2wav.js';
+import { talkerRunner } from './cases/talker.js';
 import { moeRunner } from './cases/moe.js';
 import { thinkerRunner } from './cases/thinker.js';
 
@@ -15,6 +16,7 @@ export const parityRunners: ParityRunner[] = [
   visionEncoderRunner,
   ropeIndexRunner,
   code2WavRunner,
+  talkerRunner,
   moeRunner,
   thinkerRunner,
 ];

@@ -180,6 +180,7 @@ export class TalkerGeneration {
   private readonly history: number[] = [];
   private ropeDelta = 0;
   private promptLength = 0;
+  private positions?: MropePositions;
   private frames = 0;
   private finished = false;
   private nextInput?: tf.Tensor2D; // E0(code0) + Σ residual embeddings of the last frame
@@ -201,6 +202,16 @@ export class TalkerGeneration {
     this.textEnded = !options.streamingText;
     const rows = prompt.trailingText.shape[0];
     for (let i = 0; i < rows; i++) this.text.push(tf.slice(prompt.trailingText, [i, 0], [1, -1]) as tf.Tensor2D);
+  }
+
+  /** The prefill's (t, h, w) positions, once the first frame is made. */
+  get prefillPositionIds(): MropePositions | undefined {
+    return this.positions;
+  }
+
+  /** max(prefill position) + 1 − prompt length: decode step f sits at position promptLength + f − 1 + delta. */
+  get ropeDeltaValue(): number {
+    return this.ropeDelta;
   }
 
   /** Frames produced so far. */
@@ -292,6 +303,7 @@ export class TalkerGeneration {
     for (const row of positions) for (let i = 0; i < row.length; i++) max = Math.max(max, row[i]);
     this.ropeDelta = max + 1 - S;
     this.promptLength = S;
+    this.positions = positions;
     const all = this.talker.forward(embeds, positions, this.cache);
     const hidden = tf.tidy(() => tf.slice(all, [S - 1, 0], [1, -1]) as tf.Tensor2D);
     all.dispose();
