@@ -8,3 +8,4 @@ export * from './qwen3-omni-tensors.js';
 export * from './worker-stage.js';
 export * from './fusion.js';
 export * from './kernels.js';
+export * from './batching.js';
