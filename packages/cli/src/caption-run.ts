@@ -119,13 +119,15 @@ export async function captionFiles(files: readonly string[], store: CaptionStore
 /** Captions one file into a record; never throws for a bad file, only records it. */
 export async function captionOne(path: string, batcher: CaptionBatcher, run: Pick<CaptionRunOptions, 'model' | 'options'>, optionsHash: string, by: string): Promise<CaptionOkRecord | CaptionErrorRecord> {
   const t0 = performance.now();
-  const base = { path, model: run.model.id, options: run.options, optionsHash, by };
+  // Field order is the order people read a line in: what, outcome, then provenance.
+  const tail = () => ({ model: run.model.id, optionsHash, options: run.options, elapsed: round3((performance.now() - t0) / 1000), finishedAt: new Date().toISOString(), by });
   try {
-    const caption = await captionAudioFile(path, batcher, run.options);
-    return { ...base, status: 'ok', duration: round3(caption.duration), segments: caption.segments.map((s) => ({ start: round3(s.start), end: round3(s.end), text: s.text })), summary: caption.summary, elapsed: round3((performance.now() - t0) / 1000), finishedAt: new Date().toISOString() };
+    const c = await captionAudioFile(path, batcher, run.options);
+    const segments = c.segments.map((s) => ({ start: round3(s.start), end: round3(s.end), text: s.text }));
+    return { path, status: 'ok', duration: round3(c.duration), segments, summary: c.summary, ...tail() };
   } catch (err) {
     const reason = err instanceof AudioFileError ? err.reason : 'caption-failed';
-    return { ...base, status: 'error', error: { reason, message: (err as Error).message }, elapsed: round3((performance.now() - t0) / 1000), finishedAt: new Date().toISOString() };
+    return { path, status: 'error', error: { reason, message: (err as Error).message }, ...tail() };
   }
 }
 
