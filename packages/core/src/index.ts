@@ -11,3 +11,5 @@ export * from './graph.js';
 export * from './plan.js';
 export * from './session.js';
 export * from './telemetry.js';
+export * from './restamp.js';
+export * from './testing/index.js';

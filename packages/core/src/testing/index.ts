@@ -1,0 +1,2 @@
+export * from './tracked-tensor.js';
+export * from './virtual-time.js';
