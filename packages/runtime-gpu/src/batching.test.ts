@@ -57,7 +57,7 @@ describe('tensorBatchStage', () => {
     for (const [name, index, n] of [['a', 0, 6], ['b', 1, 6], ['c', 2, 4]] as const) {
       const mine = out.filter((p) => p.session === name);
       expect(mine.map((p) => p.kind)).toEqual([...Array(n).fill('tensor'), 'control']); // turn-end stays last
-      const values = mine.filter((p): p is TensorPacket => p.kind === 'tensor').map((p) => Array.from(p.tensor.dataSync()));
+      const values = mine.filter((p): p is TensorPacket => p.kind === 'tensor').map((p) => Array.from((p.tensor as tf.Tensor).dataSync()));
       expect(values).toEqual(Array.from({ length: n }, (_, seq) => [index * 10 + 1, seq * 10 + 1]));
       expect(mine.filter((p) => p.kind === 'tensor').map((p) => p.pts)).toEqual(Array.from({ length: n }, (_, s) => s * 20_000));
       mine.forEach((p) => p.kind === 'tensor' && p.tensor.dispose());
