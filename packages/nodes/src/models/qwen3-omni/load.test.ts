@@ -29,20 +29,24 @@ describe('loadQwen3Omni', () => {
     const before = tf.memory().numTensors;
     const model = await loadQwen3Omni(fixtureDir(), { tokenizer: fixtureTokenizer() });
     const r = model.report;
-    expect(r.modules.map((m) => m.name).sort()).toEqual(['audio_tower', 'code2wav', 'thinker', 'visual']);
+    expect(r.modules.map((m) => m.name).sort()).toEqual(['audio_tower', 'code2wav', 'talker', 'thinker', 'visual']);
     // Tensor counts per module follow spec 4.4's formulas at the fixture's sizes.
     const byName = Object.fromEntries(r.modules.map((m) => [m.name, m]));
     expect(byName.thinker.tensors).toBe(4 * (8 + 1 + 4 * 3) + 3);
     expect(byName.audio_tower.tensors).toBe(2 * 16 + 13);
     expect(byName.visual.tensors).toBe(3 * 12 + 3 + 6 + 2 * 6);
     expect(byName.code2wav.tensors).toBe(count('code2wav.'));
+    // talker: 2 layers × (8 + 1 + 4 × 3 + 3 shared + 1 gate) + norm + codec_embedding + codec_head + 8 projection,
+    // code predictor: 2 layers × 11 + norm + 3 embeddings + 3 heads (spec 4.4 at the fixture's sizes).
+    expect(byName.talker.tensors).toBe(2 * 25 + 3 + 8 + (2 * 11 + 1 + 3 + 3));
     expect(byName.thinker.parameters).toBe(256 * 32 * 2 + 4 * (2 * 32 + 2 * 16 + (64 + 32 + 32) * 32 + 64 * 32 + 4 * 32 + 4 * 3 * 16 * 32) + 32);
     expect(r.bytes).toBe(r.parameters * 4);
     expect(r.storedBytes).toBe(r.parameters * 4); // the fixture is stored as F32
-    // The talker has no loader wired in yet: its keys are reported, not silently dropped.
-    expect(r.skipped).toEqual([{ name: 'talker', reason: 'no talker loader in this build' }]);
-    expect(r.unusedKeys.length).toBe(count('talker.'));
-    expect(r.tensors + r.unusedKeys.length).toBe(387);
+    // Every key is read by some module: nothing unused, nothing skipped.
+    expect(r.skipped).toEqual([]);
+    expect(r.unusedKeys).toEqual([]);
+    expect(r.tensors).toBe(387);
+    expect(r.parameters).toBe(255297);
     expect(r.configWarnings).toEqual([]);
     expect(model.describe()).toMatch(/thinker\s+87 tensors/);
     expect(model.tokenizer.specialTokens.audioPad).toBe(244);

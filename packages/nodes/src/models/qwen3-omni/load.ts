@@ -3,9 +3,12 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Checkpoint, initBackend, qwen3OmniExpectedTensors, type BackendName, type Qwen3OmniConfigLike } from '@omniflow/runtime-gpu';
 import { AudioEncoder } from './audio-encoder.js';
+import { CodePredictor } from './code-predictor.js';
+import { CodecHead } from './codec-head.js';
 import { Code2Wav } from './code2wav.js';
 import { readQwen3OmniConfig, type Qwen3OmniConfig } from './config.js';
 import { TextModel } from './text-model.js';
+import { Talker } from './talker.js';
 import { Qwen3OmniTokenizer } from './tokenizer.js';
 import { VisionEncoder } from './vision-encoder.js';
 
@@ -77,6 +80,13 @@ export interface Qwen3OmniLoadReport {
   readonly seconds: number;
 }
 
+/** The speech-generating half of an Instruct checkpoint (`talker.*`). */
+export interface TalkerModules {
+  readonly talker: Talker;
+  readonly codecHead: CodecHead;
+  readonly codePredictor: CodePredictor;
+}
+
 /**
  * A loaded Qwen3-Omni checkpoint: the thinker's text model, the encoders and speech modules it has, the tokenizer.
  * Owns every tensor; `dispose()` frees them.
@@ -88,6 +98,7 @@ export class Qwen3OmniModel {
     readonly thinker: TextModel,
     readonly audioEncoder: AudioEncoder | undefined,
     readonly visionEncoder: VisionEncoder | undefined,
+    readonly talker: TalkerModules | undefined,
     readonly code2wav: Code2Wav | undefined,
     readonly report: Qwen3OmniLoadReport,
   ) {}
@@ -110,6 +121,9 @@ export class Qwen3OmniModel {
     this.thinker.dispose();
     this.audioEncoder?.dispose();
     this.visionEncoder?.dispose();
+    this.talker?.talker.dispose();
+    this.talker?.codecHead.dispose();
+    this.talker?.codePredictor.dispose();
     this.code2wav?.dispose();
   }
 }
@@ -145,16 +159,12 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
     const skipped: Array<{ name: string; reason: string }> = [];
     for (const m of wanted) if (!present.has(m)) throw new Error(`checkpoint ${dir}: module '${m}' was asked for but the checkpoint has no ${MODULE_PREFIXES[m].join(' / ')}* tensors`);
     for (const m of present) if (!wanted.has(m)) skipped.push({ name: m, reason: 'not asked for' });
-    if (wanted.has('talker')) {
-      // No talker module is wired into the loader yet; its keys are reported as unused.
-      wanted.delete('talker');
-      skipped.push({ name: 'talker', reason: 'no talker loader in this build' });
-    }
     if ((wanted.has('code2wav') || present.has('talker')) && !config.enable_audio_output) {
       configWarnings.push('config.json: enable_audio_output is false but the checkpoint holds speech modules');
     }
     if (config.enable_audio_output && !present.has('talker')) configWarnings.push('config.json: enable_audio_output is true but the checkpoint has no talker');
     if (wanted.has('code2wav') && !config.code2wav_config) throw new Error(`${dir}/config.json: the checkpoint holds code2wav.* tensors but config.json has no code2wav_config`);
+    if (wanted.has('talker') && !config.talker_config) throw new Error(`${dir}/config.json: the checkpoint holds talker.* tensors but config.json has no talker_config`);
 
     // Every tensor of every module we load must be there with its shape; report all problems at once.
     const expected = qwen3OmniExpectedTensors(config as unknown as Qwen3OmniConfigLike);
@@ -170,6 +180,16 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
       if (audioEncoder) loaded.push(audioEncoder);
       const visionEncoder = wanted.has('visual') ? VisionEncoder.load(ckpt, th.vision_config) : undefined;
       if (visionEncoder) loaded.push(visionEncoder);
+      let talker: TalkerModules | undefined;
+      if (wanted.has('talker')) {
+        const t = Talker.load(ckpt, config);
+        loaded.push(t);
+        const codecHead = CodecHead.load(ckpt, config.talker_config!);
+        loaded.push(codecHead);
+        const codePredictor = CodePredictor.load(ckpt, config.talker_config!.code_predictor_config);
+        loaded.push(codePredictor);
+        talker = { talker: t, codecHead, codePredictor };
+      }
       const code2wav = wanted.has('code2wav') ? Code2Wav.load(ckpt, config.code2wav_config!) : undefined;
       if (code2wav) loaded.push(code2wav);
 
@@ -204,7 +224,7 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
         tokenizer: { source: tokenizer.source, chatTemplate: tokenizer.chatTemplateSource, vocabSize: tokenizer.vocabSize },
         seconds: (performance.now() - t0) / 1000,
       };
-      return new Qwen3OmniModel(config, tokenizer, thinker, audioEncoder, visionEncoder, code2wav, report);
+      return new Qwen3OmniModel(config, tokenizer, thinker, audioEncoder, visionEncoder, talker, code2wav, report);
     } catch (err) {
       for (const m of loaded) m.dispose();
       throw err;
