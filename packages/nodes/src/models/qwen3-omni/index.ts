@@ -19,3 +19,5 @@ export * from './talker.js';
 export * from './load.js';
 export * from './thinker-prompt.js';
 export * from './thinker-turn.js';
+export * from './audio-encoder.node.js';
+export * from './vision-encoder.node.js';
