@@ -49,7 +49,8 @@ describe('tensorFuser', () => {
     expect(op.description).toBe('gain -> [proj+bias+act: fused.matMul(bias, relu)] -> squash');
     const want = chunks(3).map((p) => unfused(p as TensorPacket));
     const inputs = chunks(3);
-    const out = (await lastValueFrom(from<Packet[]>(inputs).pipe(op, toArray()))) as TensorPacket[];
+    const emitted: Packet[] = await lastValueFrom(from(inputs).pipe(op, toArray()));
+    const out = emitted as TensorPacket[];
     expect(inputs.every((p) => (p as TensorPacket).tensor.isDisposed)).toBe(true);
     expect(out.map((p) => [p.pts, p.name, p.tensor.shape])).toEqual([0, 20_000, 40_000].map((pts) => [pts, 'frames', [20, 8]]));
     let worst = 0, positive = 0;
