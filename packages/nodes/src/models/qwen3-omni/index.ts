@@ -21,3 +21,5 @@ export * from './thinker-prompt.js';
 export * from './thinker-turn.js';
 export * from './audio-encoder.node.js';
 export * from './vision-encoder.node.js';
+export * from './thinker.js';
+export * from './captioner.js';
