@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Queue, UnrecoverableError, Worker, MetricsTime, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { CaptionBatcher, captionOptionsHash, generationOf, type CaptionModel, type CaptionOptions } from '@omniflow/nodes';
+import { CaptionBatcher, captionOptionsHash, generationOf, type CaptionModel, type CaptionJobOptions } from '@omniflow/nodes';
 import { captionOne } from './caption-run.js';
 import type { CaptionErrorRecord, CaptionRecord } from './caption-store.js';
 
@@ -12,7 +12,7 @@ export const DEFAULT_CAPTION_QUEUE = 'omniflow-caption';
 /** What a caption job carries: everything a worker on another machine needs, nothing it must share. */
 export interface CaptionJobData {
   readonly path: string;
-  readonly options: CaptionOptions;
+  readonly options: CaptionJobOptions;
   /** Model folder as the enqueuer named it (`null`: the built-in model). A worker's `--model` overrides it. */
   readonly modelDir: string | null;
   /** The model id the enqueuer expects; a worker whose model has another id refuses the job. */
@@ -108,7 +108,7 @@ export interface EnqueueOptions {
 export async function enqueueCaptionJobs(
   c: QueueConnection,
   files: readonly string[],
-  what: { options: CaptionOptions; modelDir: string | null; modelId: string },
+  what: { options: CaptionJobOptions; modelDir: string | null; modelId: string },
   opts: EnqueueOptions = {},
 ): Promise<string[]> {
   const queue = new Queue<CaptionJobData>(nameOf(c), { connection: { url: c.url }, prefix: prefixOf(c) });
@@ -139,7 +139,7 @@ export interface CollectOptions {
   readonly pollMs?: number;
   readonly signal?: AbortSignal;
   /** Only for records synthesised from failed jobs. */
-  readonly describe: (jobId: string) => { path: string; model: string; options: CaptionOptions; optionsHash: string };
+  readonly describe: (jobId: string) => { path: string; model: string; options: CaptionJobOptions; optionsHash: string };
 }
 
 /**
@@ -189,7 +189,7 @@ export async function collectCaptionResults(c: QueueConnection, jobIds: readonly
   }
 }
 
-function failedRecord(d: { path: string; model: string; options: CaptionOptions; optionsHash: string }, job: Job): CaptionErrorRecord {
+function failedRecord(d: { path: string; model: string; options: CaptionJobOptions; optionsHash: string }, job: Job): CaptionErrorRecord {
   return { ...d, status: 'error', error: { reason: 'job-failed', message: `${d.path}: job ${job.id} failed after ${job.attemptsMade} attempt(s): ${job.failedReason}` }, elapsed: 0, finishedAt: new Date().toISOString(), by: `job ${job.id}` };
 }
 
@@ -221,7 +221,7 @@ export async function startCaptionWorker(c: QueueConnection, opts: CaptionWorker
   const log = opts.log ?? (() => undefined);
   const by = `${hostname()}:${process.pid}`;
   const batchers = new Map<CaptionModel, CaptionBatcher>();
-  const batcherFor = (model: CaptionModel, options: CaptionOptions): CaptionBatcher => {
+  const batcherFor = (model: CaptionModel, options: CaptionJobOptions): CaptionBatcher => {
     // One batcher per (model, generation settings): requests in a batch must decode alike.
     let b = batchers.get(model);
     const gen = generationOf(options);

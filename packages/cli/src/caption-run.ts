@@ -6,7 +6,7 @@ import {
   captionOptionsHash,
   generationOf,
   type CaptionModel,
-  type CaptionOptions,
+  type CaptionJobOptions,
 } from '@omniflow/nodes';
 import type { CaptionErrorRecord, CaptionOkRecord, CaptionRecord, CaptionStore } from './caption-store.js';
 
@@ -19,7 +19,7 @@ export interface CaptionProgressEvent {
 
 export interface CaptionRunOptions {
   readonly model: CaptionModel;
-  readonly options: CaptionOptions;
+  readonly options: CaptionJobOptions;
   /** Files decoded and captioned at once; their segments share model batches. */
   readonly concurrency: number;
   /** Most segments in one model call. */

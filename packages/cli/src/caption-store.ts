@@ -1,5 +1,5 @@
 import { closeSync, existsSync, fsyncSync, ftruncateSync, openSync, readFileSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
-import type { CaptionOptions, CaptionSegment } from '@omniflow/nodes';
+import type { CaptionJobOptions, CaptionSegment } from '@omniflow/nodes';
 
 /** One line of a caption JSONL file: a captioned file, or a file that could not be captioned. */
 export type CaptionRecord = CaptionOkRecord | CaptionErrorRecord;
@@ -9,7 +9,7 @@ interface RecordBase {
   readonly path: string;
   /** Model id (`name@hash`) that wrote it. */
   readonly model: string;
-  readonly options: CaptionOptions;
+  readonly options: CaptionJobOptions;
   /** `captionOptionsHash(options, model)`: the resume key together with `path`. */
   readonly optionsHash: string;
   /** Wall-clock seconds spent on this file. */

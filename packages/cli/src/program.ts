@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { captionOptionsHash, parseCaptionOptions, type CaptionModel, type CaptionOptions } from '@omniflow/nodes';
+import { captionOptionsHash, parseCaptionOptions, type CaptionModel, type CaptionJobOptions } from '@omniflow/nodes';
 import { captionFiles } from './caption-run.js';
 import { CaptionStore, type CaptionRecord } from './caption-store.js';
 import { captionQueueStatus, checkRedis, collectCaptionResults, enqueueCaptionJobs, redactUrl, startCaptionWorker, DEFAULT_CAPTION_QUEUE, captionJobId } from './caption-queue.js';
@@ -51,7 +51,7 @@ interface CaptionFlags {
   backoff: number;
 }
 
-function optionsFrom(f: CaptionFlags): CaptionOptions {
+function optionsFrom(f: CaptionFlags): CaptionJobOptions {
   try {
     return parseCaptionOptions({
       prompt: f.prompt,
@@ -196,7 +196,7 @@ async function captionCommand(inputs: string[], f: CaptionFlags): Promise<number
   }
 }
 
-async function captionViaQueue(files: string[], f: CaptionFlags, options: CaptionOptions, modelDir: string | null, modelId: string, store: CaptionStore, progress: CaptionProgress, signal: AbortSignal): Promise<number> {
+async function captionViaQueue(files: string[], f: CaptionFlags, options: CaptionJobOptions, modelDir: string | null, modelId: string, store: CaptionStore, progress: CaptionProgress, signal: AbortSignal): Promise<number> {
   const conn = { url: f.queue!, name: f.queueName };
   const optionsHash = captionOptionsHash(options, modelId);
   const todo: string[] = [];

@@ -16,8 +16,9 @@ export interface CaptionGeneration {
   readonly seed: number;
 }
 
-/** One caption to write: audio (16 kHz mono PCM in [-1, 1]) with an instruction, or text alone (summaries). */
+/** One caption to write: audio (16 kHz mono PCM in [-1, 1]) with an optional instruction, or text alone (summaries). */
 export interface CaptionRequest {
+  /** Instruction after the audio; '' sends the audio alone. */
   readonly prompt: string;
   readonly audio?: Float32Array;
 }

@@ -6,9 +6,10 @@ import type { CaptionGeneration } from './caption-model.js';
  * Everything that changes what a caption job writes. Two runs with equal options (and the same model)
  * write the same captions, which is what lets a restarted job skip the files it already did.
  */
-export const captionOptionsSchema = z
+export const captionJobOptionsSchema = z
   .object({
-    prompt: z.string().min(1).default('Describe this audio in one sentence.'),
+    /** Text after the audio in the user turn; empty: the audio alone, as the Qwen3-Omni Captioner is prompted. */
+    prompt: z.string().default(''),
     summaryPrompt: z.string().min(1).default('Summarize in one sentence this recording, given captions of its parts:'),
     segmentSeconds: z.number().positive().max(600).default(30),
     maxDurationSeconds: z.number().positive().default(4 * 3600),
@@ -20,8 +21,8 @@ export const captionOptionsSchema = z
   })
   .strict();
 
-export type CaptionOptions = z.infer<typeof captionOptionsSchema>;
-export type CaptionOptionsInput = z.input<typeof captionOptionsSchema>;
+export type CaptionJobOptions = z.infer<typeof captionJobOptionsSchema>;
+export type CaptionJobOptionsInput = z.input<typeof captionJobOptionsSchema>;
 
 /**
  * Validates caption options, naming the bad field: `parseCaptionOptions({ segmentSeconds: -1 })` throws
@@ -31,8 +32,8 @@ export type CaptionOptionsInput = z.input<typeof captionOptionsSchema>;
  * const options = parseCaptionOptions({ prompt: 'What do you hear?', segmentSeconds: 20 });
  * ```
  */
-export function parseCaptionOptions(input: CaptionOptionsInput = {}): CaptionOptions {
-  const r = captionOptionsSchema.safeParse(input);
+export function parseCaptionOptions(input: CaptionJobOptionsInput = {}): CaptionJobOptions {
+  const r = captionJobOptionsSchema.safeParse(input);
   if (!r.success) {
     const issues = r.error.issues.map((i) => `${i.path.join('.') || '(options)'}: ${i.message}`).join('; ');
     throw new Error(`caption options: ${issues}`);
@@ -41,7 +42,7 @@ export function parseCaptionOptions(input: CaptionOptionsInput = {}): CaptionOpt
 }
 
 /** The generation part of the options, as a `CaptionModel` takes it. */
-export function generationOf(options: CaptionOptions): CaptionGeneration {
+export function generationOf(options: CaptionJobOptions): CaptionGeneration {
   return { maxNewTokens: options.maxNewTokens, temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed };
 }
 
@@ -53,7 +54,7 @@ export function generationOf(options: CaptionOptions): CaptionGeneration {
  * const key = captionOptionsHash(parseCaptionOptions(), 'qwen3-omni-tiny@1a2b3c4d'); // 16 hex digits
  * ```
  */
-export function captionOptionsHash(options: CaptionOptions, modelId: string): string {
+export function captionOptionsHash(options: CaptionJobOptions, modelId: string): string {
   const sorted = Object.fromEntries(Object.entries(options).sort(([a], [b]) => a.localeCompare(b)));
   return createHash('sha256').update(JSON.stringify({ model: modelId, options: sorted })).digest('hex').slice(0, 16);
 }

@@ -105,7 +105,7 @@ export async function generateBatch(model: TextModel, prompts: readonly BatchPro
     const bias = new Float32Array(active.length * pMax);
     active.forEach((b, i) => bias.fill(NEG, i * pMax, i * pMax + pMax - lengths[b]));
     mask = tf.tensor4d(bias, [active.length, 1, 1, pMax]);
-    for (const layers of prefillKV) for (const t of layers) (t.k.dispose(), t.v.dispose());
+    for (const layers of prefillKV) disposeKV(layers);
     prefillKV.length = 0;
 
     let rows = active;
@@ -115,7 +115,7 @@ export async function generateBatch(model: TextModel, prompts: readonly BatchPro
       // The token fed now sits at cache position prompt length + step - 1.
       const positions = rows.map((b) => lengths[b] + step - 1 + prompts[b].ropeDelta);
       const { logits, next, nextMask } = decodeStep(model, ids, positions, kv, mask!);
-      for (const t of kv) (t.k.dispose(), t.v.dispose());
+      disposeKV(kv);
       mask!.dispose();
       kv = next;
       mask = nextMask;
@@ -137,7 +137,7 @@ export async function generateBatch(model: TextModel, prompts: readonly BatchPro
         const compact = kv.map((t) => ({ k: tf.gather(t.k, idx) as tf.Tensor4D, v: tf.gather(t.v, idx) as tf.Tensor4D }));
         const compactMask = tf.gather(mask, idx) as tf.Tensor4D;
         idx.dispose();
-        for (const t of kv) (t.k.dispose(), t.v.dispose());
+        disposeKV(kv);
         mask.dispose();
         kv = compact;
         mask = compactMask;
@@ -146,8 +146,8 @@ export async function generateBatch(model: TextModel, prompts: readonly BatchPro
     }
     return out;
   } finally {
-    for (const layers of prefillKV) for (const t of layers) (t.k.dispose(), t.v.dispose());
-    for (const t of kv) (t.k.dispose(), t.v.dispose());
+    for (const layers of prefillKV) disposeKV(layers);
+    disposeKV(kv);
     mask?.dispose();
   }
 }
@@ -192,6 +192,13 @@ function decodeStep(model: TextModel, ids: number[], positions: number[], kv: Re
     });
   } finally {
     x0.dispose();
+  }
+}
+
+function disposeKV(list: ReadonlyArray<{ k: tf.Tensor; v: tf.Tensor }>): void {
+  for (const t of list) {
+    t.k.dispose();
+    t.v.dispose();
   }
 }
 

@@ -60,7 +60,7 @@ export class Qwen3OmniCaptioner implements CaptionModel {
         const content: ThinkerContentPart[] = [];
         const a = audioRows.get(i);
         if (a) content.push({ type: 'audio', embeds: a.embeds, frames: a.frames });
-        content.push({ type: 'text', text: r.prompt });
+        if (r.prompt || !a) content.push({ type: 'text', text: r.prompt });
         prompts.push(prepareThinkerPrompt(this.model, [{ role: 'user', content }]));
       }
       for (const t of owned.splice(0)) t.dispose(); // the prompts hold their own copies of the audio rows
