@@ -64,3 +64,26 @@ export function equalLengthRuns(cuSeqlens: readonly number[]): { start: number; 
   }
   return runs;
 }
+
+/**
+ * Cuts a packed sequence into passes of whole consecutive segments, each at most `maxTokens` long (a segment longer
+ * than that is a pass of its own). Since attention never crosses a segment, an encoder can run its whole layer stack
+ * pass by pass and get the same result with activations bounded by the pass size instead of the sequence.
+ *
+ * ```ts
+ * segmentPasses([0, 104, 208, 260], 220); // [{ start: 0, cuSeqlens: [0, 104, 208] }, { start: 208, cuSeqlens: [0, 52] }]
+ * ```
+ */
+export function segmentPasses(cuSeqlens: readonly number[], maxTokens: number): { start: number; cuSeqlens: number[] }[] {
+  const passes: { start: number; cuSeqlens: number[] }[] = [];
+  let current: { start: number; cuSeqlens: number[] } | undefined;
+  for (let i = 1; i < cuSeqlens.length; i++) {
+    const [from, to] = [cuSeqlens[i - 1], cuSeqlens[i]];
+    if (!current || to - current.start > maxTokens) {
+      current = { start: from, cuSeqlens: [0] };
+      passes.push(current);
+    }
+    current.cuSeqlens.push(to - current.start);
+  }
+  return passes;
+}

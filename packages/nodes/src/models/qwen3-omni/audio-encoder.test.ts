@@ -110,6 +110,20 @@ describe('AudioEncoder parity (fixture case 2_audio_encoder)', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('runs the layer stack in passes of whole windows with the same result', () => {
+    const enc = AudioEncoder.load(ckpt, config);
+    const input = cases.read('audio_enc.input_features');
+    tf.tidy(() => {
+      const features = tf.tensor2d(input.data as Float32Array, input.shape as [number, number]);
+      const { convEmbeds, plan } = enc.embed(features, [150]);
+      expect(plan.cuSeqlens).toEqual([0, 13, 20]); // n_window_infer 100: one 13-token window per chunk
+      const whole = enc.transform(convEmbeds, plan);
+      const passes = enc.transform(convEmbeds, plan, 13);
+      expect(maxAbsDiff(passes.dataSync(), whole.dataSync())).toBeLessThan(1e-6);
+    });
+    enc.dispose();
+  });
+
   it('zero-pads every chunk to the longest before the convs, and never attends across audios', () => {
     const enc = AudioEncoder.load(ckpt, config);
     const input = cases.read('audio_enc.input_features');

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint } from '@omniflow/runtime-gpu';
 import { conv2d, disposeConv2d, loadConv2d, type Conv2d } from '../../layers/conv.js';
-import { segmentAttention } from '../../layers/encoder-attention.js';
+import { segmentAttention, segmentPasses } from '../../layers/encoder-attention.js';
 import { gelu } from '../../layers/gelu.js';
 import { disposeLayerNorm, layerNorm, loadLayerNorm, type LayerNorm } from '../../layers/layer-norm.js';
 import { loadFusedLinear } from '../../layers/fused-linear.js';
@@ -167,6 +167,10 @@ export interface AudioEncoding {
 // the result, only peak memory.
 const CONV_GROUP_FLOATS = 64 * 1024 * 1024;
 
+// Tokens per pass of the layer stack: at the released sizes the FFN activation of a pass is 8192 × 5120 floats
+// (168 MB), whatever the length of the audio.
+const MAX_TOKENS_PER_PASS = 8192;
+
 /**
  * The Qwen3-Omni audio encoder with its weights on the active tfjs backend.
  *
@@ -276,18 +280,34 @@ export class AudioEncoder {
   /**
    * Second stage of `encode`: the windowed encoder layers, ln_post, proj1, GELU, proj2 over the output of `embed`
    * (not consumed). Returns [Σ output_lengths, output_dim], caller-owned.
+   *
+   * Attention never crosses a window, so the whole stack runs over passes of at most `maxTokensPerPass` tokens (whole
+   * windows): the result is the same, and a long recording's activations stay bounded by the pass, not the audio.
    */
-  transform(convEmbeds: tf.Tensor2D, plan: AudioChunkPlan): tf.Tensor2D {
-    let hidden: tf.Tensor2D = convEmbeds;
+  transform(convEmbeds: tf.Tensor2D, plan: AudioChunkPlan, maxTokensPerPass = MAX_TOKENS_PER_PASS): tf.Tensor2D {
+    const passes = segmentPasses(plan.cuSeqlens, maxTokensPerPass);
+    const outputs: tf.Tensor2D[] = [];
     try {
-      for (const layer of this.layers) {
-        const next = this.layer(hidden, layer, plan.cuSeqlens);
-        if (hidden !== convEmbeds) hidden.dispose();
-        hidden = next;
+      for (const pass of passes) {
+        const rows = pass.cuSeqlens[pass.cuSeqlens.length - 1];
+        const input = passes.length === 1 ? convEmbeds : (tf.slice(convEmbeds, [pass.start, 0], [rows, -1]) as tf.Tensor2D);
+        let hidden = input;
+        try {
+          for (const layer of this.layers) {
+            const next = this.layer(hidden, layer, pass.cuSeqlens);
+            if (hidden !== convEmbeds) hidden.dispose();
+            hidden = next;
+          }
+          const h = hidden;
+          outputs.push(tf.tidy(() => linear(gelu(linear(layerNorm(h, this.ln_post), this.proj1)), this.proj2) as tf.Tensor2D));
+        } finally {
+          if (hidden !== convEmbeds) hidden.dispose();
+          if (input !== convEmbeds) input.dispose();
+        }
       }
-      return tf.tidy(() => linear(gelu(linear(layerNorm(hidden, this.ln_post), this.proj1)), this.proj2) as tf.Tensor2D);
+      return outputs.length === 1 ? outputs[0] : (tf.concat(outputs, 0) as tf.Tensor2D);
     } finally {
-      if (hidden !== convEmbeds) hidden.dispose();
+      if (outputs.length > 1) for (const o of outputs) o.dispose();
     }
   }
 
