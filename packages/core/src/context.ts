@@ -101,11 +101,6 @@ export function isStale(value: unknown, epoch: number): boolean {
   return typeof p === 'object' && p !== null && typeof p.turn === 'number' && typeof p.kind === 'string' && p.turn < epoch && !p.uninterruptible;
 }
 
-function disposeIfPacket(value: unknown): void {
-  const p = value as Packet;
-  if (typeof p === 'object' && p !== null && typeof p.kind === 'string') disposePacket(p);
-}
-
 export interface ContextOptions {
   node: string;
   type: string;
@@ -116,6 +111,8 @@ export interface ContextOptions {
   clockOrigin?: number;
   demand?: Demand;
   metrics?: MetricsHooks;
+  /** Releases a packet the node gives up (the runtime counts shares of fanned-out packets). */
+  release?: (p: Packet) => void;
 }
 
 /** The runtime's implementation of {@link NodeContext}. */
@@ -132,6 +129,7 @@ export class RunContext implements NodeContext {
   onRelease: (() => void) | undefined;
   private readonly turnState: TurnState;
   private readonly clockOrigin: number;
+  private readonly release: (p: Packet) => void;
   private disposers: Array<() => void> = [];
   private disposed = false;
 
@@ -144,6 +142,13 @@ export class RunContext implements NodeContext {
     this.clockOrigin = o.clockOrigin ?? this.scheduler.now();
     this.demand = o.demand;
     this.metrics = o.metrics ?? noMetrics;
+    this.release = o.release ?? disposePacket;
+  }
+
+  /** Gives up a value the node owns: packets are released (disposed unless shared by a fan-out). */
+  private drop(value: unknown): void {
+    const p = value as Packet;
+    if (typeof p === 'object' && p !== null && typeof p.kind === 'string') this.release(p);
   }
 
   get session(): string {
@@ -207,7 +212,7 @@ export class RunContext implements NodeContext {
         const abort = (job: Job): void => {
           job.controller.abort(this.signal.reason);
           job.sub?.unsubscribe();
-          if (!job.emitted) disposeIfPacket(job.value);
+          if (!job.emitted) this.drop(job.value);
           finish(job);
         };
 
@@ -217,7 +222,7 @@ export class RunContext implements NodeContext {
         const outer = source.subscribe({
           next: (value) => {
             if (isStale(value, this.turn)) {
-              disposeIfPacket(value);
+              this.drop(value);
               return;
             }
             const job: Job = { value, controller: new AbortController(), emitted: false, done: false };
@@ -252,7 +257,7 @@ export class RunContext implements NodeContext {
           for (const job of [...active]) {
             job.controller.abort(new Error(`${this.node}: stopped`));
             job.sub?.unsubscribe();
-            if (!job.emitted) disposeIfPacket(job.value);
+            if (!job.emitted) this.drop(job.value);
             job.done = true;
           }
           active.clear();

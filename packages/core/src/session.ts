@@ -211,6 +211,7 @@ class NodeRun {
       clockOrigin: session.clockOrigin,
       demand: this.demand,
       metrics,
+      release: (p) => session.release(p),
     });
     this.ctx.onRelease = () => this.wake();
   }
@@ -627,9 +628,12 @@ export class Session {
    * delivered to any node or output. Returns the new turn epoch.
    */
   interrupt(reason?: string): number {
+    if (this.state !== 'running') return this.turns.epoch;
+    const fencedBefore = this.fencedTotal();
+    // Bumping aborts the old turn's work first; nodes freed by that may drain (and fence) their queues.
     const turn = this.turns.bump(reason);
-    let fenced = 0;
-    for (const e of this.edges) fenced += e.fence();
+    for (const e of this.edges) e.fence();
+    const fenced = this.fencedTotal() - fencedBefore;
     const rec = this.turnRecords[this.turnRecords.length - 1];
     if (rec) rec.endedBy = 'interrupt';
     this.telemetry.turnEnd('interrupt');
@@ -638,6 +642,12 @@ export class Session {
     this.beginTurn();
     for (const n of this.nodes) n.wake();
     return turn;
+  }
+
+  private fencedTotal(): number {
+    let n = 0;
+    for (const e of this.edges) n += e.queue.drops.fenced;
+    return n;
   }
 
   /** Stops the session now: unsubscribes every node, drops queued packets; `done` resolves. */
