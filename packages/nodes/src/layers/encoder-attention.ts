@@ -1,5 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 
+// Largest attention-score tensor built at once (floats): 128 MB.
+const MAX_SCORE_FLOATS = 32 * 1024 * 1024;
+
 /**
  * Bidirectional multi-head attention over a packed sequence cut into independent segments
  * (`cu_seqlens`, as the reference's flash-attention path takes them): every token attends to every
@@ -24,6 +27,7 @@ export function segmentAttention(
   cuSeqlens: readonly number[],
   numHeads: number,
   scaling?: number,
+  maxScoreFloats = MAX_SCORE_FLOATS,
 ): tf.Tensor2D {
   const [n, width] = q.shape;
   if (width % numHeads !== 0) throw new Error(`segmentAttention: width ${width} is not divisible by ${numHeads} heads`);
@@ -42,8 +46,17 @@ export function segmentAttention(
       const qh = tf.reshape(tf.transpose(split(q), [0, 2, 1, 3]), [count * numHeads, length, headDim]);
       const kt = tf.reshape(tf.transpose(split(k), [0, 2, 3, 1]), [count * numHeads, headDim, length]);
       const vh = tf.reshape(tf.transpose(split(v), [0, 2, 1, 3]), [count * numHeads, length, headDim]);
-      const scores = tf.mul(tf.matMul(qh, kt), scale);
-      const ctx = tf.matMul(tf.softmax(scores), vh); // [count·H, length, D]
+      // Scores are [count·H, length, length]; a large frame (or many windows) is done in blocks of queries so the
+      // score tensor stays under MAX_SCORE_FLOATS. Each query row's softmax is complete within its block.
+      const qBlock = Math.max(1, Math.floor(maxScoreFloats / (count * numHeads * length)));
+      const blocks: tf.Tensor[] = [];
+      for (let q0 = 0; q0 < length; q0 += qBlock) {
+        const rowsQ = Math.min(qBlock, length - q0);
+        const qb = rowsQ === length ? qh : tf.slice(qh, [0, q0, 0], [-1, rowsQ, -1]);
+        // Its own scope, so one block's scores are freed before the next block's are built.
+        blocks.push(tf.tidy(() => tf.matMul(tf.softmax(tf.mul(tf.matMul(qb, kt), scale)), vh)));
+      }
+      const ctx = blocks.length === 1 ? blocks[0] : tf.concat(blocks, 1); // [count·H, length, D]
       outs.push(tf.reshape(tf.transpose(tf.reshape(ctx, [count, numHeads, length, headDim]), [0, 2, 1, 3]), [rows, width]));
     }
     return outs.length === 1 ? outs[0] : tf.concat(outs, 0);

@@ -61,6 +61,16 @@ describe('segmentAttention', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('gives the same result when the scores are built in blocks of queries', () => {
+    const n = 12, w = 8;
+    tf.tidy(() => {
+      const [q, k, v] = [1, 2, 3].map((s) => tf.tensor2d(values(n * w, s + 10), [n, w]));
+      const whole = segmentAttention(q, k, v, [0, 6, 12], 2);
+      const blocked = segmentAttention(q, k, v, [0, 6, 12], 2, undefined, 2 * 2 * 6 * 2); // 2 query rows per block
+      expect(maxAbsDiff(blocked.dataSync(), whole.dataSync())).toBeLessThan(1e-6);
+    });
+  });
+
   it('rejects cu_seqlens that do not cover the sequence', () => {
     tf.tidy(() => {
       const x = tf.zeros([5, 8]) as tf.Tensor2D;

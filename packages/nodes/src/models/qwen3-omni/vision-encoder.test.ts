@@ -107,6 +107,27 @@ describe('VisionEncoder parity (fixture case 3_vision_encoder)', () => {
     vit.dispose();
   });
 
+  it('runs the blocks in passes of whole frame groups with the same result and no leaked tensor', () => {
+    const vit = VisionEncoder.load(ckpt, config);
+    const before = tf.memory().numTensors;
+    tf.tidy(() => {
+      const pixels2 = tf.concat([pixels('vision.pixel_values'), pixels('vision.pixel_values_videos')], 0) as tf.Tensor2D;
+      const grids = [grid('vision.image_grid_thw'), grid('vision.video_grid_thw')];
+      const whole = vit.encode(pixels2, grids, { keepIntermediates: true });
+      const passes = vit.encode(pixels2, grids, { keepIntermediates: true, maxPatchesPerPass: 24 }); // image | frame 0 | frame 1
+      expect(maxAbsDiff(passes.embeds.dataSync(), whole.embeds.dataSync())).toBeLessThan(1e-6);
+      expect(maxAbsDiff(passes.deepstack[0].dataSync(), whole.deepstack[0].dataSync())).toBeLessThan(1e-6);
+      expect(maxAbsDiff(passes.intermediates!.lastHiddenState.dataSync(), whole.intermediates!.lastHiddenState.dataSync())).toBeLessThan(1e-6);
+    });
+    expect(tf.memory().numTensors).toBe(before);
+    // Outside any tidy scope: without intermediates every per-pass piece is freed, only the outputs remain.
+    const input = tf.tidy(() => tf.concat([pixels('vision.pixel_values'), pixels('vision.pixel_values_videos')], 0) as tf.Tensor2D);
+    const out = vit.encode(input, [grid('vision.image_grid_thw'), grid('vision.video_grid_thw')], { maxPatchesPerPass: 24 });
+    for (const t of [input, out.embeds, ...out.deepstack]) t.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    vit.dispose();
+  });
+
   it('names the culprit for bad inputs and bad checkpoints', () => {
     const vit = VisionEncoder.load(ckpt, config);
     tf.tidy(() => {

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint } from '@omniflow/runtime-gpu';
-import { segmentAttention } from '../../layers/encoder-attention.js';
+import { segmentAttention, segmentPasses } from '../../layers/encoder-attention.js';
 import { activation, gelu } from '../../layers/gelu.js';
 import { disposeLayerNorm, layerNorm, loadLayerNorm, type LayerNorm } from '../../layers/layer-norm.js';
 import { disposeLinear, linear, loadLinear, type Linear } from '../../layers/linear.js';
@@ -110,6 +110,10 @@ export function visionPositionInterpolation(grids: readonly GridThw[], side: num
   }
   return { indices, weights };
 }
+
+// Patches per pass of the block stack: at the released sizes the MLP activation of a pass is 16384 × 4304 floats
+// (282 MB), whatever the number of frames.
+const MAX_PATCHES_PER_PASS = 16384;
 
 /** A `Qwen3OmniMoeVisionPatchMerger`: 2×2 patches → one LLM token. */
 interface PatchMerger {
@@ -242,7 +246,7 @@ export class VisionEncoder {
    * @param pixelValues [Σ t·h·w, in_channels·temporal_patch_size·patch_size²], rows in merge-block order.
    * @param grids the (t, h, w) grid of each image/video, in the order their rows appear.
    */
-  encode(pixelValues: tf.Tensor2D, grids: readonly GridThw[], options: { keepIntermediates?: boolean } = {}): VisionEncoding {
+  encode(pixelValues: tf.Tensor2D, grids: readonly GridThw[], options: { keepIntermediates?: boolean; maxPatchesPerPass?: number } = {}): VisionEncoding {
     const cfg = this.config;
     const merge = cfg.spatial_merge_size;
     checkGrids(grids, merge);
@@ -263,34 +267,59 @@ export class VisionEncoder {
       return { patchEmbeds, posEmbeds, hidden0: tf.add(patchEmbeds, posEmbeds) as tf.Tensor2D };
     });
     const { cos, sin } = visionRotaryCosSin(ropePositions, headDim, cfg.rope_theta);
-    const deepstack: tf.Tensor2D[] = [];
-    let hidden = hidden0;
+    // Attention never crosses a frame group, so the blocks and mergers run over passes of whole frame groups: the
+    // same result, with activations bounded by the pass rather than by a long video.
+    const passes = segmentPasses(cuSeqlens, options.maxPatchesPerPass ?? MAX_PATCHES_PER_PASS);
+    const perPass: { embeds: tf.Tensor2D; deepstack: tf.Tensor2D[]; last: tf.Tensor2D }[] = [];
+    const join = (parts: tf.Tensor2D[]): tf.Tensor2D => (parts.length === 1 ? parts[0] : (tf.concat(parts, 0) as tf.Tensor2D));
     try {
-      this.blocks.forEach((block, n) => {
-        const next = this.block(hidden, block, cos, sin, cuSeqlens);
-        hidden.dispose();
-        hidden = next;
-        const tap = cfg.deepstack_visual_indexes.indexOf(n);
-        if (tap >= 0) deepstack.push(this.merge(hidden, this.merger_list[tap]));
-      });
-      const embeds = this.merge(hidden, this.merger);
+      for (const pass of passes) {
+        const rows = pass.cuSeqlens[pass.cuSeqlens.length - 1];
+        const slice = (t: tf.Tensor2D) => (passes.length === 1 ? t : (tf.slice(t, [pass.start, 0], [rows, -1]) as tf.Tensor2D));
+        const [c, s] = [slice(cos), slice(sin)];
+        let hidden = slice(hidden0);
+        const deepstack: tf.Tensor2D[] = [];
+        try {
+          this.blocks.forEach((block, n) => {
+            const next = this.block(hidden, block, c, s, pass.cuSeqlens);
+            if (hidden !== hidden0) hidden.dispose();
+            hidden = next;
+            const tap = cfg.deepstack_visual_indexes.indexOf(n);
+            if (tap >= 0) deepstack.push(this.merge(hidden, this.merger_list[tap]));
+          });
+          perPass.push({ embeds: this.merge(hidden, this.merger), deepstack, last: hidden });
+        } catch (err) {
+          for (const t of [hidden, ...deepstack]) if (t !== hidden0) t.dispose();
+          throw err;
+        } finally {
+          if (c !== cos) c.dispose();
+          if (s !== sin) s.dispose();
+        }
+      }
+      const embeds = join(perPass.map((p) => p.embeds));
+      const deepstack = cfg.deepstack_visual_indexes.map((_, i) => join(perPass.map((p) => p.deepstack[i])));
+      const lastHiddenState = options.keepIntermediates ? join(perPass.map((p) => p.last)) : undefined;
       const tokensPerItem = grids.map(([t, h, w]) => (t * h * w) / merge ** 2);
-      if (!options.keepIntermediates) {
+      if (!lastHiddenState) {
         patchEmbeds.dispose();
         posEmbeds.dispose();
-        hidden.dispose();
         return { embeds, deepstack, tokensPerItem };
       }
       return {
         embeds,
         deepstack,
         tokensPerItem,
-        intermediates: { patchEmbeds, posEmbeds, lastHiddenState: hidden, interpIndices: interp.indices, interpWeights: interp.weights, ropePositions, cuSeqlens },
+        intermediates: { patchEmbeds, posEmbeds, lastHiddenState, interpIndices: interp.indices, interpWeights: interp.weights, ropePositions, cuSeqlens },
       };
     } catch (err) {
-      for (const t of [patchEmbeds, posEmbeds, hidden, ...deepstack]) t.dispose();
+      patchEmbeds.dispose();
+      posEmbeds.dispose();
       throw err;
     } finally {
+      // Per-pass pieces that were concatenated (or not kept) are freed; single-pass results are returned as they are.
+      if (passes.length > 1) for (const p of perPass) for (const t of [p.embeds, p.last, ...p.deepstack]) t.dispose();
+      else if (!options.keepIntermediates) for (const p of perPass) p.last.dispose();
+      hidden0.dispose();
       cos.dispose();
       sin.dispose();
     }
