@@ -112,7 +112,10 @@ export class Qwen3OmniModel {
     for (const s of r.skipped) lines.push(`  ${s.name.padEnd(12)} not loaded: ${s.reason}`);
     lines.push(`  total        ${String(r.tensors).padStart(6)} tensors ${String(r.parameters).padStart(14)} params ${mb(r.bytes).padStart(12)} (stored ${mb(r.storedBytes)})`);
     lines.push(`  tokenizer    ${r.tokenizer.vocabSize} tokens from ${r.tokenizer.source}, chat template: ${r.tokenizer.chatTemplate}`);
-    if (r.unusedKeys.length) lines.push(`  unused keys  ${r.unusedKeys.length}: ${r.unusedKeys.slice(0, 5).join(', ')}${r.unusedKeys.length > 5 ? ', …' : ''}`);
+    // Keys of modules skipped on purpose are expected to be unused; anything else is worth a look.
+    const skipped = new Set(r.skipped.map((s) => s.name));
+    const stray = r.unusedKeys.filter((k) => !skipped.has(moduleOf(k) ?? ''));
+    if (stray.length) lines.push(`  unused keys  ${stray.length}: ${stray.slice(0, 5).join(', ')}${stray.length > 5 ? ', …' : ''}`);
     for (const w of r.configWarnings) lines.push(`  warning      ${w}`);
     return lines.join('\n');
   }
