@@ -1,0 +1,276 @@
+/**
+ * Runtime benchmarks (`npm run bench -- runtime`), each against a baseline measured in the same run
+ * on the default backend:
+ * - fusion: 4 small kernel nodes over 20 ms audio chunks in a compiled graph, fused vs unfused;
+ * - batching: a matvec-heavy stage serving 8 sessions, batched vs one by one;
+ * - bandwidth: a 4096x4096 float32 matvec's effective bandwidth next to a plain-array triad's;
+ * - weights: loading a 1 GB BF16 safetensors file (seconds, peak RSS in a child process);
+ * - kvCache: decode-style appends, in place vs rebuilding by concat;
+ * - workers: a chunky stage on two worker threads vs the main thread, and a tiny stage's round trip.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
+import {
+  Checkpoint,
+  initBackend,
+  KVCache,
+  tensorBatchStage,
+  tensorFuser,
+  WorkerStage,
+  writeSafetensors,
+  type TensorToWrite,
+} from '@omniflow/runtime-gpu';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { from, lastValueFrom, merge, toArray } from 'rxjs';
+import { audioChunks, kernelChainGraph } from '../packages/runtime-gpu/src/testing/kernel-chain.js';
+import { measureTriadBandwidth, medianMs } from './memory.js';
+
+const here = fileURLToPath(import.meta.url);
+
+// ------------------------------------------------------------------------------------------------
+// Fusion: the same compiled graph with and without the fuser.
+
+async function fusion() {
+  const chain = kernelChainGraph(256);
+  const chunks = 300;
+  const once = async (fuse: boolean) => {
+    const session = chain.graph.session({ fuser: tensorFuser(), fuse });
+    session.output('y').subscribe((p: Packet) => (p as TensorPacket).tensor.dispose());
+    const input = session.input('x');
+    const inputs = audioChunks(chunks); // built outside the timed region
+    const t0 = performance.now();
+    const done = session.start();
+    inputs.forEach((t, i) => input.push(tensorPacket({ name: 'pcm', pts: i * 20_000, tensor: t })));
+    input.complete();
+    await done;
+    return (performance.now() - t0) / chunks;
+  };
+  const fusedMs: number[] = [], unfusedMs: number[] = [];
+  await once(true);
+  await once(false);
+  for (let r = 0; r < 5; r++) {
+    unfusedMs.push(await once(false));
+    fusedMs.push(await once(true));
+  }
+  chain.dispose();
+  const med = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const fused = med(fusedMs), unfused = med(unfusedMs);
+  return {
+    chain: 'gain -> proj(320x256) -> bias -> relu over [1, 320] chunks (20 ms at 16 kHz)',
+    plan: chain.graph.plan({ fuser: tensorFuser() }).stages.map((s) => s.id),
+    chunksPerRun: chunks,
+    unfusedMsPerChunk: +unfused.toFixed(4),
+    fusedMsPerChunk: +fused.toFixed(4),
+    speedup: +(unfused / fused).toFixed(2),
+    goal: 1.3,
+  };
+}
+
+// ------------------------------------------------------------------------------------------------
+// Batching: 8 sessions through a matvec-heavy stage, batched vs one by one.
+
+async function batching() {
+  const dim = 4096, sessions = 8, steps = 16; // 64 MiB of weights: batch-1 decoding is memory-bound
+  const w = tf.tidy(() => tf.randomNormal([dim, dim], 0, 0.02, 'float32', 7) as tf.Tensor2D);
+  const packets = () =>
+    Array.from({ length: sessions }, (_, s) =>
+      from(Array.from({ length: steps }, (_, i) => tensorPacket({ session: `s${s}`, pts: i * 80_000, name: 'h', tensor: tf.randomNormal([dim], 0, 1, 'float32', s * 1000 + i) })) as Packet[]),
+    );
+  const once = async (maxBatch: number) => {
+    const streams = packets();
+    const stage = tensorBatchStage({ maxBatch, maxWaitMs: 1, run: (x) => tf.matMul(x, w) });
+    const t0 = performance.now();
+    const out = await lastValueFrom(merge(...streams).pipe(stage, toArray()));
+    const ms = performance.now() - t0;
+    out.forEach((p) => p.kind === 'tensor' && p.tensor.dispose());
+    return (sessions * steps) / (ms / 1000);
+  };
+  await once(8);
+  await once(1);
+  const oneByOne: number[] = [], batched: number[] = [];
+  for (let r = 0; r < 3; r++) {
+    oneByOne.push(await once(1));
+    batched.push(await once(8));
+  }
+  w.dispose();
+  const med = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  return {
+    stage: `x[B, ${dim}] · W[${dim}, ${dim}] float32 (${((dim * dim * 4) / 2 ** 20).toFixed(0)} MiB of weights)`,
+    sessions,
+    stepsPerSession: steps,
+    oneByOneItemsPerSecond: +med(oneByOne).toFixed(1),
+    batchedItemsPerSecond: +med(batched).toFixed(1),
+    speedup: +(med(batched) / med(oneByOne)).toFixed(2),
+    goal: 3,
+  };
+}
+
+// ------------------------------------------------------------------------------------------------
+// Bandwidth: batch-1 matvec against the machine's triad bandwidth, same run.
+
+async function bandwidth() {
+  const n = 4096;
+  const w = tf.tidy(() => tf.randomUniform([n, n], -1, 1, 'float32', 3) as tf.Tensor2D);
+  const x = tf.randomUniform([1, n], -1, 1, 'float32', 4) as tf.Tensor2D;
+  const ms = await medianMs(() => tf.tidy(() => tf.matMul(x, w).dataSync()), 15, 3);
+  tf.dispose([w, x]);
+  const bytes = n * n * 4;
+  const matvec = bytes / (ms / 1000) / 1e9;
+  const triad = measureTriadBandwidth();
+  return {
+    matvec: `x[1, ${n}] · W[${n}, ${n}] float32 (64 MiB)`,
+    matvecMs: +ms.toFixed(3),
+    matvecGBps: +matvec.toFixed(2),
+    triadGBps: triad.gbPerSecond,
+    triadArrayMiB: triad.arrayMiB,
+    fractionOfTriad: +(matvec / triad.gbPerSecond).toFixed(2),
+    goal: 0.6,
+  };
+}
+
+// ------------------------------------------------------------------------------------------------
+// Weights: load a 1 GB BF16 file in a child process and report its peak RSS.
+
+async function weights() {
+  const dir = mkdtempSync(join(tmpdir(), 'omniflow-bench-'));
+  try {
+    const rows = 4096, cols = 4096, count = 32; // 32 x 32 MiB of bf16 = 1 GiB
+    const pattern = new Float32Array(rows * cols);
+    for (let i = 0; i < pattern.length; i++) pattern[i] = Math.sin(i * 1e-3);
+    const tensors: Record<string, TensorToWrite> = {};
+    for (let t = 0; t < count; t++) tensors[`model.layers.${t}.mlp.weight`] = { dtype: 'BF16', shape: [rows, cols], data: () => pattern };
+    const path = join(dir, 'model.safetensors');
+    const w0 = performance.now();
+    writeSafetensors(path, tensors, { format: 'pt' });
+    const writeSeconds = (performance.now() - w0) / 1000;
+    const fileBytes = statSync(path).size;
+    const child = spawnSync(process.execPath, [...process.execArgv, here], { env: { ...process.env, OMNIFLOW_BENCH_LOAD: path }, encoding: 'utf8', maxBuffer: 1 << 20 });
+    if (child.status !== 0) throw new Error(`load child failed (${child.status}): ${child.stderr}`);
+    const r = JSON.parse(child.stdout.trim().split('\n').pop()!) as { seconds: number; peakRssBytes: number; baselineRssBytes: number; float32Bytes: number; tensors: number; checksum: number };
+    return {
+      file: `${count} BF16 tensors [${rows}, ${cols}]`,
+      fileGiB: +(fileBytes / 2 ** 30).toFixed(3),
+      writeSeconds: +writeSeconds.toFixed(2),
+      loadSeconds: +r.seconds.toFixed(2),
+      loadGBpsOfFile: +(fileBytes / r.seconds / 1e9).toFixed(2),
+      float32GiB: +(r.float32Bytes / 2 ** 30).toFixed(3),
+      peakRssGiB: +(r.peakRssBytes / 2 ** 30).toFixed(3),
+      processBaselineRssGiB: +(r.baselineRssBytes / 2 ** 30).toFixed(3),
+      peakRssOverFloat32: +(r.peakRssBytes / r.float32Bytes).toFixed(3),
+      goal: 1.2,
+      checksum: r.checksum,
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Child side: every tensor to float32 host memory through Checkpoint, all kept, like a model does. */
+function loadChild(path: string): void {
+  const baseline = process.memoryUsage().rss;
+  const t0 = performance.now();
+  const ckpt = Checkpoint.open(path);
+  const kept: Float32Array[] = [];
+  let float32Bytes = 0;
+  for (const k of ckpt.keys()) {
+    const t = ckpt.get(k);
+    kept.push(t.data as Float32Array);
+    float32Bytes += t.data.byteLength;
+  }
+  ckpt.close();
+  const seconds = (performance.now() - t0) / 1000;
+  let checksum = 0;
+  for (const a of kept) checksum += a[12345];
+  const peakRssBytes = process.resourceUsage().maxRSS * 1024;
+  console.log(JSON.stringify({ seconds, peakRssBytes, baselineRssBytes: baseline, float32Bytes, tensors: kept.length, checksum: +checksum.toFixed(4) }));
+}
+
+// ------------------------------------------------------------------------------------------------
+// KV cache: decode appends (one position per step, all layers), in place vs concat rebuild.
+
+async function kvCache() {
+  const layers = 8, kvHeads = 4, headDim = 128, steps = 512;
+  const once = (inPlace: boolean) => {
+    const cache = new KVCache({ layers, kvHeads, headDim, capacity: 64, inPlace });
+    const k = tf.randomNormal([kvHeads, 1, headDim]) as tf.Tensor3D;
+    const t0 = performance.now();
+    for (let s = 0; s < steps; s++) for (let l = 0; l < layers; l++) cache.appendInPlace(l, k, k);
+    const ms = performance.now() - t0;
+    cache.dispose();
+    k.dispose();
+    return ms / steps;
+  };
+  once(true);
+  once(false);
+  const inPlace = once(true), rebuild = once(false);
+  return {
+    shape: `${layers} layers x ${kvHeads} kv heads x ${headDim}, ${steps} decode steps`,
+    inPlaceMsPerStep: +inPlace.toFixed(4),
+    concatRebuildMsPerStep: +rebuild.toFixed(4),
+    speedup: +(rebuild / inPlace).toFixed(1),
+  };
+}
+
+// ------------------------------------------------------------------------------------------------
+// Workers: where a second wasm instance pays.
+
+async function workers() {
+  const moduleUrl = new URL('../packages/runtime-gpu/src/testing/affine-stage.ts', import.meta.url);
+  const inF = 1024, outF = 1024, rows = 64, calls = 40;
+  const stages = await Promise.all([0, 1].map(() => WorkerStage.start({ module: moduleUrl, setup: { inF, outF } })));
+  const tiny = await WorkerStage.start({ module: moduleUrl, setup: { inF: 8, outF: 4 } });
+  try {
+    const { affineWeights } = await import('../packages/runtime-gpu/src/testing/affine-stage.js');
+    const { w, b } = affineWeights(inF, outF);
+    const W = tf.tensor2d(w, [inF, outF]), B = tf.tensor1d(b);
+    const x = () => Float32Array.from({ length: rows * inF }, (_, i) => Math.sin(i));
+    const mainThread = async () => {
+      const t0 = performance.now();
+      for (let c = 0; c < calls; c++) tf.tidy(() => tf.relu(tf.add(tf.matMul(tf.tensor2d(x(), [rows, inF]), W), B)).dataSync());
+      return (performance.now() - t0) / calls;
+    };
+    const twoWorkers = async () => {
+      const t0 = performance.now();
+      const runs: Promise<unknown>[] = [];
+      for (let c = 0; c < calls; c++) runs.push(stages[c % 2].run({ x: { dtype: 'float32', shape: [rows, inF], data: x() } }));
+      await Promise.all(runs);
+      return (performance.now() - t0) / calls;
+    };
+    await mainThread();
+    await twoWorkers();
+    const main = await mainThread(), two = await twoWorkers();
+    const roundTrip = await medianMs(() => tiny.run({ x: { dtype: 'float32', shape: [1, 8], data: new Float32Array(8) } }), 50, 10);
+    const tinyLocal = await medianMs(() => tf.tidy(() => tf.relu(tf.matMul(tf.ones([1, 8]), tf.ones([8, 4]))).dataSync()), 50, 10);
+    tf.dispose([W, B]);
+    return {
+      chunkyStage: `relu(x[${rows}, ${inF}] · W[${inF}, ${outF}] + b), ${calls} chunks`,
+      mainThreadMsPerChunk: +main.toFixed(3),
+      twoWorkersMsPerChunk: +two.toFixed(3),
+      speedup: +(main / two).toFixed(2),
+      tinyStageRoundTripMs: +roundTrip.toFixed(3),
+      tinyStageOnMainThreadMs: +tinyLocal.toFixed(3),
+    };
+  } finally {
+    await Promise.all([...stages, tiny].map((s) => s.close()));
+  }
+}
+
+export async function run(): Promise<object> {
+  const backend = await initBackend();
+  return {
+    backend: backend.name,
+    backendReason: backend.reason,
+    fusion: await fusion(),
+    batching: await batching(),
+    bandwidth: await bandwidth(),
+    weights: await weights(),
+    kvCache: await kvCache(),
+    workers: await workers(),
+  };
+}
+
+if (process.env.OMNIFLOW_BENCH_LOAD) loadChild(process.env.OMNIFLOW_BENCH_LOAD);
