@@ -67,6 +67,8 @@ export function decodeAudio(input: MediaInput, options: DecodeAudioOptions = {})
   async function* packets(): AsyncGenerator<AudioPacket> {
     if (started) throw new Error('decodeAudio: this decode was already iterated; call decodeAudio() again to decode again');
     started = true;
+    // autoDestroy off: a PassThrough that closes itself at end of data makes fluent-ffmpeg report 'Output stream
+    // closed' when ffmpeg's exit lags the close by over 20 ms (it does on a busy machine); `finally` destroys it.
     const out = new PassThrough({ highWaterMark: options.highWaterMark ?? 64 * 1024 });
     try {
       proc = FfmpegProcess.start({

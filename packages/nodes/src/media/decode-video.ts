@@ -57,7 +57,9 @@ export function decodeVideo(input: MediaInput, options: DecodeVideoOptions = {})
   async function* frames(): AsyncGenerator<VideoPacket> {
     if (started) throw new Error('decodeVideo: this decode was already iterated; call decodeVideo() again to decode again');
     started = true;
-    const out = new PassThrough({ highWaterMark: options.highWaterMark ?? 64 * 1024 });
+    // autoDestroy off: a PassThrough that closes itself at end of data makes fluent-ffmpeg report 'Output stream
+    // closed' when ffmpeg's exit lags the close by over 20 ms (it does on a busy machine); `finally` destroys it.
+    const out = new PassThrough({ highWaterMark: options.highWaterMark ?? 64 * 1024, autoDestroy: false });
     try {
       proc = FfmpegProcess.start({
         input,

@@ -4,9 +4,10 @@
  * LAST frame dropped, 128 Slaney mel filters over 0–8 kHz, log10 clamped at 1e-10, floor at (clip max − 8),
  * then (x + 4) / 4. Output layout is [n_mels, frames] — the audio encoder's `input_features`.
  *
- * The DFT is one matmul against a [n_fft, 2·(n_fft/2+1)] cos/sin basis with the window folded in (the wasm backend
- * has no FFT kernel, and a 400-point matmul runs far faster than real time), and the power spectrum is folded into
- * the mel matmul: |X|²·F = [re², im²]·[F; F].
+ * The DFT is a matmul against a cos/sin basis with the window folded in (the wasm backend has no FFT kernel). The
+ * Hann window is symmetric (w[N−n] = w[n], w[0] = 0), so the real part only needs x[n] + x[N−n] and the imaginary
+ * part x[n] − x[N−n], n ≤ N/2: two [frames, N/2±1]·[N/2±1, bins] matmuls, half the work of the plain
+ * [frames, N]·[N, 2·bins] product.
  */
 import * as tf from '@tensorflow/tfjs-core';
 
@@ -88,20 +89,25 @@ export function hannWindow(n: number): Float64Array {
   return Float64Array.from({ length: n }, (_, i) => 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / n));
 }
 
-/** [nFft, 2·nBins] basis: columns [w·cos | w·sin] so that frames·basis = [Re X | −Im X]. */
-function dftBasis(nFft: number): Float32Array {
-  const nBins = nFft / 2 + 1;
+/**
+ * Folded DFT bases for a symmetric window: `cos` [N/2+1, bins] applies to e[n] = x[n] + x[N−n] (e[0] = x[0],
+ * e[N/2] = x[N/2]), `sin` [N/2−1, bins] to o[n] = x[n] − x[N−n] for n = 1 … N/2−1.
+ */
+function foldedDftBasis(nFft: number): { cos: Float32Array; sin: Float32Array } {
+  const half = nFft / 2;
+  const nBins = half + 1;
   const w = hannWindow(nFft);
-  const out = new Float32Array(nFft * 2 * nBins);
-  for (let n = 0; n < nFft; n++) {
+  const cos = new Float32Array(nBins * nBins);
+  const sin = new Float32Array((half - 1) * nBins);
+  for (let n = 0; n <= half; n++) {
     for (let k = 0; k < nBins; k++) {
       // (k·n) mod nFft keeps the angle exact for large k·n.
       const a = (2 * Math.PI * ((k * n) % nFft)) / nFft;
-      out[n * 2 * nBins + k] = w[n] * Math.cos(a);
-      out[n * 2 * nBins + nBins + k] = w[n] * Math.sin(a);
+      cos[n * nBins + k] = w[n] * Math.cos(a);
+      if (n >= 1 && n < half) sin[(n - 1) * nBins + k] = w[n] * Math.sin(a);
     }
   }
-  return out;
+  return { cos, sin };
 }
 
 /** Number of feature frames for `samples` input samples: 1 + L//hop STFT frames, the last one dropped. */
@@ -120,55 +126,83 @@ export function logMelFrameCount(samples: number, hopLength = 160): number {
  */
 export class LogMel {
   readonly options: Readonly<Resolved>;
-  private readonly basis: tf.Tensor2D;
-  private readonly filters2: tf.Tensor2D;
+  private readonly cosBasis: tf.Tensor2D;
+  private readonly sinBasis: tf.Tensor2D;
+  private readonly filters: tf.Tensor2D;
 
   constructor(options: LogMelOptions = {}) {
     this.options = resolve(options);
     const { nFft, nBins, nMels } = this.options;
-    this.basis = tf.tensor2d(dftBasis(nFft), [nFft, 2 * nBins]);
-    const f = melFilterBank(options);
-    const stacked = new Float32Array(2 * nBins * nMels);
-    stacked.set(f, 0);
-    stacked.set(f, nBins * nMels);
-    this.filters2 = tf.tensor2d(stacked, [2 * nBins, nMels]);
+    const { cos, sin } = foldedDftBasis(nFft);
+    this.cosBasis = tf.tensor2d(cos, [nBins, nBins]);
+    this.sinBasis = tf.tensor2d(sin, [nBins - 2, nBins]);
+    this.filters = tf.tensor2d(melFilterBank(options), [nBins, nMels]);
   }
 
-  /** Raw log10 mel energies of windows `frames` [n, nFft] → [n, nMels] (before the clip-max floor and scaling). */
-  logMelOfFrames(frames: tf.Tensor2D): tf.Tensor2D {
-    const { nFft } = this.options;
-    if (frames.rank !== 2 || frames.shape[1] !== nFft) throw new Error(`LogMel.logMelOfFrames: frames must be [n, ${nFft}], got [${frames.shape.join(', ')}]`);
+  /**
+   * Raw log10 mel energies (before the clip-max floor and scaling) of the `n` windows that start at
+   * `signal[start + t·hop]`, t < n → [n, nMels]. The window folding is a JS pass over host memory: on the wasm
+   * backend column slices and reversals run element by element, so folding in tensors would cost more than the DFT.
+   */
+  logMelOfWindows(signal: Float32Array, start: number, n: number): tf.Tensor2D {
+    const { nFft, hopLength, nBins } = this.options;
+    if (!(Number.isInteger(n) && n >= 0) || start < 0 || start + (n - 1) * hopLength + nFft > signal.length) {
+      throw new RangeError(`LogMel.logMelOfWindows: ${n} windows of ${nFft} from ${start} (hop ${hopLength}) exceed the ${signal.length} samples given`);
+    }
+    const half = nFft / 2;
+    const even = new Float32Array(n * nBins);
+    const odd = new Float32Array(n * (half - 1));
+    for (let t = 0; t < n; t++) {
+      const o = start + t * hopLength;
+      const e = t * nBins;
+      const d = t * (half - 1);
+      even[e] = signal[o];
+      even[e + half] = signal[o + half];
+      for (let k = 1; k < half; k++) {
+        const a = signal[o + k];
+        const b = signal[o + nFft - k];
+        even[e + k] = a + b;
+        odd[d + k - 1] = a - b;
+      }
+    }
     return tf.tidy(() => {
-      const spec = tf.matMul(frames, this.basis);
-      const mel = tf.matMul(tf.square(spec), this.filters2);
-      return tf.div(tf.log(tf.maximum(mel, 1e-10)), Math.LN10) as tf.Tensor2D;
+      const re = tf.matMul(tf.tensor2d(even, [n, nBins]), this.cosBasis);
+      const im = tf.matMul(tf.tensor2d(odd, [n, half - 1]), this.sinBasis);
+      const mel = tf.matMul(tf.add(tf.square(re), tf.square(im)), this.filters);
+      return tf.mul(tf.log(tf.maximum(mel, 1e-10)), 1 / Math.LN10) as tf.Tensor2D;
     });
   }
 
   /**
    * The kernel: mono pcm [L] at `sampleRate` → features [nMels, floor(L / hop)], exactly the extractor's batch
    * output for one clip (the floor at max − 8 uses the whole clip's max). Needs L > nFft / 2 (reflect padding).
+   * A tensor input is read back to host memory for the framing (a copy on the wasm and cpu backends).
    */
-  features(pcm: tf.Tensor1D): tf.Tensor2D {
+  features(pcm: tf.Tensor1D | Float32Array): tf.Tensor2D {
     const { nFft, hopLength } = this.options;
-    const L = pcm.shape[0];
+    if (!(pcm instanceof Float32Array) && pcm.rank !== 1) throw new Error(`LogMel.features: pcm must be rank 1 [samples], got [${pcm.shape.join(', ')}]`);
+    const x = pcm instanceof Float32Array ? pcm : (pcm.dataSync() as Float32Array);
+    const L = x.length;
     const pad = nFft / 2;
-    if (pcm.rank !== 1) throw new Error(`LogMel.features: pcm must be rank 1 [samples], got [${pcm.shape.join(', ')}]`);
     if (L <= pad) throw new Error(`LogMel.features: need more than ${pad} samples for reflect padding, got ${L}`);
+    // torch.stft(center=True, pad_mode='reflect'): x[pad..1] | x | x[L-2..L-1-pad].
+    const padded = new Float32Array(L + nFft);
+    padded.set(x, pad);
+    for (let i = 1; i <= pad; i++) {
+      padded[pad - i] = x[i];
+      padded[pad + L - 1 + i] = x[L - 1 - i];
+    }
     const T = logMelFrameCount(L, hopLength);
-    const idx = new Int32Array(T * nFft);
-    for (let t = 0; t < T; t++) for (let k = 0; k < nFft; k++) idx[t * nFft + k] = t * hopLength + k;
     return tf.tidy(() => {
-      const padded = tf.mirrorPad(pcm, [[pad, pad]], 'reflect');
-      const frames = tf.gather(padded, tf.tensor2d(idx, [T, nFft], 'int32')) as unknown as tf.Tensor2D;
-      const x = this.logMelOfFrames(frames);
-      return tf.transpose(normalizeLogMel(x, tf.max(x) as tf.Scalar)) as tf.Tensor2D;
+      const raw = this.logMelOfWindows(padded, 0, T);
+      return tf.transpose(normalizeLogMel(raw, tf.max(raw) as tf.Scalar)) as tf.Tensor2D;
     });
   }
 
   dispose(): void {
-    this.basis.dispose();
-    this.filters2.dispose();
+    this.cosBasis.dispose();
+    this.sinBasis.dispose();
+    this.filters.dispose();
   }
 }
 
@@ -189,7 +223,7 @@ export function normalizeLogMel<T extends tf.Tensor>(x: T, reference: tf.Scalar 
 export function logMelFeatures(pcm: Float32Array, options: LogMelOptions = {}): { features: tf.Tensor2D; frames: number } {
   const mel = new LogMel(options);
   try {
-    const features = tf.tidy(() => mel.features(tf.tensor1d(pcm)));
+    const features = mel.features(pcm);
     return { features, frames: features.shape[1] };
   } finally {
     mel.dispose();
@@ -218,8 +252,8 @@ export type LogMelStreamReference =
  */
 export class LogMelStream {
   readonly mel: LogMel;
-  /** Running max of the raw log10 mel (for 'running-max'). */
-  private runningMax = -Infinity;
+  /** Running max of the raw log10 mel (for 'running-max'), kept on the device: no read-back per push. */
+  private runningMax?: tf.Scalar;
   /** Samples from absolute index `bufferStart` on; the head (first nFft/2+1 samples) is kept for the left reflect. */
   private buffer = new Float32Array(4096);
   private bufferStart = 0;
@@ -271,6 +305,8 @@ export class LogMelStream {
 
   dispose(): void {
     this.mel.dispose();
+    this.runningMax?.dispose();
+    this.runningMax = undefined;
   }
 
   private append(samples: Float32Array): void {
@@ -310,21 +346,21 @@ export class LogMelStream {
     if (n <= 0) return undefined;
     const { nFft, hopLength } = this.mel.options;
     const pad = nFft / 2;
-    const frames = new Float32Array(n * nFft);
-    for (let f = 0; f < n; f++) {
-      const start = (this.nextFrame + f) * hopLength - pad;
-      const row = f * nFft;
-      const inside = start >= 0 && start + nFft <= this.total;
-      if (inside) frames.set(this.buffer.subarray(start - this.bufferStart, start - this.bufferStart + nFft), row);
-      else for (let k = 0; k < nFft; k++) frames[row + k] = this.sample(start + k);
-    }
+    // The samples windows nextFrame … upTo−1 cover, with the reflect padding applied at either end.
+    const from = this.nextFrame * hopLength - pad;
+    const region = new Float32Array((n - 1) * hopLength + nFft);
+    if (from >= 0 && from + region.length <= this.total) region.set(this.buffer.subarray(from - this.bufferStart, from - this.bufferStart + region.length));
+    else for (let k = 0; k < region.length; k++) region[k] = this.sample(from + k);
     this.nextFrame = upTo;
     return tf.tidy(() => {
-      const raw = this.mel.logMelOfFrames(tf.tensor2d(frames, [n, nFft]));
-      let reference: number;
+      const raw = this.mel.logMelOfWindows(region, 0, n);
+      let reference: tf.Scalar | number;
       if (this.reference === 'running-max') {
-        this.runningMax = Math.max(this.runningMax, tf.max(raw).dataSync()[0]);
-        reference = this.runningMax;
+        const chunkMax = tf.max(raw) as tf.Scalar;
+        const previous = this.runningMax;
+        reference = tf.keep(previous ? (tf.maximum(previous, chunkMax) as tf.Scalar) : chunkMax);
+        previous?.dispose();
+        this.runningMax = reference;
       } else reference = this.reference.fixed;
       return tf.transpose(normalizeLogMel(raw, reference)) as tf.Tensor2D;
     });
