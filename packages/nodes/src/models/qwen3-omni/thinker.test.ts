@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { concat, firstValueFrom, from, lastValueFrom, of, take, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tensorPacket, textPacket, type Packet, type TensorPacket } from '@omniflow/core';
+import { graph, tensorPacket, textPacket, type Packet, type TensorPacket, type TokensPacket } from '@omniflow/core';
 import { SafetensorsFile, fixtureDir, fixturePath } from '@omniflow/runtime-gpu';
 import { fixtureTokenizer } from './fixture-tokenizer/fixture-tokenizer.js';
 import { loadQwen3Omni, type Qwen3OmniModel } from './load.js';
@@ -89,6 +89,37 @@ describe('thinker node', () => {
     const first = await lastValueFrom(out.tokens.pipe(take(3), toArray()));
     expect(first).toHaveLength(3);
     await new Promise((r) => setTimeout(r, 20)); // let the aborted loop unwind
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('in a graph session, an interrupt aborts the turn between decode steps and the next turn is answered', async () => {
+    const before = tf.memory().numTensors;
+    const g = graph('assistant').add('think', thinker, { model, maxNewTokens: 40 }).input('in', 'think.input').output('tokens', 'think.tokens').output('text', 'think.text');
+    const session = g.session({ mode: 'batch' });
+    const tokens: TokensPacket[] = [];
+    let interruptedAt = -1;
+    const turn1Done = new Promise<void>((resolve) => {
+      session.output('text').subscribe((p) => {
+        if (p.turn === 1 && p.kind === 'text' && p.final) resolve();
+      });
+    });
+    session.output('tokens').subscribe((p) => {
+      tokens.push(p as TokensPacket);
+      if (p.turn === 0 && tokens.length === 3) {
+        interruptedAt = tokens.length;
+        session.interrupt('barge-in');
+        session.input('in').push(textPacket({ text: 'ok', final: true }));
+      }
+    });
+    const done = session.start();
+    session.input('in').push(textPacket({ text: 'go', final: true }));
+    await turn1Done;
+    // Turn 0 stopped right at the interrupt (well before its 40 tokens); turn 1 ran to its own end.
+    expect(interruptedAt).toBe(3);
+    expect(tokens.filter((p) => p.turn === 0)).toHaveLength(3);
+    expect(tokens.filter((p) => p.turn === 1).length).toBeGreaterThan(0);
+    session.input('in').complete();
+    await done;
     expect(tf.memory().numTensors).toBe(before);
   });
 
