@@ -161,7 +161,7 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
     wanted.add('thinker');
     const skipped: Array<{ name: string; reason: string }> = [];
     for (const m of wanted) if (!present.has(m)) throw new Error(`checkpoint ${dir}: module '${m}' was asked for but the checkpoint has no ${MODULE_PREFIXES[m].join(' / ')}* tensors`);
-    for (const m of present) if (!wanted.has(m)) skipped.push({ name: m, reason: 'not asked for' });
+    for (const m of Object.keys(MODULE_PREFIXES) as Qwen3OmniModuleName[]) if (present.has(m) && !wanted.has(m)) skipped.push({ name: m, reason: 'not asked for' });
     if ((wanted.has('code2wav') || present.has('talker')) && !config.enable_audio_output) {
       configWarnings.push('config.json: enable_audio_output is false but the checkpoint holds speech modules');
     }
@@ -200,7 +200,7 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
       const unused = new Set(unusedKeys);
       const modules: LoadedModuleReport[] = [];
       let storedBytes = 0;
-      for (const m of wanted) {
+      for (const m of (Object.keys(MODULE_PREFIXES) as Qwen3OmniModuleName[]).filter((n) => wanted.has(n))) {
         let tensors = 0;
         let parameters = 0;
         for (const k of ckpt.keys()) {
