@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from './backend.js';
-import { KVCache } from './kv-cache.js';
+import { KVCache, sessionKVCache } from './kv-cache.js';
 import { leakCheck } from './ownership.js';
 
 beforeAll(async () => {
@@ -71,5 +71,16 @@ describe.each([true, false])('KVCache (inPlace %s)', (inPlace) => {
     cache.dispose();
     expect(() => cache.append(0, ok, ok)).toThrow('used after dispose');
     tf.dispose([bad, ok]);
+  });
+});
+
+describe('sessionKVCache', () => {
+  it('is released when the node context disposes', () => {
+    const disposers: Array<() => void> = [];
+    const cache = sessionKVCache({ onDispose: (fn) => disposers.push(fn) }, { layers: 1, kvHeads: 1, headDim: 2 });
+    cache.buffers(0);
+    expect(cache.bytes).toBeGreaterThan(0);
+    disposers.forEach((fn) => fn());
+    expect(cache.isDisposed).toBe(true);
   });
 });

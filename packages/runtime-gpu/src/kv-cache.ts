@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
+import type { NodeContext } from '@omniflow/core';
 
 /** Sizes of a decoder's key/value cache. */
 export interface KVCacheOptions {
@@ -279,4 +280,18 @@ function rowWriterFor(backend: tf.KernelBackend): RowWriter | undefined {
     const to = heapView(dst);
     for (let h = 0; h < heads; h++) to.set(from.subarray(h * n * dim, (h + 1) * n * dim), (h * cap + at) * dim);
   };
+}
+
+/**
+ * A KVCache that lives exactly as long as a node instance of one session: it is disposed when the
+ * node stops (session end, error or unsubscribe), through `ctx.onDispose`.
+ *
+ * ```ts
+ * operator: (params, ctx) => { const cache = sessionKVCache(ctx, { layers: 4, kvHeads: 2, headDim: 16 }); ... }
+ * ```
+ */
+export function sessionKVCache(ctx: Pick<NodeContext, 'onDispose'>, options: KVCacheOptions): KVCache {
+  const cache = new KVCache(options);
+  ctx.onDispose(() => cache.dispose());
+  return cache;
 }
