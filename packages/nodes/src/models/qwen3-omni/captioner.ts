@@ -77,7 +77,7 @@ export const captionerParams = z.object({
  * or the end of the input.
  *
  * ```ts
- * decodeAudio$('talk.mp3').pipe(captioner({ model, segmentSeconds: 30 }))
+ * from(decodeAudio('talk.mp3')).pipe(captioner({ model, segmentSeconds: 30 }))
  *   .subscribe((p) => process.stdout.write(p.final ? `${p.text}\n` : p.text));
  * ```
  */
