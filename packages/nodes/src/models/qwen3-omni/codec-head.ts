@@ -15,8 +15,8 @@ export const GREEDY: SamplerOptions = { greedy: true };
 
 /**
  * The talker's `codec_head` (Linear hidden -> codec vocab, no bias): codebook-0 logits from the talker's final-norm
- * hidden state, and the choice of the code with generate()'s suppression rule (ids [vocab-1024, vocab) except
- * codec EOS are control tokens the talker must not emit).
+ * hidden state, and the choice of the code with generate()'s suppression rule (ids past the codebook, except codec
+ * EOS, are control tokens the talker must not emit).
  *
  * ```ts
  * const head = CodecHead.load(ckpt, config.talker_config!);
@@ -28,16 +28,17 @@ export class CodecHead {
   /** The suppression list generate() applies when sampling the talker. */
   readonly suppressTokens: readonly number[];
 
-  private constructor(readonly head: Linear, readonly eosTokenId: number) {
-    const V = head.outFeatures;
+  private constructor(readonly head: Linear, readonly eosTokenId: number, readonly codebookSize: number) {
+    // Ids past the codebook are control tokens (pad, bos, think markers, speakers…); only EOS may be emitted. For the
+    // release this is generate()'s suppress list, [vocab − 1024, vocab) = [2048, 3072) minus 2150.
     const suppress: number[] = [];
-    for (let id = Math.max(0, V - 1024); id < V; id++) if (id !== eosTokenId) suppress.push(id);
+    for (let id = codebookSize; id < head.outFeatures; id++) if (id !== eosTokenId) suppress.push(id);
     this.suppressTokens = suppress;
   }
 
   static load(ckpt: Checkpoint, config: TalkerConfig, key = 'talker.codec_head'): CodecHead {
     const c = config.text_config;
-    return new CodecHead(loadLinear(ckpt, key, c.hidden_size, c.vocab_size), config.codec_eos_token_id);
+    return new CodecHead(loadLinear(ckpt, key, c.hidden_size, c.vocab_size), config.codec_eos_token_id, config.code_predictor_config.vocab_size);
   }
 
   get vocabSize(): number {

@@ -23,3 +23,5 @@ export * from './audio-encoder.node.js';
 export * from './vision-encoder.node.js';
 export * from './thinker.js';
 export * from './captioner.js';
+export * from './talker.node.js';
+export * from './code2wav.node.js';
