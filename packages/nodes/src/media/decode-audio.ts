@@ -69,7 +69,7 @@ export function decodeAudio(input: MediaInput, options: DecodeAudioOptions = {})
     started = true;
     // autoDestroy off: a PassThrough that closes itself at end of data makes fluent-ffmpeg report 'Output stream
     // closed' when ffmpeg's exit lags the close by over 20 ms (it does on a busy machine); `finally` destroys it.
-    const out = new PassThrough({ highWaterMark: options.highWaterMark ?? 64 * 1024 });
+    const out = new PassThrough({ highWaterMark: options.highWaterMark ?? 64 * 1024, autoDestroy: false });
     try {
       proc = FfmpegProcess.start({
         input,
