@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { controlPacket, tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
+import { controlPacket, Gate, tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
 import { lastValueFrom, merge, Observable, toArray, VirtualTimeScheduler } from 'rxjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from './backend.js';
-import { BatchScheduler, tensorBatchStage, type DownstreamDemand } from './batching.js';
+import { BatchScheduler, tensorBatchStage } from './batching.js';
 import { leakCheck } from './ownership.js';
 
 beforeAll(async () => {
@@ -26,19 +26,6 @@ function session(name: string, index: number, n: number, gapMs: number): Observa
     };
     tick();
   });
-}
-
-class TestGate implements DownstreamDemand {
-  ready = true;
-  private waiters: Array<() => void> = [];
-  whenReady(fn: () => void) {
-    if (this.ready) fn();
-    else this.waiters.push(fn);
-  }
-  open() {
-    this.ready = true;
-    this.waiters.splice(0).forEach((f) => f());
-  }
 }
 
 describe('tensorBatchStage', () => {
@@ -132,9 +119,9 @@ describe('BatchScheduler', () => {
     expect(sched.stats).toEqual({ batches: 3, items: 7, largestBatch: 3, waitingForDemand: 0 });
   });
 
-  it('runs only while downstream has room', async () => {
-    const gate = new TestGate();
-    gate.ready = false;
+  it('runs only while downstream has room (core flow control demand)', async () => {
+    const gate = new Gate();
+    gate.close();
     const ran: number[][] = [];
     const sched = new BatchScheduler<number, number>({ maxBatch: 2, maxWaitMs: 0, demand: gate, run: (xs) => (ran.push(xs), xs) });
     const results = [sched.submit('a', 1), sched.submit('a', 2), sched.submit('a', 3)];

@@ -72,7 +72,7 @@ describe('SafetensorsFile', () => {
   it('decodes bf16 across chunk boundaries exactly like the one-shot decoder', () => {
     const n = 4 * 1024 * 1024 + 3; // more than one 8 MiB scratch chunk of bf16, odd length
     const src = new Float32Array(n);
-    for (let i = 0; i < n; i++) src[i] = Math.sin(i) * 1000;
+    for (let i = 0; i < n; i++) src[i] = ((i % 2001) - 1000) * 0.731;
     const path = join(dir, 'big.safetensors');
     writeSafetensors(path, { w: { dtype: 'BF16', shape: [n], data: () => src } });
     const f = SafetensorsFile.open(path);
