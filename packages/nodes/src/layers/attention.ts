@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Checkpoint, KVCache } from '@omniflow/runtime-gpu';
-import { disposeLinear, linear, loadLinear, type Linear } from './linear.js';
+import type { KVCache } from '@omniflow/runtime-gpu';
+import { disposeLinear, linear, loadLinear, type Linear, type WeightSource } from './linear.js';
 import { loadRMSNorm, rmsNorm, type RMSNorm } from './rms-norm.js';
 import { applyRope } from './rope.js';
 
@@ -38,7 +38,7 @@ export interface DecoderAttentionSizes {
  * const y = decoderAttention(x, attn, cos, sin, { cache, layer: 0 }); // x [S, 2048]
  * ```
  */
-export function loadDecoderAttention(ckpt: Checkpoint, prefix: string, s: DecoderAttentionSizes): DecoderAttention {
+export function loadDecoderAttention(ckpt: WeightSource, prefix: string, s: DecoderAttentionSizes): DecoderAttention {
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`${prefix}: num_attention_heads ${s.numHeads} is not a multiple of num_key_value_heads ${s.numKvHeads}`);
   const bias = s.attentionBias ?? false;
   return {

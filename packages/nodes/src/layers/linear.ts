@@ -2,6 +2,12 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint } from '@omniflow/runtime-gpu';
 
 /**
+ * Where layer loaders read weights: a `Checkpoint`, or anything with the same `get(name, expectedShape)` (e.g.
+ * random weights built in memory for a benchmark).
+ */
+export type WeightSource = Pick<Checkpoint, 'get'>;
+
+/**
  * A Linear layer with its weight stored as [in, out]: PyTorch checkpoints store [out, in], and the
  * wasm backend's transposeB matmul is about 6x slower, so the weight is transposed once at load.
  */
@@ -20,7 +26,7 @@ export interface Linear {
  * const y = linear(x, q); // x [..., 32] -> y [..., 64]
  * ```
  */
-export function loadLinear(ckpt: Checkpoint, prefix: string, inFeatures: number, outFeatures: number, bias = false): Linear {
+export function loadLinear(ckpt: WeightSource, prefix: string, inFeatures: number, outFeatures: number, bias = false): Linear {
   const w = ckpt.get(`${prefix}.weight`, [outFeatures, inFeatures]);
   const weight = tf.tidy(() => tf.transpose(tf.tensor2d(w.data as Float32Array, [outFeatures, inFeatures])) as tf.Tensor2D);
   const b = bias ? tf.tensor1d(ckpt.get(`${prefix}.bias`, [outFeatures]).data as Float32Array) : undefined;

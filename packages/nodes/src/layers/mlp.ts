@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Checkpoint } from '@omniflow/runtime-gpu';
+import type { WeightSource } from './linear.js';
 
 /**
  * SwiGLU MLP `down(silu(gate(x)) ⊙ up(x))`, no biases (spec 3.1). gate_proj and up_proj are stored side by side in one
@@ -20,7 +20,7 @@ export interface SwiGluMlp {
  * const y = swiGlu(x, mlp); // [n, 2048] -> [n, 2048]
  * ```
  */
-export function loadSwiGluMlp(ckpt: Checkpoint, prefix: string, hidden: number, intermediate: number): SwiGluMlp {
+export function loadSwiGluMlp(ckpt: WeightSource, prefix: string, hidden: number, intermediate: number): SwiGluMlp {
   const gate = ckpt.get(`${prefix}.gate_proj.weight`, [intermediate, hidden]).data as Float32Array;
   const up = ckpt.get(`${prefix}.up_proj.weight`, [intermediate, hidden]).data as Float32Array;
   const down = ckpt.get(`${prefix}.down_proj.weight`, [hidden, intermediate]).data as Float32Array;

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Checkpoint } from '@omniflow/runtime-gpu';
+import type { WeightSource } from './linear.js';
 import { disposeSwiGluMlp, loadSwiGluMlp, swiGlu, type SwiGluMlp } from './mlp.js';
 
 /**
@@ -39,7 +39,7 @@ export interface SparseMoeSizes {
  * const { output } = sparseMoe(x, moe); // x [n, 2048]
  * ```
  */
-export function loadSparseMoe(ckpt: Checkpoint, prefix: string, s: SparseMoeSizes): SparseMoe {
+export function loadSparseMoe(ckpt: WeightSource, prefix: string, s: SparseMoeSizes): SparseMoe {
   const router = transposedHost(ckpt.get(`${prefix}.gate.weight`, [s.numExperts, s.hidden]).data as Float32Array, s.numExperts, s.hidden);
   const experts: SwiGluMlp[] = [];
   for (let e = 0; e < s.numExperts; e++) experts.push(loadSwiGluMlp(ckpt, `${prefix}.experts.${e}`, s.hidden, s.moeIntermediate));

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Checkpoint } from '@omniflow/runtime-gpu';
+import type { WeightSource } from './linear.js';
 
 /** RMSNorm weights: `y = weight ⊙ x / sqrt(mean(x²) + eps)` over the last axis, no bias (spec 3.1). */
 export interface RMSNorm {
@@ -15,7 +15,7 @@ export interface RMSNorm {
  * const y = rmsNorm(x, norm); // x [..., 2048]
  * ```
  */
-export function loadRMSNorm(ckpt: Checkpoint, key: string, dim: number, eps: number): RMSNorm {
+export function loadRMSNorm(ckpt: WeightSource, key: string, dim: number, eps: number): RMSNorm {
   return { weight: tf.tensor1d(ckpt.get(key, [dim]).data as Float32Array), eps };
 }
 

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { KVCache, type Checkpoint } from '@omniflow/runtime-gpu';
+import { KVCache } from '@omniflow/runtime-gpu';
 import { decoderAttention, disposeDecoderAttention, loadDecoderAttention, type DecoderAttention } from '../../layers/attention.js';
-import { disposeLinear, linear, loadLinear, type Linear } from '../../layers/linear.js';
+import { disposeLinear, linear, loadLinear, type Linear, type WeightSource } from '../../layers/linear.js';
 import { disposeSwiGluMlp, loadSwiGluMlp, swiGlu, type SwiGluMlp } from '../../layers/mlp.js';
 import { disposeSparseMoe, loadSparseMoe, sparseMoe, type SparseMoe } from '../../layers/moe.js';
 import { mropeTables, type MropePositions } from '../../layers/mrope.js';
@@ -106,8 +106,8 @@ export class TextModel {
     return this.config.vocab_size;
   }
 
-  /** Loads the text model from a checkpoint; every tensor's shape is checked against the config. */
-  static load(ckpt: Checkpoint, config: ThinkerTextConfig, keys: TextModelKeys = THINKER_TEXT_KEYS): TextModel {
+  /** Loads the text model from a checkpoint (or any WeightSource); every tensor's shape is checked against the config. */
+  static load(ckpt: WeightSource, config: ThinkerTextConfig, keys: TextModelKeys = THINKER_TEXT_KEYS): TextModel {
     const c = config;
     const D = c.hidden_size;
     const embed = ckpt.get(`${keys.embed}.weight`, [c.vocab_size, D]).data as Float32Array;
