@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { Readable, type Writable } from 'node:stream';
+import { PassThrough, Readable, type Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import type { AudioPacket } from '@omniflow/core';
 import { FfmpegProcess, MediaError } from './ffmpeg-process.js';
@@ -77,11 +77,15 @@ export async function encodeAudio(
     ...(options.format === 'm4a' && toStream ? ['-movflags', 'frag_keyframe+empty_moov'] : []),
     '-f', spec.muxer,
   ];
+  // ffmpeg writes into our own PassThrough that never emits 'close' (fluent-ffmpeg reports a closed output as an error
+  // when ffmpeg's exit arrives more than 20 ms later, as on a busy event loop); it is piped on to the caller's Writable.
+  const relay = toStream ? new PassThrough({ emitClose: false }) : undefined;
+  if (relay) relay.pipe(output as Writable, { end: options.end !== false });
   const proc = FfmpegProcess.start({
     input,
     inputOptions: ['-f', 'f32le', '-ar', String(sampleRate), '-ac', String(channels)],
     outputOptions,
-    output,
+    output: relay ?? (output as string),
     ffmpegPath: options.ffmpegPath,
   });
   try {
