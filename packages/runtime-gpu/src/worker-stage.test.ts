@@ -1,6 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { controlPacket, tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
+import { from, lastValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from './backend.js';
+import { leakCheck } from './ownership.js';
 import { affineWeights } from './testing/affine-stage.js';
 import { WorkerStage } from './worker-stage.js';
 
@@ -35,6 +38,21 @@ describe('WorkerStage', () => {
     expect(xs[0].byteLength).toBe(0); // transferred, not copied
     const outs = await Promise.all(runs);
     expect(outs.map((o) => o.out.shape[0])).toEqual([1, 2, 3, 4]);
+  });
+
+  it('runs as an RxJS stage over tensor packets, in order, owning the tensors', async () => {
+    const leaks = leakCheck();
+    const packets: Packet[] = [
+      tensorPacket({ session: 's', pts: 0, name: 'h', tensor: tf.tensor2d(input(1, 5), [1, 8]) }),
+      controlPacket({ session: 's', pts: 1, signal: 'flush' }),
+      tensorPacket({ session: 's', pts: 2, name: 'h', tensor: tf.tensor2d(input(2, 6), [2, 8]) }),
+    ];
+    const out = await lastValueFrom(from(packets).pipe(stage.operator(), toArray()));
+    expect(out.map((p) => [p.kind, p.pts])).toEqual([['tensor', 0], ['control', 1], ['tensor', 2]]);
+    expect((out[2] as TensorPacket).tensor.shape).toEqual([2, 4]);
+    expect(packets.every((p) => p.kind !== 'tensor' || p.tensor.isDisposed)).toBe(true);
+    out.forEach((p) => p.kind === 'tensor' && p.tensor.dispose());
+    leaks.check('worker operator');
   });
 
   it('reports stage errors and bad modules by name', async () => {

@@ -1,9 +1,12 @@
 import * as tf from '@tensorflow/tfjs-core';
+import type { Packet, TensorPacket } from '@omniflow/core';
+import { concatMap, type OperatorFunction } from 'rxjs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parentPort, Worker, workerData } from 'node:worker_threads';
 import { initBackend, type BackendName, type BackendReport } from './backend.js';
+import { forwardTensor } from './ownership.js';
 import type { HostTensor } from './safetensors.js';
 
 /** Named host tensors crossing the thread boundary (their buffers are transferred, not copied). */
@@ -125,6 +128,29 @@ export class WorkerStage {
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       this.worker.postMessage({ id, inputs } satisfies Request, transfer);
+    });
+  }
+
+  /**
+   * An RxJS stage that sends each tensor packet's tensor to the worker as input `input` (default `x`)
+   * and forwards the stage's output `output` (default `out`) in the same packet envelope, in order;
+   * the input tensor is disposed. Other packets pass through in their place. Crossing threads means
+   * one download and one upload per packet, so use it for chunky stages.
+   *
+   * ```ts
+   * codes$.pipe(stage.operator());
+   * ```
+   */
+  operator(options: { input?: string; output?: string } = {}): OperatorFunction<Packet, Packet> {
+    const input = options.input ?? 'x', output = options.output ?? 'out';
+    return concatMap(async (p: Packet) => {
+      if (p.kind !== 'tensor') return p;
+      const t = p.tensor as unknown as tf.Tensor;
+      const data = (await t.data()) as Float32Array | Int32Array;
+      const outs = await this.run({ [input]: { dtype: t.dtype === 'int32' ? 'int32' : 'float32', shape: [...t.shape], data } });
+      const y = outs[output];
+      if (!y) throw new Error(`worker stage ${this.module}: no output '${output}' (got ${Object.keys(outs).join(', ')})`);
+      return forwardTensor(p as TensorPacket, tf.tensor(y.data, y.shape, y.dtype));
     });
   }
 
