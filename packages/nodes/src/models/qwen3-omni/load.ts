@@ -170,7 +170,9 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
     if (wanted.has('talker') && !config.talker_config) throw new Error(`${dir}/config.json: the checkpoint holds talker.* tensors but config.json has no talker_config`);
 
     // Every tensor of every module we load must be there with its shape; report all problems at once.
-    const expected = qwen3OmniExpectedTensors(config as unknown as Qwen3OmniConfigLike);
+    // The derivation skips speech modules when enable_audio_output is false; here the checkpoint decides.
+    const speech = wanted.has('talker') || wanted.has('code2wav');
+    const expected = qwen3OmniExpectedTensors({ ...config, enable_audio_output: speech || config.enable_audio_output } as unknown as Qwen3OmniConfigLike);
     const needed = new Map([...expected].filter(([k]) => wanted.has(moduleOf(k)!)));
     ckpt.validate(needed, { allowUnexpected: true });
 
