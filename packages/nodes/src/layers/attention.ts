@@ -77,13 +77,20 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
     if (slot) ({ k, v } = slot.cache.append(slot.layer, kNew, vNew));
     const T = k.shape[1];
     const past = T - S;
-    // [S, H, D] -> [Hkv, groups·S, D]: the queries of one KV group become one batch row.
+    // [S, H, D] -> [Hkv, groups·S, D]: the queries of one KV group become the rows of one matrix.
     const qg = tf.reshape(tf.transpose(tf.mul(q, 1 / Math.sqrt(D)), [1, 0, 2]), [Hkv, groups * S, D]);
-    let scores = tf.matMul(qg, k, false, true); // [Hkv, groups·S, T]
-    // The [S, T] mask broadcasts over heads and groups.
-    if (S > 1) scores = tf.reshape(tf.add(tf.reshape(scores, [Hkv, groups, S, T]), causalMask(S, T, past)), [Hkv, groups * S, T]);
-    const probs = tf.softmax(scores, -1);
-    const out = tf.matMul(probs, v); // [Hkv, groups·S, D]
+    const mask = S > 1 ? causalMask(S, T, past) : undefined;
+    // One plain 2-D matmul pair per KV head rather than a batched matmul: on wasm only 2-D, untransposed products
+    // reach XNNPACK's GEMM (a batched or transposed one runs a scalar loop, ~7x slower here), so K is transposed
+    // explicitly (a [T, D] copy, small next to the weights a step reads).
+    const qs = tf.unstack(qg), ks = tf.unstack(k), vs = tf.unstack(v);
+    const heads = qs.map((qh, h) => {
+      let scores: tf.Tensor = tf.matMul(qh as tf.Tensor2D, tf.transpose(ks[h]!) as tf.Tensor2D); // [groups·S, T]
+      // The [S, T] mask broadcasts over the query groups.
+      if (mask) scores = tf.reshape(tf.add(tf.reshape(scores, [groups, S, T]), mask), [groups * S, T]);
+      return tf.matMul(tf.softmax(scores, -1) as tf.Tensor2D, vs[h] as tf.Tensor2D); // [groups·S, D]
+    });
+    const out = tf.stack(heads); // [Hkv, groups·S, D]
     const merged = tf.reshape(tf.transpose(tf.reshape(out, [H, S, D]), [1, 0, 2]), [S, H * D]) as tf.Tensor2D;
     return linear(merged, attn.o_proj) as tf.Tensor2D;
   });
