@@ -184,6 +184,7 @@ export class VisionEncoder {
    */
   static load(ckpt: Checkpoint, config: VisionEncoderConfig, prefix = 'thinker.visual'): VisionEncoder {
     const d = config.hidden_size;
+    if (!(config.depth >= 1)) throw new Error(`vision_config: depth ${config.depth}; the encoder needs at least one block`);
     if (d % config.num_heads !== 0) throw new Error(`vision_config: hidden_size ${d} is not divisible by num_heads ${config.num_heads}`);
     const side = Math.round(Math.sqrt(config.num_position_embeddings));
     if (side * side !== config.num_position_embeddings) throw new Error(`vision_config: num_position_embeddings ${config.num_position_embeddings} is not a square grid`);
