@@ -25,3 +25,5 @@ export * from './thinker.js';
 export * from './captioner.js';
 export * from './talker.node.js';
 export * from './code2wav.node.js';
+export * from './codec-head.node.js';
+export * from './code-predictor.node.js';

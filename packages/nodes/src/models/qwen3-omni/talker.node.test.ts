@@ -11,6 +11,8 @@ import { Sampler } from './sampler.js';
 import { Code2Wav } from './code2wav.js';
 import { talker, type TalkerParts } from './talker.node.js';
 import { code2wav } from './code2wav.node.js';
+import { codecHead } from './codec-head.node.js';
+import { codePredictor } from './code-predictor.node.js';
 import { fixtureTokenizer } from './fixture-tokenizer/fixture-tokenizer.js';
 
 /*
@@ -130,6 +132,19 @@ describe('talker and code2wav nodes', () => {
     // What was heard is exactly the uninterrupted run's beginning, and its voices tags say how far the text got.
     expect(heard.map((a) => (a.packet as AudioPacket).samples.length)).toEqual(fullAudio.slice(0, 4).map((a) => (a.packet as AudioPacket).samples.length));
     expect((heard.at(-1)!.packet as AudioPacket).voices).toBeDefined();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('codecHead and codePredictor nodes complete frame 0 from the talker prefill row', async () => {
+    const before = tf.memory().numTensors;
+    const last = cases.read('talker.prefill_last_hidden'); // [1, 57, 24]; its last row produced frame 0
+    const row = () => tf.tensor2d(last.data.subarray(56 * 24, 57 * 24) as Float32Array, [1, 24]);
+    const [code0] = await lastValueFrom(from([tensorPacket({ name: 'talker_hidden', tensor: row() })]).pipe(codecHead({ model: model(), greedy: true }), toArray()));
+    const ref = cases.read('talker.codes').data; // [1, 4, 3]
+    expect(Array.from(code0.ids)).toEqual([ref[0]]);
+    const frame = tensorPacket({ name: 'talker_hidden', tensor: row(), extras: { code0: tf.tensor1d(code0.ids, 'int32') as unknown as tf.Tensor2D } });
+    const [codes] = await lastValueFrom(from([frame]).pipe(codePredictor({ model: model(), greedy: true }), toArray()));
+    expect(Array.from(codes.codes)).toEqual([ref[0], ref[3], ref[6], ref[9]]);
     expect(tf.memory().numTensors).toBe(before);
   });
 
