@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { controlPacket, Gate, tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
+import { controlPacket, defineNode, Gate, graph, ports, tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
 import { lastValueFrom, merge, Observable, toArray, VirtualTimeScheduler } from 'rxjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from './backend.js';
-import { BatchScheduler, tensorBatchStage } from './batching.js';
+import { BatchScheduler, batchedTensors, tensorBatchScheduler, tensorBatchStage } from './batching.js';
 import { leakCheck } from './ownership.js';
 
 beforeAll(async () => {
@@ -134,5 +134,52 @@ describe('BatchScheduler', () => {
     expect(sched.stats.waitingForDemand).toBe(1);
     sched.close();
     await expect(sched.submit('a', 4)).rejects.toThrow('BatchScheduler is closed');
+  });
+});
+
+describe('a batch scheduler shared by graph sessions', () => {
+  it('batches two sessions of one graph and keeps each in order', async () => {
+    const leaks = leakCheck();
+    const shared = tensorBatchScheduler({ maxBatch: 2, maxWaitMs: 20, run: (x) => tf.mul(x, 3) });
+    const step = defineNode({
+      type: 'sharedStep',
+      inputs: { x: ports.tensor() },
+      outputs: { y: ports.tensor() },
+      operator: (_params, ctx) => batchedTensors(shared, ctx),
+    });
+    const g = graph('shared').add('step', step).input('x', 'step.x').output('y', 'step.y');
+    const runOne = async (id: string, base: number) => {
+      const session = g.session({ id });
+      const got: number[] = [];
+      session.output('y').subscribe((p: Packet) => {
+        const t = (p as TensorPacket).tensor as tf.Tensor;
+        got.push(t.dataSync()[0]);
+        t.dispose();
+      });
+      const input = session.input('x');
+      const done = session.start();
+      for (let i = 0; i < 4; i++) input.push(tensorPacket({ name: 'h', pts: i, tensor: tf.tensor1d([base + i]) }));
+      input.complete();
+      await done;
+      return got;
+    };
+    const [a, b] = await Promise.all([runOne('alice', 10), runOne('bob', 20)]);
+    expect(a).toEqual([30, 33, 36, 39]);
+    expect(b).toEqual([60, 63, 66, 69]);
+    expect(shared.stats.largestBatch).toBe(2); // alice's and bob's steps ran together
+    expect(shared.stats.items).toBe(8);
+    leaks.check('shared scheduler');
+  });
+
+  it('withdraws a waiting item when its turn is aborted', async () => {
+    const ran: number[][] = [];
+    const sched = new BatchScheduler<number, number>({ maxBatch: 4, maxWaitMs: 10, run: (xs) => (ran.push(xs), xs) });
+    const turn = new AbortController();
+    const stale = sched.submit('alice', 1, 'interactive', turn.signal);
+    const kept = sched.submit('bob', 2);
+    turn.abort();
+    await expect(stale).rejects.toThrow('aborted while waiting');
+    expect(await kept).toBe(2);
+    expect(ran).toEqual([[2]]);
   });
 });

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Packet, TensorPacket } from '@omniflow/core';
-import { asyncScheduler, Observable, type OperatorFunction, type SchedulerLike, type Subscription } from 'rxjs';
+import type { NodeContext, Packet, TensorPacket } from '@omniflow/core';
+import { asyncScheduler, Observable, of, type OperatorFunction, type SchedulerLike, type Subscription } from 'rxjs';
 import { forwardTensor } from './ownership.js';
 
 /** Interactive sessions (a live conversation) are served before batch jobs (captioning files). */
@@ -80,15 +80,39 @@ export class BatchScheduler<I, O> {
     return this.options.name ? ` '${this.options.name}'` : '';
   }
 
-  /** Queues one item for `session`; resolves with its output once its batch has run. */
-  submit(session: string, item: I, priority: SessionPriority = 'interactive'): Promise<O> {
+  /**
+   * Queues one item for `session`; resolves with its output once its batch has run. An aborted
+   * `signal` (an interrupted turn) withdraws the item if its batch has not started, and rejects.
+   */
+  submit(session: string, item: I, priority: SessionPriority = 'interactive', signal?: AbortSignal): Promise<O> {
     if (this.closed) return Promise.reject(new Error(`BatchScheduler${this.label} is closed`));
+    if (signal?.aborted) return Promise.reject(new Error(`BatchScheduler${this.label}: aborted before it was queued`));
     return new Promise<O>((resolve, reject) => {
       let q = this.sessions.get(session);
       if (!q) this.sessions.set(session, (q = { priority, items: [] }));
       // A session's class is what it last asked for: a job turning interactive moves up at once.
       q.priority = priority;
-      q.items.push({ item, since: this.scheduler.now(), resolve, reject });
+      const onAbort = () => {
+        const queue = this.sessions.get(session);
+        const at = queue ? queue.items.indexOf(pending) : -1;
+        if (at < 0) return; // already running: its result is delivered, the caller drops it
+        queue!.items.splice(at, 1);
+        reject(new Error(`BatchScheduler${this.label}: aborted while waiting`));
+      };
+      const pending: Pending<I, O> = {
+        item,
+        since: this.scheduler.now(),
+        resolve: (o) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(o);
+        },
+        reject: (e) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      q.items.push(pending);
       this.poke();
     });
   }
@@ -191,6 +215,67 @@ export class BatchScheduler<I, O> {
   }
 }
 
+/** Options of {@link tensorBatchScheduler}. */
+export interface TensorBatchSchedulerOptions extends Omit<BatchSchedulerOptions<tf.Tensor, tf.Tensor>, 'run'> {
+  /**
+   * The batched computation: `x` stacks the items on a new axis 0 (`[B, ...shape]`); return `[B, ...]`.
+   * Runs inside one tf.tidy.
+   */
+  readonly run: (x: tf.Tensor) => tf.Tensor;
+}
+
+/**
+ * A BatchScheduler over tensors: items (all of one shape) are stacked, run once, and unstacked; each
+ * caller gets its own row as a fresh tensor it owns. Inputs are not disposed.
+ *
+ * ```ts
+ * const shared = tensorBatchScheduler({ maxBatch: 8, maxWaitMs: 5, run: (x) => tf.matMul(x, w) });
+ * const y = await shared.submit('alice', h); // h: [2048] -> y: [out]
+ * ```
+ */
+export function tensorBatchScheduler(options: TensorBatchSchedulerOptions): BatchScheduler<tf.Tensor, tf.Tensor> {
+  return new BatchScheduler<tf.Tensor, tf.Tensor>({
+    ...options,
+    run: (xs) => {
+      const shape = xs[0].shape;
+      const bad = xs.findIndex((x) => x.shape.length !== shape.length || x.shape.some((d, i) => d !== shape[i]));
+      if (bad >= 0) throw new Error(`tensors in one batch must share a shape: [${shape}] vs [${xs[bad].shape}]`);
+      return tf.tidy(() => {
+        const y = options.run(tf.stack(xs));
+        if (y.shape[0] !== xs.length) throw new Error(`run returned shape [${y.shape}] for a batch of ${xs.length}`);
+        return tf.unstack(y);
+      });
+    },
+  });
+}
+
+/**
+ * The body of a graph node whose sessions share one batch scheduler: each tensor packet of this
+ * node's session is submitted (one at a time, through `ctx.mapAsync`, so the node holds its input
+ * while it waits — lossless backpressure), and the result is forwarded in the same envelope. A packet
+ * of an interrupted turn is withdrawn from the queue, or its result dropped. Other packets pass in order.
+ *
+ * ```ts
+ * const shared = tensorBatchScheduler({ maxBatch: 8, maxWaitMs: 5, run: (x) => tf.matMul(x, w) });
+ * const step = defineNode({ type: 'step', inputs, outputs, operator: (_p, ctx) => batchedTensors(shared, ctx) });
+ * ```
+ */
+export function batchedTensors(scheduler: BatchScheduler<tf.Tensor, tf.Tensor>, ctx: Pick<NodeContext, 'session' | 'mapAsync'>, priority: SessionPriority = 'interactive'): OperatorFunction<Packet, Packet> {
+  return ctx.mapAsync<Packet, Packet>((p, signal) => {
+    if (p.kind !== 'tensor') return of(p);
+    return new Observable<Packet>((sub) => {
+      scheduler.submit(ctx.session, p.tensor as unknown as tf.Tensor, priority, signal).then(
+        (y) => {
+          if (signal.aborted) y.dispose();
+          else sub.next(forwardTensor(p as TensorPacket, y));
+          sub.complete();
+        },
+        (err: Error) => (signal.aborted ? sub.complete() : sub.error(err)),
+      );
+    });
+  });
+}
+
 export interface TensorBatchOptions {
   readonly maxBatch: number;
   readonly maxWaitMs: number;
@@ -220,23 +305,14 @@ export interface TensorBatchOptions {
 export function tensorBatchStage(options: TensorBatchOptions): OperatorFunction<Packet, Packet> {
   return (input$) =>
     new Observable<Packet>((subscriber) => {
-      const sched = new BatchScheduler<tf.Tensor, tf.Tensor>({
+      const sched = tensorBatchScheduler({
         maxBatch: options.maxBatch,
         maxWaitMs: options.maxWaitMs,
         perSessionLimit: options.perSessionLimit,
         demand: options.demand,
         scheduler: options.scheduler,
         name: options.name,
-        run: (xs) => {
-          const shape = xs[0].shape;
-          const bad = xs.findIndex((x) => x.shape.length !== shape.length || x.shape.some((d, i) => d !== shape[i]));
-          if (bad >= 0) throw new Error(`tensors in one batch must share a shape: [${shape}] vs [${xs[bad].shape}]`);
-          return tf.tidy(() => {
-            const y = options.run(tf.stack(xs));
-            if (y.shape[0] !== xs.length) throw new Error(`run returned shape [${y.shape}] for a batch of ${xs.length}`);
-            return tf.unstack(y);
-          });
-        },
+        run: options.run,
       });
       // Per session: results in arrival order, whatever order their promises settle in.
       const order = new Map<string, Array<{ done: boolean; out?: Packet }>>();
