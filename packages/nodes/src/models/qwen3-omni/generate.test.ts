@@ -123,6 +123,22 @@ describe('generate', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('prefills in chunks with the same tokens, logits and talker rows (DeepStack rows split across chunks)', async () => {
+    const layer = config.talker_config!.accept_hidden_layer;
+    const whole = await run({ maxNewTokens: 3, returnLogits: true, talkerHiddenLayer: layer });
+    const before = tf.memory().numTensors;
+    const chunked = await run({ maxNewTokens: 3, returnLogits: true, talkerHiddenLayer: layer, prefillChunk: 16 });
+    expect(chunked.map((s) => s.token)).toEqual(expectedIds.slice(0, 3));
+    const diff = (a: ArrayLike<number>, b: ArrayLike<number>) => Array.from(a).reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+    chunked.forEach((s, i) => expect(diff(s.logits!, whole[i]!.logits!)).toBeLessThan(1e-4));
+    expect(chunked[0]!.fed!.hidden.shape).toEqual(whole[0]!.fed!.hidden.shape);
+    expect(diff(chunked[0]!.fed!.hidden.dataSync(), whole[0]!.fed!.hidden.dataSync())).toBeLessThan(1e-4);
+    expect(diff(chunked[0]!.fed!.embeds.dataSync(), whole[0]!.fed!.embeds.dataSync())).toBe(0);
+    tf.dispose(chunked.flatMap((s) => [s.fed!.embeds, s.fed!.hidden]));
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose(whole.flatMap((s) => [s.fed!.embeds, s.fed!.hidden]));
+  });
+
   it('continues a session in a caller-owned cache with text positions after it', async () => {
     const cache = model.createCache();
     const first: number[] = [];

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { KVCache } from '@omniflow/runtime-gpu';
 import type { MropePositions } from '../../layers/mrope.js';
 import { Sampler, type SamplerOptions } from './sampler.js';
-import type { DeepStackInput, TextModel } from './text-model.js';
+import type { DeepStackInput, TextForwardResult, TextModel } from './text-model.js';
 
 export interface GenerateOptions {
   /** Prompt token ids (they feed the repetition penalty and, without `inputsEmbeds`, the embedding). */
@@ -31,6 +31,11 @@ export interface GenerateOptions {
   talkerHiddenLayer?: number;
   /** Attach the raw logits that produced each token (a Float32Array copy). */
   returnLogits?: boolean;
+  /**
+   * Prefill the prompt in chunks of this many rows (default 512): attention scores of a chunk take
+   * heads × chunk × cached-length floats, which bounds activation memory for long multimodal prompts.
+   */
+  prefillChunk?: number;
 }
 
 export interface GenerateStep {
@@ -94,9 +99,9 @@ export async function* generate(model: TextModel, options: GenerateOptions): Asy
     const past = cache.length;
     const prefillPositions = options.positions ?? textPositions(past + ropeDelta, S);
     const embeds = options.inputsEmbeds ?? model.embed(options.inputIds);
-    let out;
+    let out: TextForwardResult;
     try {
-      out = model.forward(embeds, { positions: prefillPositions, cache, deepstack: options.deepstack, hiddenStates, logits: 'last' });
+      out = prefill(model, embeds, prefillPositions, cache, options.deepstack, hiddenStates, options.prefillChunk ?? 512);
     } finally {
       if (!options.inputsEmbeds) embeds.dispose();
     }
@@ -124,6 +129,64 @@ export async function* generate(model: TextModel, options: GenerateOptions): Asy
   } finally {
     if (ownCache) cache.dispose();
   }
+}
+
+/**
+ * The prompt through the model in chunks of `chunk` rows, each attending to the cache filled by the ones before: the
+ * same result as one forward, with attention activations bounded by the chunk. DeepStack rows and requested hidden
+ * states are split and joined along with the rows; logits (and lastHiddenState) come from the last chunk.
+ */
+function prefill(
+  model: TextModel, embeds: tf.Tensor2D, positions: MropePositions, cache: KVCache, deepstack: DeepStackInput | undefined,
+  hiddenStates: readonly number[], chunk: number,
+): TextForwardResult {
+  if (!Number.isInteger(chunk) || chunk < 1) throw new Error(`generate: prefillChunk must be a positive integer, got ${chunk}`);
+  const S = embeds.shape[0];
+  if (S <= chunk) return model.forward(embeds, { positions, cache, deepstack, hiddenStates, logits: 'last' });
+  const parts = new Map<number, tf.Tensor2D[]>(hiddenStates.map((i) => [i, []]));
+  let last: TextForwardResult | undefined;
+  try {
+    for (let start = 0; start < S; start += chunk) {
+      const end = Math.min(S, start + chunk);
+      const rows = tf.slice(embeds, [start, 0], [end - start, embeds.shape[1]]);
+      const slicePos = (p: ArrayLike<number>) => Array.from({ length: end - start }, (_, i) => p[start + i]!);
+      let ds: DeepStackInput | undefined;
+      if (deepstack) {
+        // Visual positions are ascending, so the chunk's ones are a contiguous run of feature rows.
+        const from = deepstack.positions.findIndex((p) => p >= start);
+        const to = from < 0 ? from : deepstack.positions.findIndex((p) => p >= end);
+        const j0 = from < 0 ? deepstack.positions.length : from, j1 = to < 0 ? deepstack.positions.length : to;
+        if (j1 > j0) {
+          ds = {
+            positions: deepstack.positions.slice(j0, j1).map((p) => p - start),
+            features: deepstack.features.map((f) => tf.slice(f, [j0, 0], [j1 - j0, f.shape[1]])),
+          };
+        }
+      }
+      try {
+        last?.lastHiddenState.dispose();
+        last = model.forward(rows, {
+          positions: [slicePos(positions[0]), slicePos(positions[1]), slicePos(positions[2])], cache, deepstack: ds, hiddenStates,
+          logits: end === S ? 'last' : 'none',
+        });
+      } finally {
+        rows.dispose();
+        if (ds) tf.dispose(ds.features as tf.Tensor2D[]);
+      }
+      for (const [i, t] of last.hiddenStates) parts.get(i)!.push(t);
+    }
+  } catch (err) {
+    for (const list of parts.values()) tf.dispose(list);
+    last?.lastHiddenState.dispose();
+    last?.logits?.dispose();
+    throw err;
+  }
+  const joined = new Map<number, tf.Tensor2D>();
+  for (const [i, list] of parts) {
+    joined.set(i, tf.concat(list, 0));
+    tf.dispose(list);
+  }
+  return { logits: last!.logits, lastHiddenState: last!.lastHiddenState, hiddenStates: joined };
 }
 
 /** Positions start, start+1, … on all three axes (text after the cache). */
