@@ -110,6 +110,20 @@ describe('AudioEncoder parity (fixture case 2_audio_encoder)', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('gives the same result when the conv stack runs one chunk at a time (conv_chunksize 1)', () => {
+    const enc = AudioEncoder.load(ckpt, config);
+    const oneByOne = AudioEncoder.load(ckpt, { ...config, conv_chunksize: 1 });
+    const input = cases.read('audio_enc.input_features');
+    tf.tidy(() => {
+      const features = tf.tensor2d(input.data as Float32Array, input.shape as [number, number]);
+      const a = enc.embed(features, [150]).convEmbeds;
+      const b = oneByOne.embed(features, [150]).convEmbeds;
+      expect(maxAbsDiff(b.dataSync(), a.dataSync())).toBeLessThan(1e-6);
+    });
+    enc.dispose();
+    oneByOne.dispose();
+  });
+
   it('runs the layer stack in passes of whole windows with the same result', () => {
     const enc = AudioEncoder.load(ckpt, config);
     const input = cases.read('audio_enc.input_features');
