@@ -260,14 +260,14 @@ export function tensorBatchScheduler(options: TensorBatchSchedulerOptions): Batc
  * const step = defineNode({ type: 'step', inputs, outputs, operator: (_p, ctx) => batchedTensors(shared, ctx) });
  * ```
  */
-export function batchedTensors(scheduler: BatchScheduler<tf.Tensor, tf.Tensor>, ctx: Pick<NodeContext, 'session' | 'mapAsync'>, priority: SessionPriority = 'interactive'): OperatorFunction<Packet, Packet> {
-  return ctx.mapAsync<Packet, Packet>((p, signal) => {
+export function batchedTensors<P extends Packet = Packet>(scheduler: BatchScheduler<tf.Tensor, tf.Tensor>, ctx: Pick<NodeContext, 'session' | 'mapAsync'>, priority: SessionPriority = 'interactive'): OperatorFunction<P, P> {
+  return ctx.mapAsync<P, P>((p, signal) => {
     if (p.kind !== 'tensor') return of(p);
-    return new Observable<Packet>((sub) => {
+    return new Observable<P>((sub) => {
       scheduler.submit(ctx.session, p.tensor as unknown as tf.Tensor, priority, signal).then(
         (y) => {
           if (signal.aborted) y.dispose();
-          else sub.next(forwardTensor(p as TensorPacket, y));
+          else sub.next(forwardTensor(p as TensorPacket, y) as Packet as P);
           sub.complete();
         },
         (err: Error) => (signal.aborted ? sub.complete() : sub.error(err)),
