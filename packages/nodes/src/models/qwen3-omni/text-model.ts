@@ -191,38 +191,45 @@ export class TextModel {
       if (ds.features.length > L) throw new Error(`TextModel.forward: ${ds.features.length} DeepStack features for ${L} layers`);
     }
     const hiddenStates = new Map<number, tf.Tensor2D>();
-    const out = tf.tidy(() => {
-      const [cos, sin] = this.ropeFor(options.positions, S);
-      // Each DeepStack feature scattered to [S, hidden] (zeros off the visual positions) so it is one add per layer.
-      const dsIndex = ds && ds.positions.length ? scatterIndex(ds.positions, S) : undefined;
-      let h: tf.Tensor2D = inputsEmbeds;
-      if (keep.has(0)) hiddenStates.set(0, tf.keep(tf.clone(inputsEmbeds)));
-      for (let i = 0; i < L; i++) {
-        const layer = this.layers[i]!;
-        h = tf.tidy(() => {
-          const attn = decoderAttention(rmsNorm(h, layer.input_layernorm) as tf.Tensor2D, layer.self_attn, cos, sin, options.cache ? { cache: options.cache, layer: i } : undefined);
-          const r = tf.add(h, attn) as tf.Tensor2D;
-          const x2 = rmsNorm(r, layer.post_attention_layernorm) as tf.Tensor2D;
-          const m = 'router' in layer.mlp ? sparseMoe(x2, layer.mlp).output : swiGlu(x2, layer.mlp);
-          return tf.add(r, m) as tf.Tensor2D;
-        });
-        if (i + 1 < L && keep.has(i + 1)) hiddenStates.set(i + 1, tf.keep(tf.clone(h)));
-        if (ds && dsIndex && i < ds.features.length) {
-          const f = ds.features[i]!;
-          h = tf.add(h, tf.gather(tf.concat([tf.zeros([1, this.hidden]), f], 0), dsIndex)) as tf.Tensor2D;
+    let out: { logits?: tf.Tensor2D; last: tf.Tensor2D };
+    try {
+      out = tf.tidy(() => {
+        const [cos, sin] = this.ropeFor(options.positions, S);
+        // Each DeepStack feature scattered to [S, hidden] (zeros off the visual positions) so it is one add per layer.
+        const dsIndex = ds && ds.positions.length ? scatterIndex(ds.positions, S) : undefined;
+        let h: tf.Tensor2D = inputsEmbeds;
+        if (keep.has(0)) hiddenStates.set(0, tf.keep(tf.clone(inputsEmbeds)));
+        for (let i = 0; i < L; i++) {
+          const layer = this.layers[i]!;
+          h = tf.tidy(() => {
+            const attn = decoderAttention(rmsNorm(h, layer.input_layernorm) as tf.Tensor2D, layer.self_attn, cos, sin, options.cache ? { cache: options.cache, layer: i } : undefined);
+            const r = tf.add(h, attn) as tf.Tensor2D;
+            const x2 = rmsNorm(r, layer.post_attention_layernorm) as tf.Tensor2D;
+            const m = 'router' in layer.mlp ? sparseMoe(x2, layer.mlp).output : swiGlu(x2, layer.mlp);
+            return tf.add(r, m) as tf.Tensor2D;
+          });
+          if (i + 1 < L && keep.has(i + 1)) hiddenStates.set(i + 1, tf.keep(tf.clone(h)));
+          if (ds && dsIndex && i < ds.features.length) {
+            const f = ds.features[i]!;
+            h = tf.add(h, tf.gather(tf.concat([tf.zeros([1, this.hidden]), f], 0), dsIndex)) as tf.Tensor2D;
+          }
         }
-      }
-      const last = rmsNorm(h, this.norm) as tf.Tensor2D;
-      if (keep.has(L)) hiddenStates.set(L, tf.keep(tf.clone(last)));
-      let logits: tf.Tensor2D | undefined;
-      const which = options.logits ?? 'last';
-      if (which !== 'none') {
-        if (!this.lmHead) throw new Error('TextModel.forward: logits requested but the model was loaded without an lm_head');
-        const rows = which === 'all' || S === 1 ? last : tf.slice(last, [S - 1, 0], [1, this.hidden]);
-        logits = linear(rows, this.lmHead) as tf.Tensor2D;
-      }
-      return logits ? { logits, last } : { last };
-    });
+        const last = rmsNorm(h, this.norm) as tf.Tensor2D;
+        if (keep.has(L)) hiddenStates.set(L, tf.keep(tf.clone(last)));
+        let logits: tf.Tensor2D | undefined;
+        const which = options.logits ?? 'last';
+        if (which !== 'none') {
+          if (!this.lmHead) throw new Error('TextModel.forward: logits requested but the model was loaded without an lm_head');
+          const rows = which === 'all' || S === 1 ? last : tf.slice(last, [S - 1, 0], [1, this.hidden]);
+          logits = linear(rows, this.lmHead) as tf.Tensor2D;
+        }
+        return logits ? { logits, last } : { last };
+      });
+    } catch (err) {
+      // Hidden states were kept out of the tidy scope as they were produced; nobody will own them now.
+      for (const t of hiddenStates.values()) t.dispose();
+      throw err;
+    }
     return { logits: out.logits, lastHiddenState: out.last, hiddenStates };
   }
 
