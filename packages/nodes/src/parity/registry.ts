@@ -6,6 +6,7 @@ import { code2WavRunner } from './cases/code2wav.js';
 import { talkerRunner } from './cases/talker.js';
 import { moeRunner } from './cases/moe.js';
 import { thinkerRunner } from './cases/thinker.js';
+import { audioFeaturesRunner } from './cases/audio-features.js';
 
 /**
  * Every parity runner, one line each. A runner handles one kind of case (see `ParityRunner.matches`); several may
@@ -19,4 +20,5 @@ export const parityRunners: ParityRunner[] = [
   talkerRunner,
   moeRunner,
   thinkerRunner,
+  audioFeaturesRunner,
 ];
