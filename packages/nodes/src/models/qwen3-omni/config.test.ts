@@ -92,6 +92,17 @@ describe('parseQwen3OmniConfig', () => {
     expect(config.thinker_config.vision_config.rope_theta).toBe(10000);
   });
 
+  it('parses a thinker-only (Captioner / Thinking) config without talker and code2wav', () => {
+    const json = releaseJson();
+    delete json.talker_config;
+    delete json.code2wav_config;
+    json.enable_audio_output = false;
+    const { config } = parseQwen3OmniConfig(json);
+    expect(config.talker_config).toBeUndefined();
+    expect(config.code2wav_config).toBeUndefined();
+    expect(config.thinker_config.audio_config.output_dim).toBe(2048);
+  });
+
   it('accepts the transformers v5 rope_parameters form', () => {
     const json = fixtureJson();
     const t = json.thinker_config.text_config;
