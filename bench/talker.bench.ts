@@ -1,0 +1,235 @@
+/**
+ * Speech output at the released dimensions (spec 2.6, 2.7) with random weights, on the active backend:
+ * - Code2Wav streaming: one codec frame per push (the streaming decoder keeps its left context), real-time factor
+ *   = decode time per frame / 80 ms, and the time to the first audio packet after the first code frame; the offline
+ *   decode of the same 25 frames beside it;
+ * - code predictor: one codec frame (2-row prefill + 14 single-row steps, 15 heads), with the bytes of weights each
+ *   step reads and the resulting effective bandwidth;
+ * - talker decode step at context 100: 20 MoE layers (top-6 of 128 experts + shared expert), final norm, codec head;
+ *   bytes of active weights per step and effective bandwidth.
+ * Baseline measured in the same run: the machine's memory bandwidth (bench/memory.ts triad).
+ *
+ * Weights are random, built in memory (no files), by a Checkpoint stand-in that answers `get(name, shape)`. The talker's
+ * 20 × 128 experts are 12 GB of float32, more than the 4 GiB wasm heap: every layer keeps its real router over 128
+ * experts, but the expert slots share a pool of EXPERT_POOL distinct real-size experts (300 MB, far larger than the
+ * caches), so each step still reads six distinct experts' weights per layer from memory.
+ * Reference anchors (PyTorch + OpenBLAS, 2 threads, this machine type; notes/pytorch-cpu-anchors.md): Code2Wav
+ * streaming chunk 535 ms per frame (RTF 6.7), offline T=25 RTF 0.26; code predictor 270 ms per frame; talker step 78 ms.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend, type Checkpoint, type HostTensor } from '@omniflow/runtime-gpu';
+import {
+  Code2Wav, Code2WavStream, CodePredictor, CodecHead, GREEDY, Sampler, TextModel, disposeDecoderAttention, loadDecoderAttention,
+  loadRMSNorm, loadSwiGluMlp, code2WavConfigSchema, codePredictorConfigSchema, talkerTextConfigSchema,
+  type SparseMoe, type SwiGluMlp, type TalkerConfig, type TextDecoderLayer,
+} from '@omniflow/nodes';
+import { measureTriadBandwidth, medianMs } from './memory.js';
+
+const FRAMES = 25; // 2 s of audio
+const CONTEXT = 100;
+const EXPERT_POOL = 64;
+
+/**
+ * A checkpoint of random tensors made on request: uniform(±1/√fan_in) matrices, unit norms, zero log-space SnakeBeta
+ * parameters (exp = 1) and small LayerScale / ConvNeXt gains, as the checkpoint's own initialisation would give.
+ */
+function randomCheckpoint(): Checkpoint {
+  let s = 0x9e3779b9;
+  const rand = () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 4294967296 - 0.5;
+  };
+  const get = (name: string, shape?: readonly number[]): HostTensor => {
+    if (!shape) throw new Error(`random checkpoint: '${name}' asked for without a shape`);
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    if (/(norm|layernorm)\.weight$/.test(name)) data.fill(1);
+    else if (/\.(alpha|beta)$/.test(name) || /norm\.bias$/.test(name)) data.fill(0);
+    else if (/layer_scale\.scale$/.test(name)) data.fill(0.01);
+    else if (/\.gamma$/.test(name)) data.fill(0.1);
+    else {
+      const fanIn = shape.length === 1 ? shape[0] : n / shape[0];
+      const scale = 2 / Math.sqrt(fanIn);
+      for (let i = 0; i < n; i++) data[i] = rand() * scale;
+    }
+    return { dtype: 'float32', shape: [...shape], data };
+  };
+  return { get, has: () => true, keys: () => [], unused: () => [], close: () => undefined, path: '(random weights in memory)' } as unknown as Checkpoint;
+}
+
+const mb = (bytes: number) => +(bytes / 2 ** 20).toFixed(1);
+const gbps = (bytes: number, ms: number) => +(bytes / (ms / 1000) / 1e9).toFixed(2);
+
+/** Code2Wav at spec 2.7 dims: streaming RTF, first-packet latency, offline decode. */
+async function code2wavBench(): Promise<object> {
+  const config = code2WavConfigSchema.parse({
+    codebook_size: 2048, num_quantizers: 16, hidden_size: 1024, num_hidden_layers: 8, num_attention_heads: 16, num_key_value_heads: 16,
+    intermediate_size: 3072, rms_norm_eps: 1e-5, sliding_window: 72, rope_theta: 10000, decoder_dim: 1536,
+    upsample_rates: [8, 5, 4, 3], upsampling_ratios: [2, 2],
+  });
+  const c2w = Code2Wav.load(randomCheckpoint(), config);
+  try {
+    let seed = 7;
+    const codes = Int32Array.from({ length: 16 * FRAMES }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % 2048);
+    const frame = (f: number) => Int32Array.from({ length: 16 }, (_, g) => codes[g * FRAMES + f]);
+    // Warm-up stream (first use of every kernel), then the timed stream.
+    const warm = new Code2WavStream(c2w);
+    for (let f = 0; f < 3; f++) warm.push(frame(f), 1);
+    warm.dispose();
+    const stream = new Code2WavStream(c2w);
+    const perFrame: number[] = [];
+    let samples = 0;
+    for (let f = 0; f < FRAMES; f++) {
+      const t0 = performance.now();
+      samples += stream.push(frame(f), 1).length;
+      perFrame.push(performance.now() - t0);
+    }
+    const tail = stream.flush().length;
+    const steady = perFrame.slice(1).sort((a, b) => a - b);
+    const steadyMs = steady[Math.floor(steady.length / 2)];
+    const offlineMs = await medianMs(() => c2w.decode(codes, FRAMES), 2, 1);
+    const audioSeconds = (samples + tail) / 24_000;
+    return {
+      frames: FRAMES,
+      samplesStreamed: samples,
+      tailSamples: tail,
+      firstAudioPacketMs: +perFrame[0].toFixed(1),
+      firstPacketSamples: c2w.outputLength(1),
+      streamingMsPerFrameMedian: +steadyMs.toFixed(1),
+      streamingMsPerFrameMax: +Math.max(...perFrame.slice(1)).toFixed(1),
+      streamingRealTimeFactor: +(steadyMs / 80).toFixed(2),
+      streamingTotalSeconds: +(perFrame.reduce((a, b) => a + b, 0) / 1000).toFixed(2),
+      offlineDecodeMs: +offlineMs.toFixed(0),
+      offlineRealTimeFactor: +(offlineMs / 1000 / ((1920 * FRAMES - 555) / 24_000)).toFixed(2),
+      audioSeconds: +audioSeconds.toFixed(2),
+      goalRealTimeFactor: 1.0,
+      referenceAnchor: { pytorchStreamingMsPerFrame: 535, pytorchOfflineRtf: 0.26 },
+    };
+  } finally {
+    c2w.dispose();
+  }
+}
+
+/** Code predictor at spec 2.6 dims: ms per codec frame (15 predictions) and effective bandwidth. */
+async function codePredictorBench(): Promise<object> {
+  const config = codePredictorConfigSchema.parse({
+    vocab_size: 2048, hidden_size: 1024, num_hidden_layers: 5, num_attention_heads: 16, num_key_value_heads: 8, head_dim: 128,
+    intermediate_size: 3072, num_code_groups: 16, rms_norm_eps: 1e-6, rope_theta: 1_000_000,
+  });
+  const mtp = CodePredictor.load(randomCheckpoint(), config);
+  const h = tf.randomNormal([1, 1024]) as tf.Tensor2D, e0 = tf.randomNormal([1, 1024]) as tf.Tensor2D;
+  try {
+    const sampler = new Sampler(GREEDY);
+    const ms = await medianMs(() => mtp.predict(h, e0, sampler).embeddingSum.dispose(), 5, 2);
+    // Per step: the 5 layers' weights (q, k, v, o, gate, up, down) + one 2048-row head.
+    const layerParams = 1024 * 2048 + 2 * 1024 * 1024 + 2048 * 1024 + 3 * 1024 * 3072;
+    const perStepBytes = (5 * layerParams + 2048 * 1024) * 4;
+    return {
+      msPerFrame: +ms.toFixed(1),
+      msPerStep: +(ms / 15).toFixed(2),
+      weightBytesPerStepMiB: mb(perStepBytes),
+      effectiveGBps: gbps(15 * perStepBytes, ms),
+      goalMsPerFrame: 130,
+      referenceAnchor: { pytorchMsPerFrame: 270 },
+    };
+  } finally {
+    tf.dispose([h, e0]);
+    mtp.dispose();
+  }
+}
+
+/** Talker decode step at spec 2.6 dims and context 100 (experts from a shared pool, see the header). */
+async function talkerBench(): Promise<object> {
+  const c = talkerTextConfigSchema.parse({
+    vocab_size: 3072, hidden_size: 1024, num_hidden_layers: 20, num_attention_heads: 16, num_key_value_heads: 2, head_dim: 128,
+    intermediate_size: 2048, moe_intermediate_size: 384, num_experts: 128, num_experts_per_tok: 6, norm_topk_prob: true,
+    shared_expert_intermediate_size: 768, rms_norm_eps: 1e-6, rope_theta: 1_000_000,
+    rope_scaling: { type: 'default', mrope_section: [24, 20, 20], interleaved: true },
+  });
+  const ckpt = randomCheckpoint();
+  const D = c.hidden_size, E = c.num_experts;
+  const pool: SwiGluMlp[] = Array.from({ length: EXPERT_POOL }, (_, i) => loadSwiGluMlp(ckpt, `pool.${i}`, D, c.moe_intermediate_size));
+  const layers: TextDecoderLayer[] = Array.from({ length: c.num_hidden_layers }, (_, l) => {
+    const p = `talker.model.layers.${l}`;
+    const mlp: SparseMoe = {
+      // The real router over 128 experts; slot e of layer l reads pool expert (l·128 + e) mod pool size.
+      router: tf.tensor2d(ckpt.get(`${p}.mlp.gate.weight`, [D, E]).data as Float32Array, [D, E]),
+      experts: Array.from({ length: E }, (_, e) => pool[(l * E + e) % pool.length]),
+      topK: c.num_experts_per_tok,
+      normTopKProb: true,
+      sharedExpert: loadSwiGluMlp(ckpt, `${p}.mlp.shared_expert`, D, c.shared_expert_intermediate_size),
+      sharedExpertGate: tf.tensor2d(ckpt.get(`${p}.mlp.shared_expert_gate.weight`, [D, 1]).data as Float32Array, [D, 1]),
+      hidden: D,
+    };
+    return {
+      input_layernorm: loadRMSNorm(ckpt, `${p}.input_layernorm.weight`, D, c.rms_norm_eps),
+      self_attn: loadDecoderAttention(ckpt, `${p}.self_attn`, { hidden: D, numHeads: 16, numKvHeads: 2, headDim: 128, rmsNormEps: c.rms_norm_eps }),
+      post_attention_layernorm: loadRMSNorm(ckpt, `${p}.post_attention_layernorm.weight`, D, c.rms_norm_eps),
+      mlp,
+    };
+  });
+  // TextModel.load would read all 2560 experts; the bench assembles the same model object from the pooled layers.
+  const model = new (TextModel as unknown as new (...a: unknown[]) => TextModel)(
+    c, new Float32Array(c.vocab_size * D), layers, loadRMSNorm(ckpt, 'talker.model.norm.weight', D, c.rms_norm_eps), undefined,
+  );
+  const head = CodecHead.load(ckpt, { text_config: c, codec_eos_token_id: 2150, code_predictor_config: { vocab_size: 2048 } } as unknown as TalkerConfig);
+  const cache = model.createCache({ capacity: CONTEXT + 16 });
+  try {
+    const prefill = tf.randomNormal([CONTEXT, D]) as tf.Tensor2D;
+    const pos = Float32Array.from({ length: CONTEXT }, (_, i) => i);
+    model.forward(prefill, { positions: [pos, pos, pos], cache, logits: 'none' }).lastHiddenState.dispose();
+    prefill.dispose();
+    const sampler = new Sampler(GREEDY);
+    const ms = await medianMs(() => {
+      cache.truncate(CONTEXT);
+      const x = tf.randomNormal([1, D]) as tf.Tensor2D; // a fresh input picks fresh experts
+      const out = model.forward(x, { positions: [[CONTEXT], [CONTEXT], [CONTEXT]], cache, logits: 'none' });
+      const logits = head.logits(out.lastHiddenState);
+      head.pick(logits.dataSync() as Float32Array, sampler);
+      tf.dispose([x, out.lastHiddenState, logits]);
+    }, 7, 2);
+    const attn = D * 2048 + 2 * D * 256 + 2048 * D;
+    const active = c.num_hidden_layers * (attn + D * E + 6 * 3 * D * 384 + 3 * D * 768 + D) + 3072 * D;
+    return {
+      context: CONTEXT,
+      msPerStep: +ms.toFixed(1),
+      activeWeightBytesPerStepMiB: mb(active * 4),
+      effectiveGBps: gbps(active * 4, ms),
+      expertPool: `${pool.length} distinct real-size experts behind the 128 router slots of each layer`,
+      goalMsPerStep: 40,
+      referenceAnchor: { pytorchMsPerStep: 78.3 },
+    };
+  } finally {
+    cache.dispose();
+    head.dispose();
+    for (const l of layers) {
+      const moe = l.mlp as SparseMoe;
+      tf.dispose([l.input_layernorm.weight, l.post_attention_layernorm.weight, moe.router, moe.sharedExpertGate!, moe.sharedExpert!.gateUp, moe.sharedExpert!.down]);
+      disposeDecoderAttention(l.self_attn);
+    }
+    for (const e of pool) tf.dispose([e.gateUp, e.down]);
+    model.norm.weight.dispose();
+  }
+}
+
+
+export async function run(): Promise<object> {
+  const backend = await initBackend();
+  const memory = measureTriadBandwidth();
+  const code2wav = await code2wavBench();
+  const codePredictor = await codePredictorBench();
+  const talker = await talkerBench();
+  return {
+    backend: backend.name,
+    machineBandwidthGBps: memory.gbPerSecond,
+    code2wav,
+    codePredictor,
+    talker,
+    notes: [
+      'float32 weights; one wasm thread (Node runs the wasm backend single-threaded)',
+      'the talker experts come from a shared pool of real-size experts (the full 12 GB does not fit the wasm heap); routing and per-step reads are as in the release',
+    ],
+  };
+}
