@@ -80,8 +80,14 @@ export interface AudioChunkPlan {
  * plan.cuSeqlens; // [0, 20]
  * ```
  */
-export function planAudioChunks(featureLens: readonly number[], cfg: Pick<AudioEncoderConfig, 'n_window' | 'n_window_infer'>): AudioChunkPlan {
+export function planAudioChunks(
+  featureLens: readonly number[],
+  cfg: Pick<AudioEncoderConfig, 'n_window' | 'n_window_infer'>,
+  options: { padChunksTo?: number } = {},
+): AudioChunkPlan {
   const chunk = cfg.n_window * 2;
+  const padTo = options.padChunksTo ?? 0;
+  if (!Number.isInteger(padTo) || padTo < 0 || padTo > chunk) throw new Error(`audio encoder: padChunksTo ${padTo} must be an integer in [0, ${chunk}]`);
   if (featureLens.length === 0) throw new Error('audio encoder: feature_lens is empty (no audio to encode)');
   featureLens.forEach((len, i) => {
     if (!Number.isInteger(len) || len <= 0) throw new Error(`audio encoder: feature_lens[${i}] = ${len}; expected a positive number of mel frames`);
@@ -100,8 +106,10 @@ export function planAudioChunks(featureLens: readonly number[], cfg: Pick<AudioE
     chunkLengths.push(len % chunk === 0 ? chunk : len % chunk);
   }
   const chunkLengthsAfterCnn = chunkLengths.map((l) => audioOutputLength(l, cfg.n_window));
-  const maxChunkLength = Math.max(...chunkLengths);
-  const maxLenAfterCnn = Math.max(...chunkLengthsAfterCnn);
+  // padChunksTo stands for chunks of the same audio encoded earlier (AudioEncoderStream): the reference pads to the
+  // longest chunk of the whole batch, which is a full one as soon as the audio has one.
+  const maxChunkLength = Math.max(...chunkLengths, padTo);
+  const maxLenAfterCnn = Math.max(...chunkLengthsAfterCnn, padTo > 0 ? audioOutputLength(padTo, cfg.n_window) : 0);
   const total = chunkLengthsAfterCnn.reduce((a, b) => a + b, 0);
   const validIndices = new Int32Array(total);
   let k = 0;
@@ -250,8 +258,8 @@ export class AudioEncoder {
    * @param features [num_mel_bins, Σ featureLens] (HF's `input_features` with padding stripped).
    * @param featureLens mel frames of each audio, in order.
    */
-  encode(features: tf.Tensor2D, featureLens: readonly number[], options: { keepConvEmbeds?: boolean } = {}): AudioEncoding {
-    const { convEmbeds, plan } = this.embed(features, featureLens);
+  encode(features: tf.Tensor2D, featureLens: readonly number[], options: { keepConvEmbeds?: boolean; padChunksTo?: number } = {}): AudioEncoding {
+    const { convEmbeds, plan } = this.embed(features, featureLens, options);
     try {
       const embeds = this.transform(convEmbeds, plan);
       return { embeds, outputLengths: plan.outputLengths, plan, convEmbeds: options.keepConvEmbeds ? convEmbeds : undefined };
@@ -262,14 +270,15 @@ export class AudioEncoder {
 
   /**
    * First stage of `encode`: chunking, the conv stack, conv_out and positions. Returns the input of encoder layer 0
-   * ([Σ output_lengths, d_model], caller-owned) and the chunk plan.
+   * ([Σ output_lengths, d_model], caller-owned) and the chunk plan. `padChunksTo` pads every chunk to at least that
+   * many frames, as if a longer chunk were in the batch (see `planAudioChunks`).
    */
-  embed(features: tf.Tensor2D, featureLens: readonly number[]): { convEmbeds: tf.Tensor2D; plan: AudioChunkPlan } {
+  embed(features: tf.Tensor2D, featureLens: readonly number[], options: { padChunksTo?: number } = {}): { convEmbeds: tf.Tensor2D; plan: AudioChunkPlan } {
     const cfg = this.config;
     if (features.rank !== 2 || features.shape[0] !== cfg.num_mel_bins) {
       throw new Error(`audio encoder: features must be [num_mel_bins=${cfg.num_mel_bins}, frames], got [${features.shape}]`);
     }
-    const plan = planAudioChunks(featureLens, cfg);
+    const plan = planAudioChunks(featureLens, cfg, options);
     const totalFrames = featureLens.reduce((a, b) => a + b, 0);
     if (totalFrames !== features.shape[1]) {
       throw new Error(`audio encoder: feature_lens sum to ${totalFrames} frames but features hold ${features.shape[1]}`);

@@ -1,5 +1,6 @@
 export * from './config.js';
 export * from './audio-encoder.js';
+export * from './audio-encoder-stream.js';
 export * from './code2wav.js';
 export * from './code2wav-stream.js';
 export * from './vision-encoder.js';
