@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { audioPacket, controlPacket, type Packet } from '@omniflow/core';
+import { audioPacket, controlPacket, type AudioPacket, type ControlPacket } from '@omniflow/core';
 import { SafetensorsFile, fixtureDir, fixturePath } from '@omniflow/runtime-gpu';
 import { captionAudio, captionText, captioner } from './captioner.js';
 import { fixtureTokenizer } from './fixture-tokenizer/fixture-tokenizer.js';
@@ -12,8 +12,8 @@ const cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
 const pcm = cases.read('audio_fe.waveform').data as Float32Array;
 
 /** The clip as 100 ms audio packets, pts in microseconds. */
-function packets(samples: Float32Array, turn = 0): Packet[] {
-  const out: Packet[] = [];
+function packets(samples: Float32Array, turn = 0): Array<AudioPacket | ControlPacket> {
+  const out: Array<AudioPacket | ControlPacket> = [];
   for (let i = 0; i < samples.length; i += 1600) {
     out.push(audioPacket({ samples: samples.slice(i, i + 1600), sampleRate: 16_000, channels: 1, pts: (i / 16_000) * 1e6, turn }));
   }
@@ -59,7 +59,7 @@ describe('captioner node', () => {
   });
 
   it('captions fixed-length segments and each turn separately, stamped with their start', async () => {
-    const input = [...packets(pcm), controlPacket({ signal: 'turn-end' }), ...packets(pcm.subarray(0, 8000), 1)];
+    const input: Array<AudioPacket | ControlPacket> = [...packets(pcm), controlPacket({ signal: 'turn-end' }), ...packets(pcm.subarray(0, 8000), 1)];
     const out = await lastValueFrom(from(input).pipe(captioner({ model, segmentSeconds: 1, maxNewTokens: 3 }), toArray()));
     const finals = out.filter((p) => p.final);
     // Turn 0: [0, 1 s) and [1, 1.5 s); turn 1: [0, 0.5 s).

@@ -37,6 +37,16 @@ export interface ThinkerMessage {
   readonly content: string | readonly ThinkerContentPart[];
 }
 
+/** Where a continued conversation stands: what its KV cache holds and the ids still to feed before the new turn. */
+export interface PromptContinuation {
+  /** Rows the KV cache holds. */
+  readonly pastLength: number;
+  /** Position of the next row (max position so far + 1). */
+  readonly nextPosition: number;
+  /** Plain tokens fed before the templated turn (the end of the previous assistant message). */
+  readonly prefixIds: readonly number[];
+}
+
 /** The prefill input of one turn. `inputsEmbeds` and the DeepStack features are owned by the caller (`dispose`). */
 export interface ThinkerPrompt {
   readonly prompt: MultimodalPrompt & { text: string };
@@ -45,7 +55,7 @@ export interface ThinkerPrompt {
   readonly deepstack?: DeepStackInput;
   /** (t, h, w) position of each prompt token. */
   readonly positions: [number[], number[], number[]];
-  /** Decode step at cache length P uses position P + ropeDelta on all three axes. */
+  /** Decode step at cache length P uses position P + ropeDelta on all three axes (P counts rows already cached). */
   readonly ropeDelta: number;
   dispose(): void;
 }
@@ -63,14 +73,16 @@ export interface ThinkerPrompt {
 export function prepareThinkerPrompt(
   model: { readonly config: Qwen3OmniConfig; readonly tokenizer: Qwen3OmniTokenizer; readonly thinker: TextModel },
   messages: readonly ThinkerMessage[],
+  continuation?: PromptContinuation,
 ): ThinkerPrompt {
   const th = model.config.thinker_config;
   const plain: ChatMessage[] = messages.map((m) => ({ role: m.role, content: typeof m.content === 'string' ? m.content : m.content.map(asContentPart) }));
-  const prompt = model.tokenizer.encodeChat(plain, {
+  const encoded = model.tokenizer.encodeChat(plain, {
     spatialMergeSize: th.vision_config.spatial_merge_size,
     nWindow: th.audio_config.n_window,
     positionIdPerSeconds: th.position_id_per_seconds,
   });
+  const prompt = continuation?.prefixIds.length ? { ...encoded, ids: [...continuation.prefixIds, ...encoded.ids] } : encoded;
 
   // Media rows in placeholder order: audios (a video's soundtrack where the video is), images, videos.
   const audios: Array<{ what: string; e: AudioEmbedding }> = [];
@@ -156,14 +168,17 @@ export function prepareThinkerPrompt(
       ropeIndexConfigOf(th),
     );
     const S = prompt.ids.length;
-    const row = (r: number) => Array.from(rope.positionIds.subarray(r * S, (r + 1) * S));
+    // get_rope_index is translation invariant: a continued conversation's new rows start where the last one ended.
+    const offset = continuation?.nextPosition ?? 0;
+    const row = (r: number) => Array.from(rope.positionIds.subarray(r * S, (r + 1) * S), (v) => v + offset);
     const disposables = [...owned];
     return {
       prompt,
       inputsEmbeds,
       deepstack,
       positions: [row(0), row(1), row(2)],
-      ropeDelta: rope.ropeDeltas[0],
+      // Decode positions are (cache length + delta); the cache already holds `pastLength` rows.
+      ropeDelta: rope.ropeDeltas[0] + offset - (continuation?.pastLength ?? 0),
       dispose: () => {
         for (const t of disposables) if (!t.isDisposed) t.dispose();
       },

@@ -1,8 +1,81 @@
 import type * as tf from '@tensorflow/tfjs-core';
+import type { KVCache } from '@omniflow/runtime-gpu';
 import { generate } from './generate.js';
 import type { Qwen3OmniModel } from './load.js';
 import type { SamplerOptions } from './sampler.js';
-import { prepareThinkerPrompt, type ThinkerMessage } from './thinker-prompt.js';
+import { prepareThinkerPrompt, type PromptContinuation, type ThinkerMessage } from './thinker-prompt.js';
+
+/**
+ * A conversation with the thinker. Its KV cache and MRoPE position carry over from turn to turn, so each new turn
+ * feeds only its own tokens — the same as re-running the whole conversation's prompt, without recomputing it. An
+ * interrupted answer stays in the context as far as it was generated.
+ *
+ * ```ts
+ * const chat = new ThinkerConversation(model);
+ * await thinkerReply(model, [{ role: 'user', content: 'Hi!' }], { conversation: chat });
+ * await thinkerReply(model, [{ role: 'user', content: 'And again?' }], { conversation: chat }); // sees turn 1
+ * chat.dispose();
+ * ```
+ */
+export class ThinkerConversation {
+  private kv: KVCache | undefined;
+  private nextPosition = 0;
+  // Generated ids not yet in the cache (the last token of an answer is sampled but never fed).
+  private unfed: number[] = [];
+  private open = false;
+  private busy = false;
+
+  constructor(readonly model: Qwen3OmniModel) {}
+
+  /** True while a turn is running. */
+  get running(): boolean {
+    return this.busy;
+  }
+
+  /** Rows in the KV cache. */
+  get length(): number {
+    return this.kv?.length ?? 0;
+  }
+
+  /** True once a turn has been prefilled: the next turn continues it (and should not repeat the system prompt). */
+  get started(): boolean {
+    return this.open || this.length > 0;
+  }
+
+  /** @internal Claims the conversation for one turn. */
+  begin(): { cache: KVCache; continuation: PromptContinuation } {
+    if (this.busy) throw new Error('ThinkerConversation: a turn is already running; turns of one conversation run one at a time');
+    this.busy = true;
+    this.kv ??= this.model.thinker.createCache();
+    const prefixIds: number[] = [];
+    if (this.open) {
+      // Close the previous assistant message as the chat template would: …answer<|im_end|>\n
+      const imEnd = this.model.tokenizer.specialTokens.imEnd;
+      prefixIds.push(...this.unfed);
+      if (prefixIds.at(-1) !== imEnd) prefixIds.push(imEnd);
+      prefixIds.push(...this.model.tokenizer.encode('\n'));
+    }
+    return { cache: this.kv, continuation: { pastLength: this.kv.length, nextPosition: this.nextPosition, prefixIds } };
+  }
+
+  /** @internal The turn's prefill is in the cache; `token` is the newest generated id (not yet fed). */
+  step(token: number): void {
+    this.open = true;
+    this.unfed = [token];
+  }
+
+  /** @internal The turn ended (or was aborted); positions continue after what the cache holds. */
+  end(ropeDelta: number, prefilled: boolean): void {
+    if (prefilled && this.kv) this.nextPosition = this.kv.length + ropeDelta;
+    this.busy = false;
+  }
+
+  /** Frees the KV cache. */
+  dispose(): void {
+    this.kv?.dispose();
+    this.kv = undefined;
+  }
+}
 
 /*
  * One assistant turn of the thinker as an async iterable: prompt preparation, KV-cached generation and streaming
@@ -17,6 +90,8 @@ export interface ThinkerTurnOptions {
   readonly sampler?: SamplerOptions;
   /** Aborts between decode steps. */
   readonly signal?: AbortSignal;
+  /** Continue this conversation (its context and KV cache) instead of starting a fresh one. */
+  readonly conversation?: ThinkerConversation;
   /**
    * Hand each step's hidden_states[0] and hidden_states[talker_config.accept_hidden_layer] rows to the consumer (the
    * talker's input). The consumer owns and disposes them. Needs a config with a talker_config.
@@ -61,11 +136,20 @@ export async function* runThinkerTurn(
 ): AsyncGenerator<ThinkerDelta, ThinkerTurnResult> {
   const acceptLayer = model.config.talker_config?.accept_hidden_layer;
   if (options.talkerHidden && acceptLayer === undefined) throw new Error('thinker: talkerHidden needs a config with talker_config.accept_hidden_layer');
-  const prompt = prepareThinkerPrompt(model, messages);
+  const conversation = options.conversation;
+  const session = conversation?.begin();
+  let prompt;
+  try {
+    prompt = prepareThinkerPrompt(model, messages, session?.continuation);
+  } catch (err) {
+    conversation?.end(0, false);
+    throw err;
+  }
   const detok = model.tokenizer.detokenizer();
   const tokens: number[] = [];
   try {
     const steps = generate(model.thinker, {
+      cache: session?.cache,
       inputIds: prompt.prompt.ids,
       inputsEmbeds: prompt.inputsEmbeds,
       positions: prompt.positions,
@@ -78,6 +162,7 @@ export async function* runThinkerTurn(
       talkerHiddenLayer: options.talkerHidden ? acceptLayer : undefined,
     });
     for await (const step of steps) {
+      conversation?.step(step.token);
       tokens.push(step.token);
       let text = detok.push(step.token);
       if (step.finishReason) text += detok.flush();
@@ -88,6 +173,7 @@ export async function* runThinkerTurn(
     }
     throw new Error('thinker: generation ended without a finish reason');
   } finally {
+    conversation?.end(prompt.ropeDelta, tokens.length > 0);
     prompt.dispose();
   }
 }

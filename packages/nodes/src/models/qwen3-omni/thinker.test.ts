@@ -1,11 +1,12 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { concat, firstValueFrom, from, lastValueFrom, of, take, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { graph, tensorPacket, textPacket, type Packet, type TensorPacket, type TokensPacket } from '@omniflow/core';
+import { graph, tensorPacket, textPacket, type TensorPacket, type TextPacket, type TokensPacket } from '@omniflow/core';
 import { SafetensorsFile, fixtureDir, fixturePath } from '@omniflow/runtime-gpu';
 import { fixtureTokenizer } from './fixture-tokenizer/fixture-tokenizer.js';
 import { loadQwen3Omni, type Qwen3OmniModel } from './load.js';
 import { framesForAudioTokens, thinker } from './thinker.js';
+import { ThinkerConversation, thinkerReply } from './thinker-turn.js';
 import { audioOutputLength } from './audio-encoder.js';
 
 const cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
@@ -16,7 +17,7 @@ const t2d = (name: string) => {
 };
 
 /** Case 5's user turn as packets: audio, image, 'J', video, 'ro' (the encoders' outputs come from cases 2 and 3). */
-function case5Packets(): Packet[] {
+function case5Packets(): Array<TensorPacket | TextPacket> {
   const vision = (kind: 'image' | 'video', extra: Record<string, tf.Tensor> = {}) =>
     tensorPacket({
       name: `${kind}_embeds`,
@@ -63,7 +64,7 @@ describe('thinker node', () => {
   it("emits the talker's input rows: hidden_states[accept_hidden_layer] and the embeddings, per step", async () => {
     const before = tf.memory().numTensors;
     const out = thinker({ model, system: 'qV-', maxNewTokens: 2, talkerHidden: true })(from(case5Packets()));
-    const hidden = (await lastValueFrom(out.hidden.pipe(toArray()))) as TensorPacket<tf.Tensor>[];
+    const hidden = (await lastValueFrom(out.hidden.pipe(toArray()))) as unknown as TensorPacket<tf.Tensor>[];
     expect(hidden.map((p) => p.tensor.shape)).toEqual([[59, 32], [1, 32]]);
     const layer = model.config.talker_config!.accept_hidden_layer;
     const ref = host('thinker.hidden_states').data.subarray(layer * 59 * 32, (layer + 1) * 59 * 32);
@@ -120,6 +121,24 @@ describe('thinker node', () => {
     expect(tokens.filter((p) => p.turn === 1).length).toBeGreaterThan(0);
     session.input('in').complete();
     await done;
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it("keeps a session's conversation across turns (history), or answers each turn alone", async () => {
+    const twoTurns = () => from([textPacket({ text: 'The cat sat.', final: true }), textPacket({ text: 'Why?', final: true })]);
+    const answers = async (history: boolean) => {
+      const tokens = await lastValueFrom(thinker({ model, maxNewTokens: 4, history })(twoTurns()).tokens.pipe(toArray()));
+      return tokens.flatMap((p) => [...p.ids]);
+    };
+    const chat = new ThinkerConversation(model);
+    const first = await thinkerReply(model, [{ role: 'user', content: 'The cat sat.' }], { maxNewTokens: 4, conversation: chat });
+    const second = await thinkerReply(model, [{ role: 'user', content: 'Why?' }], { maxNewTokens: 4, conversation: chat });
+    chat.dispose();
+    const alone = await thinkerReply(model, [{ role: 'user', content: 'Why?' }], { maxNewTokens: 4 });
+    expect(second.tokens).not.toEqual(alone.tokens); // the history really changes the answer here
+    const before = tf.memory().numTensors;
+    expect(await answers(true)).toEqual([...first.tokens, ...second.tokens]);
+    expect(await answers(false)).toEqual([...first.tokens, ...alone.tokens]);
     expect(tf.memory().numTensors).toBe(before);
   });
 

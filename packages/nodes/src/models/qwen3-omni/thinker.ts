@@ -18,7 +18,7 @@ import { audioOutputLength } from './audio-encoder.js';
 import { loadQwen3Omni, Qwen3OmniModel } from './load.js';
 import { samplerOptionsSchema } from './sampler.js';
 import type { ThinkerContentPart, ThinkerMessage } from './thinker-prompt.js';
-import { runThinkerTurn } from './thinker-turn.js';
+import { ThinkerConversation, runThinkerTurn } from './thinker-turn.js';
 import { Qwen3OmniTokenizer } from './tokenizer.js';
 
 /*
@@ -35,7 +35,9 @@ import { Qwen3OmniTokenizer } from './tokenizer.js';
  * Outputs: `text` (deltas, the last one `final`), `tokens` (one packet per generated id) and, with
  * `talkerHidden: true`, `hidden` (tensor packets 'thinker_hidden' = hidden_states[accept_hidden_layer] rows with
  * extra `embeds` = hidden_states[0] rows: the talker's input; whoever subscribes owns them).
- * Each turn is answered on its own (system prompt + that user turn); an interrupt aborts generation between steps.
+ * With `history` (default) a session's turns form one conversation: its KV cache carries over, the system prompt
+ * opens it once, an interrupted answer stays in the context as far as it got. An interrupt aborts generation between
+ * decode steps.
  */
 
 const modelParam = z.union([
@@ -54,6 +56,8 @@ export const thinkerParams = z.object({
   sampler: samplerOptionsSchema.partial().default({ greedy: true }),
   /** Emit the talker's input on the `hidden` port. */
   talkerHidden: z.boolean().default(false),
+  /** Keep each session's conversation (KV cache) across turns; false answers every turn on its own. */
+  history: z.boolean().default(true),
 });
 export type ThinkerParams = z.output<typeof thinkerParams>;
 
@@ -67,6 +71,12 @@ export interface ModelResource {
 export async function openModel(model: string | Qwen3OmniModel, tokenizer?: string): Promise<ModelResource> {
   if (model instanceof Qwen3OmniModel) return { model, owned: false };
   return { model: await loadQwen3Omni(model, tokenizer ? { tokenizer } : {}), owned: true };
+}
+
+/** A session's conversation (with `history`), and the end of its last turn: a session's turns run one after another. */
+interface Chat {
+  readonly conversation: ThinkerConversation | undefined;
+  tail: Promise<void>;
 }
 
 /** Everything the user sent in one turn. */
@@ -104,9 +114,22 @@ export const thinker = defineNode({
   open: (params) => openModel(params.model, params.tokenizer),
   operator: (params, ctx, resource) => (input$: Observable<Packet>) => {
     const { model } = resource;
+    const chats = new Map<string, Chat>();
+    ctx.onDispose(() => {
+      for (const { conversation: c, tail } of chats.values()) {
+        if (c?.running) void tail.then(() => c.dispose());
+        else c?.dispose();
+      }
+      chats.clear();
+    });
+    const chatOf = (session: string): Chat => {
+      let c = chats.get(session);
+      if (!c) chats.set(session, (c = { conversation: params.history ? new ThinkerConversation(model) : undefined, tail: Promise.resolve() }));
+      return c;
+    };
     const events$ = input$.pipe(
       collectUserTurns(ctx, model.tokenizer),
-      ctx.mapAsync((turn: UserTurn, signal) => answer(model, params, turn, signal), { concurrency: 1 }),
+      ctx.mapAsync((turn: UserTurn, signal) => answer(model, params, turn, signal, chatOf(turn.session)), { concurrency: 1 }),
       share(),
     );
     const text = events$.pipe(filter((e) => e.port === 'text'), map((e) => e.packet as TextPacket));
@@ -220,23 +243,29 @@ export function framesForAudioTokens(tokens: number, nWindow = 50): number {
 }
 
 /** Runs one turn and turns its deltas into packets. Media tensors of the turn are freed when it ends. */
-function answer(model: Qwen3OmniModel, params: ThinkerParams, turn: UserTurn, signal: AbortSignal): Observable<ThinkerEvent> {
+function answer(model: Qwen3OmniModel, params: ThinkerParams, turn: UserTurn, signal: AbortSignal, chat: Chat): Observable<ThinkerEvent> {
   return new Observable<ThinkerEvent>((subscriber) => {
     const stop = new AbortController();
     const onAbort = () => stop.abort(signal.reason);
     signal.addEventListener('abort', onAbort);
     const stamp = { session: turn.session, turn: turn.turn, pts: turn.pts };
-    const messages: ThinkerMessage[] = [
-      ...(params.system ? [{ role: 'system' as const, content: params.system }] : []),
-      { role: 'user', content: turn.parts },
-    ];
+    const previous = chat.tail;
+    let finished!: () => void;
+    chat.tail = new Promise<void>((resolve) => (finished = resolve));
+    let failure: { err: unknown } | undefined;
     void (async () => {
       try {
+        await previous;
+        if (stop.signal.aborted) throw stop.signal.reason;
+        // The system prompt opens a conversation once.
+        const system = params.system && !chat.conversation?.started ? [{ role: 'system' as const, content: params.system }] : [];
+        const messages: ThinkerMessage[] = [...system, { role: 'user', content: turn.parts }];
         const steps = runThinkerTurn(model, messages, {
           maxNewTokens: params.maxNewTokens,
           sampler: params.sampler,
           signal: stop.signal,
           talkerHidden: params.talkerHidden,
+          conversation: chat.conversation,
         });
         for await (const d of steps) {
           if (d.fed) {
@@ -252,14 +281,16 @@ function answer(model: Qwen3OmniModel, params: ThinkerParams, turn: UserTurn, si
             subscriber.next({ port: 'text', packet: textPacket({ ...stamp, text: d.text, role: 'assistant', ...(d.finishReason ? { final: true } : {}) }) });
           }
         }
-        subscriber.complete();
       } catch (err) {
-        if (stop.signal.aborted) subscriber.complete(); // interrupted or unsubscribed: not an error
-        else subscriber.error(err);
+        if (!stop.signal.aborted) failure = { err }; // aborted (interrupted or unsubscribed) is not an error
       } finally {
         signal.removeEventListener('abort', onAbort);
         for (const p of turn.packets) disposePacket(p);
+        finished();
       }
+      // Only now: whoever reacts to the end of the answer finds the turn's resources released.
+      if (failure) subscriber.error(failure.err);
+      else subscriber.complete();
     })();
     return () => stop.abort(new Error('thinker: unsubscribed'));
   });
