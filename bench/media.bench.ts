@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '@omniflow/runtime-gpu';
 import { LogMelStream, decodeAudio, decodeVideo, logMelFeatures, preprocessVideo, resample, resolveFfmpeg, type FfmpegBinary } from '@omniflow/nodes';
-import { medianMs } from './memory.ts';
+import { medianMs } from './memory.js';
 
 const SECONDS = 60;
 

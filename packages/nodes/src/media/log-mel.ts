@@ -110,6 +110,19 @@ function foldedDftBasis(nFft: number): { cos: Float32Array; sin: Float32Array } 
   return { cos, sin };
 }
 
+// Host copies of the constant matrices per configuration: a LogMel per call (the kernel node) then costs an upload,
+// not the trigonometry.
+const constantCache = new Map<string, { cos: Float32Array; sin: Float32Array; filters: Float32Array }>();
+function constants(o: Resolved): { cos: Float32Array; sin: Float32Array; filters: Float32Array } {
+  const key = JSON.stringify(o);
+  let c = constantCache.get(key);
+  if (!c) {
+    c = { ...foldedDftBasis(o.nFft), filters: melFilterBank(o) };
+    constantCache.set(key, c);
+  }
+  return c;
+}
+
 /** Number of feature frames for `samples` input samples: 1 + L//hop STFT frames, the last one dropped. */
 export function logMelFrameCount(samples: number, hopLength = 160): number {
   return Math.floor(samples / hopLength);
@@ -133,10 +146,10 @@ export class LogMel {
   constructor(options: LogMelOptions = {}) {
     this.options = resolve(options);
     const { nFft, nBins, nMels } = this.options;
-    const { cos, sin } = foldedDftBasis(nFft);
+    const { cos, sin, filters } = constants(this.options);
     this.cosBasis = tf.tensor2d(cos, [nBins, nBins]);
     this.sinBasis = tf.tensor2d(sin, [nBins - 2, nBins]);
-    this.filters = tf.tensor2d(melFilterBank(options), [nBins, nMels]);
+    this.filters = tf.tensor2d(filters, [nBins, nMels]);
   }
 
   /**
