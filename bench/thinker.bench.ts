@@ -2,7 +2,8 @@
  * Thinker text-model speed on the default backend, with random weights built in memory (no files):
  * - the mid-size config of issue 5 (hidden 1024, 8 layers, 16 experts top-4, moe_intermediate 512): prefill tokens/s
  *   and decode tokens/s through `generate`, decode also as effective bandwidth = bytes of the weights one decode step
- *   reads (attention, router, the top-k experts, lm_head) ÷ step time, next to this machine's triad bandwidth;
+ *   reads (attention, router, the top-k experts, lm_head) ÷ step time, next to this machine's triad bandwidth
+ *   (measured just before and after the timed decode, averaged);
  * - the decode step of ONE real-size thinker MoE layer (spec 2.3: hidden 2048, 32/4 heads × 128, 128 experts top-8,
  *   moe_intermediate 768) with 512 positions already in its KV cache.
  */
@@ -59,7 +60,7 @@ function activeBytesPerToken(c: ThinkerTextConfig, withHead = true): number {
   return 4 * (c.num_hidden_layers * (attn + moe) + (withHead ? D * c.vocab_size + D : 0));
 }
 
-export async function midSize(triadGBs: number): Promise<object> {
+export async function midSize(triad: () => number): Promise<object> {
   const c = textConfig({
     vocab_size: 32768, hidden_size: 1024, num_hidden_layers: 8, num_attention_heads: 16, num_key_value_heads: 2, head_dim: 128,
     intermediate_size: 512, moe_intermediate_size: 512, num_experts: 16, num_experts_per_tok: 4,
@@ -80,7 +81,9 @@ export async function midSize(triadGBs: number): Promise<object> {
 
     const N = 48;
     const stamps: number[] = [];
+    const triadBefore = triad();
     for await (const _ of generate(model, { inputIds: ids.slice(0, 16), maxNewTokens: N })) stamps.push(performance.now());
+    const triadGBs = (triadBefore + triad()) / 2;
     const steps = stamps.slice(2).map((t, i) => t - stamps[i + 1]!).sort((a, b) => a - b); // decode steps after a warm-up one
     const stepMs = steps[Math.floor(steps.length / 2)]!;
     const bytes = activeBytesPerToken(c);
@@ -90,7 +93,8 @@ export async function midSize(triadGBs: number): Promise<object> {
       prefill: { tokens: P, ms: +prefillMs.toFixed(1), tokensPerSecond: +((P * 1000) / prefillMs).toFixed(1) },
       decode: {
         stepMsMedian: +stepMs.toFixed(2), stepMsP90: +steps[Math.floor(steps.length * 0.9)]!.toFixed(2), tokensPerSecond: +(1000 / stepMs).toFixed(1),
-        activeWeightMiBPerToken: +(bytes / 2 ** 20).toFixed(1), effectiveGBps: +gbs.toFixed(2), fractionOfTriad: +(gbs / triadGBs).toFixed(2),
+        activeWeightMiBPerToken: +(bytes / 2 ** 20).toFixed(1), effectiveGBps: +gbs.toFixed(2),
+        triadGBps: +triadGBs.toFixed(2), fractionOfTriad: +(gbs / triadGBs).toFixed(2),
       },
     };
   } finally {
@@ -98,7 +102,7 @@ export async function midSize(triadGBs: number): Promise<object> {
   }
 }
 
-export async function realSizeLayer(triadGBs: number): Promise<object> {
+export async function realSizeLayer(triad: () => number): Promise<object> {
   const c = textConfig({
     vocab_size: 152064, hidden_size: 2048, num_hidden_layers: 1, num_attention_heads: 32, num_key_value_heads: 4, head_dim: 128,
     intermediate_size: 768, moe_intermediate_size: 768, num_experts: 128, num_experts_per_tok: 8,
@@ -139,11 +143,13 @@ export async function realSizeLayer(triadGBs: number): Promise<object> {
     step(past);
     for (let e = 0; e < POOL; e++) tf.tidy(() => swiGlu(tf.zeros([1, D]), pool[e]!).dataSync()); // pack every expert once
     distinct.length = 0;
+    const triadBefore = triad();
     const ms = await medianMs(() => {
       step(1);
       cache.truncate(past); // every measured step sees the same 512-position history
       pos = past;
     }, 21, 3);
+    const triadGBs = (triadBefore + triad()) / 2;
     const meanDistinct = distinct.reduce((a, b) => a + b, 0) / distinct.length;
     const attnBytes = 4 * (D * 32 * 128 * 2 + D * 4 * 128 * 2 + 2 * 128 + 2 * D);
     const bytes = attnBytes + 4 * (D * 128 + meanDistinct * 3 * D * I);
@@ -151,7 +157,7 @@ export async function realSizeLayer(triadGBs: number): Promise<object> {
     return {
       config: { hidden: D, heads: '32/4 x 128', experts: `128 top-8 (router real size; ${POOL} distinct expert weight sets)`, moe_intermediate: I, kvPositions: past },
       decodeStepMs: +ms.toFixed(2), meanDistinctExpertsRead: +meanDistinct.toFixed(2), activeWeightMiBPerStep: +(bytes / 2 ** 20).toFixed(1),
-      effectiveGBps: +gbs.toFixed(2), fractionOfTriad: +(gbs / triadGBs).toFixed(2),
+      effectiveGBps: +gbs.toFixed(2), triadGBps: +triadGBs.toFixed(2), fractionOfTriad: +(gbs / triadGBs).toFixed(2),
       fullModel48LayersEstimateMsPerToken: +(48 * ms).toFixed(0),
     };
   } finally {
@@ -164,8 +170,15 @@ export async function realSizeLayer(triadGBs: number): Promise<object> {
 
 export async function run(): Promise<object> {
   const backend = await initBackend();
-  const triad = measureTriadBandwidth();
-  const mid = await midSize(triad.gbPerSecond);
-  const real = await realSizeLayer(triad.gbPerSecond);
-  return { backend: backend.name, triadGBps: triad.gbPerSecond, midSize: mid, realSizeMoeLayer: real };
+  // The triad is measured right before and after each timed decode section and averaged, so a busy machine slows
+  // the baseline and the measurement alike.
+  const triads: number[] = [];
+  const triad = (): number => {
+    const gbs = measureTriadBandwidth({ megabytes: 128, repeats: 3 }).gbPerSecond;
+    triads.push(gbs);
+    return gbs;
+  };
+  const mid = await midSize(triad);
+  const real = await realSizeLayer(triad);
+  return { backend: backend.name, triadGBpsSamples: triads, midSize: mid, realSizeMoeLayer: real };
 }
