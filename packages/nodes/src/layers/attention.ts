@@ -64,6 +64,11 @@ export interface AttentionCacheSlot {
  * Attention over `x` ([S, hidden], the S newest positions). `cos`/`sin` are `[S, 1, headDim]` for those positions. With
  * a cache slot, the new keys/values are appended and the queries attend to every cached position (query i sits at
  * cache position past + i and sees keys up to and including it); without one, plain causal attention over x.
+ *
+ * ```ts
+ * const [cos, sin] = ropeTensors(mropeTables([t, h, w], 128, 1e6, [24, 20, 20], true));
+ * const y = decoderAttention(x, attn, cos, sin, { cache, layer: 0 }); // x [S, hidden] -> [S, hidden]
+ * ```
  */
 export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf.Tensor, sin: tf.Tensor, slot?: AttentionCacheSlot): tf.Tensor2D {
   const { numHeads: H, numKvHeads: Hkv, headDim: D } = attn;

@@ -27,7 +27,13 @@ export function loadSwiGluMlp(ckpt: WeightSource, prefix: string, hidden: number
   return swiGluFromPyTorch(gate, up, down, hidden, intermediate);
 }
 
-/** Builds the fused layout from PyTorch-layout host arrays (gate, up: [I, H]; down: [H, I]). */
+/**
+ * Builds the fused layout from PyTorch-layout host arrays (gate, up: [I, H]; down: [H, I]).
+ *
+ * ```ts
+ * const mlp = swiGluFromPyTorch(gate, up, down, 1024, 512); // e.g. weights made in memory for a benchmark
+ * ```
+ */
 export function swiGluFromPyTorch(gate: Float32Array, up: Float32Array, down: Float32Array, hidden: number, intermediate: number): SwiGluMlp {
   // Transpose on the host into the final layout: one device tensor per matrix, no temporaries on the device.
   const gateUp = new Float32Array(hidden * 2 * intermediate);
@@ -42,7 +48,13 @@ export function swiGluFromPyTorch(gate: Float32Array, up: Float32Array, down: Fl
   return { gateUp: tf.tensor2d(gateUp, [hidden, 2 * intermediate]), down: tf.tensor2d(downT, [intermediate, hidden]), hidden, intermediate };
 }
 
-/** SwiGLU over the rows of `x` ([n, hidden]). */
+/**
+ * SwiGLU over the rows of `x` ([n, hidden]).
+ *
+ * ```ts
+ * const y = swiGlu(x, mlp); // [n, hidden] -> [n, hidden]
+ * ```
+ */
 export function swiGlu(x: tf.Tensor2D, mlp: SwiGluMlp): tf.Tensor2D {
   return tf.tidy(() => {
     const [g, u] = tf.split(tf.matMul(x, mlp.gateUp), 2, 1);

@@ -74,6 +74,11 @@ export interface SparseMoeResult {
  * The MoE block over the rows of `x` ([n, hidden]). Tokens are grouped per expert: each active expert gathers its rows,
  * runs one SwiGLU over them, and the weighted results are summed back per token (a gather + sum, deterministic) — no
  * loop over tokens on the device. The router's top-k needs host values, so the router logits are read back once.
+ *
+ * ```ts
+ * const { output, routing } = sparseMoe(x, moe); // x [n, hidden]; routing.selectedExperts [n * topK]
+ * output.dispose();
+ * ```
  */
 export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetails?: boolean } = {}): SparseMoeResult {
   const [n, hidden] = x.shape;
@@ -122,6 +127,10 @@ export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetai
  * Softmax over all experts, top-k (descending; ties to the lower index, like torch.topk on CPU), renormalised when
  * `normTopKProb`. Computed in float64 and rounded to float32: the reference computes in float32; the difference is
  * ~1e-7 relative, far below routing gaps.
+ *
+ * ```ts
+ * route(Float32Array.of(0, 2, 1, 2), 1, 4, 2, true); // selectedExperts [1, 3], routingWeights [0.5, 0.5]
+ * ```
  */
 export function route(routerLogits: Float32Array, n: number, numExperts: number, topK: number, normTopKProb: boolean): MoeRouting {
   const selectedExperts = new Int32Array(n * topK);

@@ -19,7 +19,13 @@ export function loadRMSNorm(ckpt: WeightSource, key: string, dim: number, eps: n
   return { weight: tf.tensor1d(ckpt.get(key, [dim]).data as Float32Array), eps };
 }
 
-/** RMSNorm over the last axis of `x` (any leading shape). */
+/**
+ * RMSNorm over the last axis of `x` (any leading shape).
+ *
+ * ```ts
+ * const y = rmsNorm(tf.tensor2d([[1, 2, 2]]), { weight: tf.ones([3]), eps: 1e-6 }); // [[0.577, 1.155, 1.155]]
+ * ```
+ */
 export function rmsNorm(x: tf.Tensor, norm: RMSNorm): tf.Tensor {
   return tf.tidy(() => {
     const meanSquare = tf.mean(tf.square(x), -1, true);

@@ -10,7 +10,13 @@ import * as tf from '@tensorflow/tfjs-core';
  * "more exact".
  */
 
-/** inv_freq[j] = 1 / theta^(2j / headDim), j < headDim/2, rounded as the float32 reference rounds it. */
+/**
+ * inv_freq[j] = 1 / theta^(2j / headDim), j < headDim/2, rounded as the float32 reference rounds it.
+ *
+ * ```ts
+ * ropeInvFreq(8, 10000); // Float32Array [1, 0.1, 0.01, 0.001]
+ * ```
+ */
 export function ropeInvFreq(headDim: number, theta: number): Float32Array {
   const half = headDim / 2;
   const out = new Float32Array(half);
@@ -32,6 +38,11 @@ export interface RopeTables {
 /**
  * cos/sin tables from one angle per (position, frequency): `angle(p, j)` for p < positions, j < headDim/2, duplicated
  * to head_dim as concat(freqs, freqs).
+ *
+ * ```ts
+ * const inv = ropeInvFreq(16, 1e6);
+ * const t = ropeTablesFromAngles(3, 16, (p, j) => p * inv[j]); // the same as ropeTables([0, 1, 2], 16, 1e6)
+ * ```
  */
 export function ropeTablesFromAngles(positions: number, headDim: number, angle: (p: number, j: number) => number): RopeTables {
   const half = headDim / 2;

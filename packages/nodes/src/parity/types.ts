@@ -69,7 +69,13 @@ export interface ParityRunner {
   run(ctx: ParityContext): Promise<ParityOutputs>;
 }
 
-/** Tensor-name prefixes of a case: `thinker.hidden_states` → 'thinker'. The usual basis of `matches`. */
+/**
+ * Tensor-name prefixes of a case: `thinker.hidden_states` → 'thinker'. The usual basis of `matches`.
+ *
+ * ```ts
+ * const matches = (_name: string, spec: CaseSpec) => tensorPrefixes(spec).has('moe');
+ * ```
+ */
 export function tensorPrefixes(caseSpec: CaseSpec): Set<string> {
   return new Set(Object.keys(caseSpec.tensors).map((n) => n.split('.')[0]!));
 }

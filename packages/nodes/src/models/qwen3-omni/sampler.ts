@@ -64,7 +64,13 @@ export function argmax(values: ArrayLike<number>): number {
   return best;
 }
 
-/** A copy of `logits` with the CTRL repetition penalty applied once to every distinct id in `history`. */
+/**
+ * A copy of `logits` with the CTRL repetition penalty applied once to every distinct id in `history`.
+ *
+ * ```ts
+ * applyRepetitionPenalty(Float32Array.of(2, 1.5, -1), [0, 2], 2); // [1, 1.5, -2]
+ * ```
+ */
 export function applyRepetitionPenalty(logits: Float32Array, history: ArrayLike<number>, penalty: number): Float32Array {
   const out = Float32Array.from(logits);
   const seen = new Set<number>();
