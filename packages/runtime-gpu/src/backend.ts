@@ -41,8 +41,18 @@ export async function initBackend(options: BackendOptions = {}): Promise<Backend
     throw new Error(`${source} is '${forced}', which is not one of ${BACKENDS.join(', ')}`);
   }
   if (active && (!forced || forced === active.name)) return active;
+  // Callers racing at startup share one initialisation.
+  if (pending && !forced) return pending;
+  const run = select(forced as BackendName | undefined, options);
+  if (!forced) pending = run.finally(() => (pending = undefined));
+  return run;
+}
+
+let pending: Promise<BackendReport> | undefined;
+
+async function select(forced: BackendName | undefined, options: BackendOptions): Promise<BackendReport> {
   tf.enableProdMode();
-  const order: BackendName[] = forced ? [forced as BackendName] : [...BACKENDS];
+  const order: BackendName[] = forced ? [forced] : [...BACKENDS];
   const skipped: Array<{ name: BackendName; error: string }> = [];
   for (const name of order) {
     try {
