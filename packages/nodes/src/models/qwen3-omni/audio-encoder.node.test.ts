@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { firstValueFrom, lastValueFrom, of, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tensorPacket, type TensorPacket } from '@omniflow/core';
+import { controlPacket, tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
 import { SafetensorsFile, fixtureDir, fixturePath, initBackend } from '@omniflow/runtime-gpu';
 import { audioEncoder } from './audio-encoder.node.js';
 
@@ -34,6 +34,30 @@ describe('audioEncoder node', () => {
     expect(input.every((q) => q.tensor.isDisposed)).toBe(true);
     for (const q of out) q.tensor.dispose();
     // The node loaded the encoder from the folder, so it freed it when the stream completed.
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it("stream mode: pieces of a clip become one audio_embeds packet per clip, ended by turn-end or completion", async () => {
+    const before = tf.memory().numTensors;
+    const t = cases.read('audio_enc.input_features');
+    const whole = tf.tensor2d(t.data as Float32Array, t.shape as [number, number]);
+    const pieces = (turn: number, pts: number): Packet[] =>
+      [[0, 30], [30, 50], [80, 70]].map(([at, n]) =>
+        tensorPacket({ session: 's', turn, pts: pts + at * 10_000, name: 'input_features', tensor: tf.slice(whole, [0, at], [-1, n]) }),
+      );
+    const input: Packet[] = [...pieces(0, 0), controlPacket({ session: 's', turn: 0, signal: 'turn-end' }), ...pieces(1, 5_000_000)];
+    const out = (await lastValueFrom(of(...input).pipe(audioEncoder({ model: fixtureDir(), mode: 'stream' }), toArray()))) as TensorPacket<tf.Tensor>[];
+    expect(out.map((p) => [p.name, p.turn, p.pts])).toEqual([['audio_embeds', 0, 0], ['audio_embeds', 1, 5_000_000]]);
+    const want = cases.read('audio_enc.last_hidden_state').data;
+    for (const p of out) {
+      expect(p.tensor.shape).toEqual([20, 32]);
+      const got = p.tensor.dataSync();
+      let diff = 0;
+      for (let i = 0; i < want.length; i++) diff = Math.max(diff, Math.abs(got[i] - want[i]));
+      expect(diff).toBeLessThan(3e-4);
+      p.tensor.dispose();
+    }
+    whole.dispose();
     expect(tf.memory().numTensors).toBe(before);
   });
 
