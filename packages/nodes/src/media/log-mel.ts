@@ -145,7 +145,7 @@ export class LogMel {
 
   constructor(options: LogMelOptions = {}) {
     this.options = resolve(options);
-    const { nFft, nBins, nMels } = this.options;
+    const { nBins, nMels } = this.options;
     const { cos, sin, filters } = constants(this.options);
     this.cosBasis = tf.tensor2d(cos, [nBins, nBins]);
     this.sinBasis = tf.tensor2d(sin, [nBins - 2, nBins]);
