@@ -201,11 +201,6 @@ export class AudioEncoder {
     private readonly proj2: Linear,
   ) {}
 
-  /** Frequency rows after the conv stack; conv_out's input width is downsample_hidden_size times this. */
-  get freqAfterCnn(): number {
-    return convStackLength(this.config.num_mel_bins);
-  }
-
   /**
    * Loads `${prefix}.*` (default `thinker.audio_tower`), checking every tensor's shape against the config. A missing
    * or mis-shaped tensor throws with its name; tensors already loaded are freed.
@@ -332,8 +327,8 @@ export class AudioEncoder {
       const perAudio: tf.Tensor[] = [];
       let offset = 0;
       featureLens.forEach((len, i) => {
-        // Every audio but possibly a single-chunk batch has maxLen = 2·n_window, so padding the audio's tail to
-        // chunks·maxLen frames pads exactly its last chunk; when maxLen is shorter every audio is one chunk.
+        // When any chunk is full, maxLen = 2·n_window and padding each audio to chunks·maxLen frames pads exactly its
+        // last chunk; otherwise every audio is a single chunk, padded to the longest one.
         const padded = plan.chunksPerAudio[i] * maxLen;
         const slice = tf.slice(byTime, [offset, 0], [len, cfg.num_mel_bins]);
         const full = padded > len ? tf.pad(slice, [[0, padded - len], [0, 0]]) : slice;
