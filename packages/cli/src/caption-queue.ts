@@ -289,8 +289,12 @@ export interface QueueStatus {
   readonly workers: number;
   /** Records written so far, by outcome, and the audio they cover. */
   readonly results: { captioned: number; failed: number; audioHours: number };
-  /** Over the last `windowMinutes`: jobs completed per minute; and audio captioned per wall hour since the first record. */
-  readonly throughput: { windowMinutes: number; jobsPerMinute: number; audioHoursPerHour: number | null };
+  /**
+   * `jobsInWindow` completed in the last `windowMinutes` (BullMQ metrics), as a rate over that window or over the time
+   * since the first result when that is shorter; `realTime`: seconds of audio captioned per wall second between the
+   * first and the last result (null before two results).
+   */
+  readonly throughput: { windowMinutes: number; jobsInWindow: number; jobsPerMinute: number; realTime: number | null };
 }
 
 /**
@@ -306,17 +310,21 @@ export async function captionQueueStatus(c: QueueConnection, windowMinutes = 15)
   try {
     const counts = await queue.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'completed', 'failed', 'paused');
     const workers = (await queue.getWorkers()).length;
-    const metrics = await queue.getMetrics('completed', 0, windowMinutes - 1);
-    const doneInWindow = metrics.data.reduce((a, b) => a + b, 0);
     const s = await redis.hgetall(statsKey(c));
+    // Finished minutes are data points; the minute in progress is count - prevCount.
+    const m = await queue.getMetrics('completed', 0, windowMinutes - 2);
+    const jobsInWindow = m.data.reduce((a, b) => a + b, 0) + Math.max(0, m.meta.count - m.meta.prevCount);
+    const firstAt = Number(s.firstAt ?? 0);
+    const sinceFirst = firstAt > 0 ? (Date.now() - firstAt) / 60_000 : windowMinutes;
+    const minutes = Math.max(1 / 60, Math.min(windowMinutes, sinceFirst));
     const audioSeconds = Number(s.audioSeconds ?? 0);
-    const span = (Number(s.lastAt ?? 0) - Number(s.firstAt ?? 0)) / 1000;
+    const span = (Number(s.lastAt ?? 0) - firstAt) / 1000;
     return {
       queue: nameOf(c),
       counts,
       workers,
       results: { captioned: Number(s.captioned ?? 0), failed: Number(s.failed ?? 0), audioHours: audioSeconds / 3600 },
-      throughput: { windowMinutes, jobsPerMinute: doneInWindow / windowMinutes, audioHoursPerHour: span > 0 ? audioSeconds / span : null },
+      throughput: { windowMinutes, jobsInWindow, jobsPerMinute: jobsInWindow / minutes, realTime: span > 0 ? audioSeconds / span : null },
     };
   } finally {
     await queue.close();

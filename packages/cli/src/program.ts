@@ -266,14 +266,14 @@ async function statusCommand(f: { queue: string; queueName: string; json?: boole
     return EXIT_OK;
   }
   const c = s.counts;
-  const rate = s.throughput.audioHoursPerHour;
+  const rate = s.throughput.realTime;
   process.stdout.write(
     [
       `queue ${s.queue} at ${redactUrl(f.queue)}`,
       `  waiting ${c.waiting + (c.prioritized ?? 0)}  active ${c.active}  delayed ${c.delayed}  completed ${c.completed}  failed ${c.failed}${c.paused ? `  paused ${c.paused}` : ''}`,
       `  workers ${s.workers}`,
       `  results ${s.results.captioned} captioned, ${s.results.failed} failed, ${s.results.audioHours.toFixed(3)} h audio`,
-      `  throughput ${s.throughput.jobsPerMinute.toFixed(2)} jobs/min over the last ${s.throughput.windowMinutes} min; ${rate === null ? 'n/a' : `${rate.toFixed(1)}x real time`} since the first result`,
+      `  throughput ${s.throughput.jobsInWindow} jobs in the last ${s.throughput.windowMinutes} min (${s.throughput.jobsPerMinute.toFixed(1)}/min); ${rate === null ? 'speed n/a' : `${rate.toFixed(1)}x real time`} from first to last result`,
     ].join('\n') + '\n',
   );
   return EXIT_OK;

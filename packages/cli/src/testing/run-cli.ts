@@ -26,11 +26,11 @@ export function startCli(args: readonly string[], env: NodeJS.ProcessEnv = {}): 
   return { proc, exited, stdout: () => stdout, stderr: () => stderr };
 }
 
-/** Resolves once `check()` is true (polled every 50 ms); rejects after `timeoutMs` with `what`. */
-export async function waitFor(check: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
+/** Resolves once `check()` is true (polled every 50 ms); rejects after `timeoutMs` naming `what` (a function: evaluated then). */
+export async function waitFor(check: () => boolean, what: string | (() => string), timeoutMs = 60_000): Promise<void> {
   const start = Date.now();
   while (!check()) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
