@@ -54,9 +54,9 @@ export class Histogram {
     return {
       count: this.count,
       meanMicros: +this.mean.toFixed(2),
-      p50Micros: this.percentile(0.5),
-      p90Micros: this.percentile(0.9),
-      p99Micros: this.percentile(0.99),
+      p50Micros: +this.percentile(0.5).toFixed(2),
+      p90Micros: +this.percentile(0.9).toFixed(2),
+      p99Micros: +this.percentile(0.99).toFixed(2),
       maxMicros: +this.max.toFixed(2),
     };
   }

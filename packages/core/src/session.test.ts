@@ -80,7 +80,7 @@ describe('turns and interruption (virtual time)', () => {
 describe('observability', () => {
   it('counts packets per node and edge and prints a report', async () => {
     const g = graph('counts').add('src', textSource, { n: 10 }).add('a', passThrough).add('b', slowStep, { ms: 1 }).connect('src.text', 'a.in').connect('a.out', 'b.in', { capacity: 3 }).output('out', 'b.out');
-    const r = runGraphVirtual(g);
+    const r = runGraphVirtual(g, { latencySampleEvery: 1 });
     const m = r.session.metrics();
     expect(m.nodes.map((n) => [n.id, n.packetsIn, n.packetsOut])).toEqual([
       ['src', 0, 10],

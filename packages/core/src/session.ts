@@ -6,7 +6,7 @@
  * Hot path: a packet pushed into an empty queue whose consumer is ready is delivered synchronously, with
  * no allocation and no Promise; queues only fill when a consumer is busy (holding) or blocked downstream.
  */
-import { asyncScheduler, Observable, Subject, type SchedulerLike, type Subscription } from 'rxjs';
+import { asyncScheduler, Observable, Subject, Subscriber, type SchedulerLike, type Subscription } from 'rxjs';
 import type { Tracer } from '@opentelemetry/api';
 import { RunContext, TurnState, type MetricsHooks } from './context.js';
 import { withDemand, type Demand } from './demand.js';
@@ -26,7 +26,7 @@ export interface SessionOptions {
   mode?: RunModeName;
   /** Scheduler for pacing and the media clock (virtual under the test harness). */
   scheduler?: SchedulerLike;
-  /** Record processing latency for one packet in N per node (default 1: every packet). */
+  /** Record processing latency for one packet in N per node (default 16: reading the clock costs more than a hop). */
   latencySampleEvery?: number;
   /** OpenTelemetry tracer (default: the global provider's 'omniflow' tracer; a no-op unless one is registered). */
   tracer?: Tracer;
@@ -70,19 +70,65 @@ export interface SessionInput {
 
 const clockNow = (): number => performance.now() * 1000;
 
+/**
+ * An input port as the node sees it: an Observable fed directly by the port's edges. Deliberately not a
+ * Subject: `Subject.next` allocates per call, and this is the per-packet path.
+ */
 class InPort {
-  readonly subject = new Subject<Packet>();
+  private subscribers: Subscriber<Packet>[] = [];
   readonly edges: EdgeRun[] = [];
   private finishedEdges = 0;
   completed = false;
-  constructor(readonly node: NodeRun, readonly name: string) {}
+  readonly stream: Observable<Packet>;
+  constructor(readonly node: NodeRun, readonly name: string) {
+    this.stream = new Observable<Packet>((subscriber) => {
+      if (this.completed) {
+        subscriber.complete();
+        return;
+      }
+      this.subscribers = [...this.subscribers, subscriber];
+      return () => {
+        this.subscribers = this.subscribers.filter((s) => s !== subscriber);
+      };
+    });
+  }
+  next(p: Packet): void {
+    const subs = this.subscribers;
+    if (subs.length === 1) subs[0].next(p);
+    else if (subs.length === 0) this.node.unobserved(p);
+    else for (let i = 0; i < subs.length; i++) subs[i].next(p);
+  }
   edgeFinished(): void {
     if (++this.finishedEdges >= this.edges.length) this.complete();
   }
   complete(): void {
     if (this.completed) return;
     this.completed = true;
-    this.subject.complete();
+    const subs = this.subscribers;
+    this.subscribers = [];
+    for (const s of subs) s.complete();
+  }
+}
+
+/** Receives a node's output stream; a Subscriber subclass so RxJS calls it without extra wrapping. */
+class EmitSubscriber extends Subscriber<Packet> {
+  constructor(
+    private readonly node: NodeRun,
+    private readonly port: OutPort | undefined,
+    private readonly onDone: () => void,
+  ) {
+    super();
+  }
+  protected override _next(p: Packet): void {
+    if (this.port) this.node.emit(this.port, p);
+  }
+  protected override _error(e: unknown): void {
+    this.unsubscribe();
+    this.node.session.fail(e, this.node);
+  }
+  protected override _complete(): void {
+    this.unsubscribe();
+    this.onDone();
   }
 }
 
@@ -160,6 +206,7 @@ class NodeRun {
   /** Outbound `block` queues currently full. */
   fullOut = 0;
   opened = false;
+  private announced = false;
   stopped = false;
   packetsIn = 0;
   packetsOut = 0;
@@ -221,6 +268,12 @@ class NodeRun {
     return this.opened && this.ctx.holds === 0 && this.fullOut === 0 && !this.stopped;
   }
 
+  /** A packet for an input port the node never subscribed to: released and counted. */
+  unobserved(p: Packet): void {
+    this.counters.unobservedInput = (this.counters.unobservedInput ?? 0) + 1;
+    this.session.release(p);
+  }
+
   addInEdge(e: EdgeRun): void {
     this.inEdges.push(e);
     if (!e.spec.backEdge) this.forwardOpen++;
@@ -233,7 +286,7 @@ class NodeRun {
       this.sampleLeft = this.session.latencySampleEvery;
       this.tIn = clockNow();
     }
-    port.subject.next(p);
+    port.next(p);
     if (this.tIn !== 0) {
       this.latency.record(clockNow() - this.tIn);
       this.tIn = 0;
@@ -267,7 +320,7 @@ class NodeRun {
   open(): void {
     const inputs: Record<string, Observable<any>> = {};
     for (const [k, port] of this.inPorts) {
-      inputs[k] = port.subject.asObservable();
+      inputs[k] = port.stream;
       if (port.edges.length === 0) port.complete();
     }
     this.teardown = openNode(
@@ -284,25 +337,25 @@ class NodeRun {
     if (this.stopped) return;
     const entries = Object.entries(outputs);
     this.outputsOpen = entries.length;
+    // Announced before subscribing: a synchronous source may run to completion inside subscribe().
+    this.announced = true;
+    this.session.event({ type: 'node-open', at: this.session.now(), node: this.id, nodeType: this.stage.def.type });
+    this.session.telemetry.nodeOpen(this.id, this.stage.def.type);
     withDemand(this.demand, () => {
       for (const [name, out$] of entries) {
         const port = this.outPorts.get(name);
-        const sub = out$.subscribe({
-          next: port ? (p: Packet) => this.emit(port, p) : () => undefined,
-          error: (e: unknown) => this.session.fail(e, this),
-          complete: () => {
+        const sub = out$.subscribe(
+          new EmitSubscriber(this, port, () => {
             for (const edge of port?.edges ?? []) edge.complete();
             if (--this.outputsOpen === 0) this.finish();
-          },
-        });
+          }),
+        );
         if (!this.stopped) this.subscriptions.push(sub);
         else sub.unsubscribe();
       }
     });
     if (this.stopped) return;
     this.opened = true;
-    this.session.event({ type: 'node-open', at: this.session.now(), node: this.id, nodeType: this.stage.def.type });
-    this.session.telemetry.nodeOpen(this.id, this.stage.def.type);
     this.wake();
   }
 
@@ -325,7 +378,7 @@ class NodeRun {
     } catch (e) {
       error ??= e;
     }
-    if (this.opened) {
+    if (this.announced) {
       this.session.telemetry.nodeClose(this.id, this.packetsIn, this.packetsOut, error);
       this.session.event({ type: 'node-close', at: this.session.now(), node: this.id });
     }
@@ -508,7 +561,7 @@ export class Session {
     this.scheduler = options.scheduler ?? asyncScheduler;
     this.clockOrigin = this.scheduler.now();
     this.turns = new TurnState(this.id);
-    this.latencySampleEvery = Math.max(1, Math.floor(options.latencySampleEvery ?? 1));
+    this.latencySampleEvery = Math.max(1, Math.floor(options.latencySampleEvery ?? 16));
     this.telemetry = new SessionTelemetry(options.tracer);
     this.done = new Promise<void>((resolve, reject) => {
       this.resolveDone = resolve;
