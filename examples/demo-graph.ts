@@ -62,7 +62,11 @@ const level = defineNode({
       bufferCount(Math.max(1, Math.round((windowMs * 1000) / 20_000))),
       map((chunks) => {
         let sum = 0, n = 0;
-        for (const c of chunks) for (const s of c.samples) (sum += s * s), n++;
+        for (const c of chunks)
+          for (const s of c.samples) {
+            sum += s * s;
+            n++;
+          }
         const db = 10 * Math.log10(sum / n + 1e-12);
         ctx.metrics.count('windows');
         const first = chunks[0];
@@ -85,7 +89,10 @@ const pitch = defineNode({
         for (const c of chunks)
           for (const s of c.samples) {
             // Hysteresis keeps noise around zero from counting as crossings.
-            if ((prev <= 0 && s > 0.05) || (prev >= 0 && s < -0.05)) crossings++, (prev = s);
+            if ((prev <= 0 && s > 0.05) || (prev >= 0 && s < -0.05)) {
+              crossings++;
+              prev = s;
+            }
             n++;
           }
         const hz = (crossings / 2) * (SAMPLE_RATE / n);
