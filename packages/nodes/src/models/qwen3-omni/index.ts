@@ -28,3 +28,4 @@ export * from './talker.node.js';
 export * from './code2wav.node.js';
 export * from './codec-head.node.js';
 export * from './code-predictor.node.js';
+export * from './speak.js';
