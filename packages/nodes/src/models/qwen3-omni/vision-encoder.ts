@@ -261,68 +261,69 @@ export class VisionEncoder {
     const cuSeqlens = visionCuSeqlens(grids);
     const headDim = cfg.hidden_size / cfg.num_heads;
 
-    const { patchEmbeds, posEmbeds, hidden0 } = tf.tidy(() => {
-      const patchEmbeds = linear(pixelValues, this.patch_embed) as tf.Tensor2D;
-      const rows = tf.reshape(tf.gather(this.pos_embed, tf.tensor1d(interp.indices, 'int32')), [patches, 4, cfg.hidden_size]);
-      const posEmbeds = tf.sum(tf.mul(rows, tf.tensor3d(interp.weights, [patches, 4, 1])), 1) as tf.Tensor2D;
-      return { patchEmbeds, posEmbeds, hidden0: tf.add(patchEmbeds, posEmbeds) as tf.Tensor2D };
-    });
-    const { cos, sin } = visionRotaryCosSin(ropePositions, headDim, cfg.rope_theta);
-    // Attention never crosses a frame group, so the blocks and mergers run over passes of whole frame groups: the
-    // same result, with activations bounded by the pass rather than by a long video.
+    // Attention never crosses a frame group, so everything — patch embedding, positions, blocks, mergers — runs over
+    // passes of whole frame groups: the same result, with activations bounded by the pass rather than by a long video.
     const passes = segmentPasses(cuSeqlens, options.maxPatchesPerPass ?? MAX_PATCHES_PER_PASS);
-    const perPass: { embeds: tf.Tensor2D; deepstack: tf.Tensor2D[]; last: tf.Tensor2D }[] = [];
+    const keep = options.keepIntermediates ?? false;
+    const perPass: { embeds: tf.Tensor2D; deepstack: tf.Tensor2D[]; last?: tf.Tensor2D; patchEmbeds?: tf.Tensor2D; posEmbeds?: tf.Tensor2D }[] = [];
     const join = (parts: tf.Tensor2D[]): tf.Tensor2D => (parts.length === 1 ? parts[0] : (tf.concat(parts, 0) as tf.Tensor2D));
     try {
       for (const pass of passes) {
         const rows = pass.cuSeqlens[pass.cuSeqlens.length - 1];
-        const slice = (t: tf.Tensor2D) => (passes.length === 1 ? t : (tf.slice(t, [pass.start, 0], [rows, -1]) as tf.Tensor2D));
-        const [c, s] = [slice(cos), slice(sin)];
-        let hidden = slice(hidden0);
+        const { patchEmbeds, posEmbeds, hidden0 } = tf.tidy(() => {
+          const pixels = passes.length === 1 ? pixelValues : tf.slice(pixelValues, [pass.start, 0], [rows, -1]);
+          const patchEmbeds = linear(pixels, this.patch_embed) as tf.Tensor2D;
+          const taps = tf.tensor1d(interp.indices.subarray(4 * pass.start, 4 * (pass.start + rows)), 'int32');
+          const weights = tf.tensor3d(interp.weights.subarray(4 * pass.start, 4 * (pass.start + rows)), [rows, 4, 1]);
+          const posEmbeds = tf.sum(tf.mul(tf.reshape(tf.gather(this.pos_embed, taps), [rows, 4, cfg.hidden_size]), weights), 1) as tf.Tensor2D;
+          return { patchEmbeds, posEmbeds, hidden0: tf.add(patchEmbeds, posEmbeds) as tf.Tensor2D };
+        });
+        if (!keep) {
+          patchEmbeds.dispose();
+          posEmbeds.dispose();
+        }
+        const { cos, sin } = visionRotaryCosSin(ropePositions.subarray(2 * pass.start, 2 * (pass.start + rows)), headDim, cfg.rope_theta);
+        let hidden = hidden0;
         const deepstack: tf.Tensor2D[] = [];
         try {
           this.blocks.forEach((block, n) => {
-            const next = this.block(hidden, block, c, s, pass.cuSeqlens);
-            if (hidden !== hidden0) hidden.dispose();
+            const next = this.block(hidden, block, cos, sin, pass.cuSeqlens);
+            hidden.dispose();
             hidden = next;
             const tap = cfg.deepstack_visual_indexes.indexOf(n);
             if (tap >= 0) deepstack.push(this.merge(hidden, this.merger_list[tap]));
           });
-          perPass.push({ embeds: this.merge(hidden, this.merger), deepstack, last: hidden });
+          const embeds = this.merge(hidden, this.merger);
+          if (!keep) hidden.dispose();
+          perPass.push({ embeds, deepstack, ...(keep ? { last: hidden, patchEmbeds, posEmbeds } : {}) });
         } catch (err) {
-          for (const t of [hidden, ...deepstack]) if (t !== hidden0) t.dispose();
+          for (const t of [hidden, ...deepstack, ...(keep ? [patchEmbeds, posEmbeds] : [])]) t.dispose();
           throw err;
         } finally {
-          if (c !== cos) c.dispose();
-          if (s !== sin) s.dispose();
+          cos.dispose();
+          sin.dispose();
         }
       }
       const embeds = join(perPass.map((p) => p.embeds));
       const deepstack = cfg.deepstack_visual_indexes.map((_, i) => join(perPass.map((p) => p.deepstack[i])));
-      const lastHiddenState = options.keepIntermediates ? join(perPass.map((p) => p.last)) : undefined;
       const tokensPerItem = grids.map(([t, h, w]) => (t * h * w) / merge ** 2);
-      if (!lastHiddenState) {
-        patchEmbeds.dispose();
-        posEmbeds.dispose();
-        return { embeds, deepstack, tokensPerItem };
-      }
-      return {
-        embeds,
-        deepstack,
-        tokensPerItem,
-        intermediates: { patchEmbeds, posEmbeds, lastHiddenState, interpIndices: interp.indices, interpWeights: interp.weights, ropePositions, cuSeqlens },
+      if (!keep) return { embeds, deepstack, tokensPerItem };
+      const intermediates = {
+        patchEmbeds: join(perPass.map((p) => p.patchEmbeds!)),
+        posEmbeds: join(perPass.map((p) => p.posEmbeds!)),
+        lastHiddenState: join(perPass.map((p) => p.last!)),
+        interpIndices: interp.indices,
+        interpWeights: interp.weights,
+        ropePositions,
+        cuSeqlens,
       };
-    } catch (err) {
-      patchEmbeds.dispose();
-      posEmbeds.dispose();
-      throw err;
+      return { embeds, deepstack, tokensPerItem, intermediates };
     } finally {
-      // Per-pass pieces that were concatenated (or not kept) are freed; single-pass results are returned as they are.
-      if (passes.length > 1) for (const p of perPass) for (const t of [p.embeds, p.last, ...p.deepstack]) t.dispose();
-      else if (!options.keepIntermediates) for (const p of perPass) p.last.dispose();
-      hidden0.dispose();
-      cos.dispose();
-      sin.dispose();
+      // With several passes every per-pass piece was concatenated (or the call failed): free them all. A single
+      // pass's pieces are the results themselves.
+      if (passes.length > 1 || perPass.length < passes.length) {
+        for (const p of perPass) for (const t of [p.embeds, ...p.deepstack, p.last, p.patchEmbeds, p.posEmbeds]) t?.dispose();
+      }
     }
   }
 
