@@ -68,6 +68,19 @@ describe('getRopeIndex', () => {
     expect(r.ropeDeltas).toEqual([26 - 28]);
   });
 
+  it('handles a batch: media are consumed in order across rows, padding positions stay 0', () => {
+    const a = [T, VS, ...Array(6).fill(IMG), VE, T];
+    const b = [T, T, VS, IMG, VE];
+    const single = (ids: number[], grid: GridThw) => getRopeIndex({ inputIds: [ids], imageGridThw: [grid] }, cfg);
+    const padded = [0, 0, 0, 0, 0, ...b];
+    const r = getRopeIndex({ inputIds: [a, padded], attentionMask: [a.map(() => 1), padded.map((_, i) => (i < 5 ? 0 : 1))], imageGridThw: [[1, 4, 6], [1, 2, 2]] }, cfg);
+    for (let axis = 0; axis < 3; axis++) {
+      expect(row(r, axis, 0)).toEqual(row(single(a, [1, 4, 6]), axis));
+      expect(row(r, axis, 1)).toEqual([0, 0, 0, 0, 0, ...row(single(b, [1, 2, 2]), axis)]);
+    }
+    expect(r.ropeDeltas).toEqual([...single(a, [1, 4, 6]).ropeDeltas, ...single(b, [1, 2, 2]).ropeDeltas]);
+  });
+
   it('says what is wrong when the prompt and the media disagree', () => {
     const ids = [T, VS, ...Array(5).fill(IMG), VE, T];
     expect(() => getRopeIndex({ inputIds: [ids], imageGridThw: [[1, 4, 6]] }, cfg)).toThrow(/the image 0 at 2 needs 6 placeholder tokens \(247\) but position 7 holds 246/);
