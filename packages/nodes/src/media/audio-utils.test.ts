@@ -131,6 +131,14 @@ describe('energy VAD and silence trim', () => {
     expect(total).toBe(1600 + 16_000 + 1600 + 8000 + 1600);
     expect(kept[0].pts).toBe(400_000);
   });
+
+  it('keeps a partial last frame of speech at the end of the stream', () => {
+    const trim = new SilenceTrimmer({ thresholdDb: -40, paddingMs: 40 });
+    const speech = sine(300, sr, 16_000 + 100, 0.3); // 1 s and 100 samples: the last 100 are not a whole frame
+    const kept = [...trim.push(audioPacket({ samples: concat([new Float32Array(1600), speech]), sampleRate: sr, channels: 1 })), ...trim.flush()];
+    expect(kept.reduce((n, p) => n + p.samples.length, 0)).toBe(640 + 16_100);
+    expect(kept[0].pts).toBe(60_000);
+  });
 });
 
 describe('WAV', () => {

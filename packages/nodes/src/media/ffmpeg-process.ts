@@ -173,7 +173,11 @@ export class FfmpegProcess {
     if (unknown) {
       return new MediaError('unknown-format', `unknown format for ${what}: ${unknown[0]}`, lines);
     }
-    if (/Invalid data found when processing input|Invalid argument|could not find codec parameters|moov atom not found|Failed to read|Header missing|Error while decoding|EBML header parsing failed|End of file/.test(text)) {
+    // "Invalid argument" / "End of file" only count when ffmpeg says them about the input itself ("<input>: …"):
+    // a bad filter or encoder option fails with the same words.
+    const inputName = typeof this.spec.input === 'string' ? this.spec.input : this.spec.input instanceof URL ? this.spec.input.href : 'pipe:0';
+    const aboutInput = lines.some((l) => l.startsWith(`${inputName}: `) && /: (Invalid argument|End of file|Invalid data found when processing input)$/.test(l));
+    if (aboutInput || /Invalid data found when processing input|could not find codec parameters|moov atom not found|Failed to read frame size|Header missing|EBML header parsing failed/.test(text)) {
       return new MediaError('corrupt', `corrupt or unrecognised media data in ${what}: ${last}`, lines);
     }
     if (/Connection refused|Server returned|Failed to resolve hostname|HTTP error|Input\/output error/.test(text)) {

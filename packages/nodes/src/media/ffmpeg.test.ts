@@ -174,6 +174,11 @@ describe(`ffmpeg sources (binary from ${ffmpeg.source})`, () => {
     const corrupt = await fail(() => decodeAudio(file('junk.wav')));
     expect(corrupt.code).toBe('corrupt');
     expect(corrupt.message).toMatch(/junk\.wav/);
+    // An mp4 cut short: its index (written at the end) is missing.
+    writeFileSync(file('truncated.mp4'), readFileSync(file('av.mp4')).subarray(0, 3000));
+    const truncated = await fail(() => decodeAudio(file('truncated.mp4')));
+    expect(truncated.code).toBe('corrupt');
+    expect(truncated.message).toMatch(/truncated\.mp4.*moov atom not found/);
     const unknown = await fail(() => decodeAudio(file('noise.wav'), { inputFormat: 'no_such_format' }));
     expect(unknown.code).toBe('unknown-format');
     expect(unknown.message).toMatch(/no_such_format/);

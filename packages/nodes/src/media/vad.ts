@@ -182,6 +182,7 @@ export class SilenceTrimmer {
   /** Frames waiting: leading silence (only the last `padding` kept) or silence after speech. */
   private held: Array<{ frame: Float32Array; pts: Micros }> = [];
   private seenSpeech = false;
+  private lastKeptPts: Micros = 0;
 
   constructor(o: SilenceTrimOptions = {}) {
     this.frameMs = o.frameMs ?? 20;
@@ -206,6 +207,7 @@ export class SilenceTrimmer {
         // Leading silence keeps only its last `padding`; silence between speech segments is kept whole.
         const keep = this.seenSpeech ? this.held : this.held.slice(-padFrames);
         out.push(...keep, { frame: copy, pts });
+        this.lastKeptPts = pts;
         this.held = [];
         this.seenSpeech = true;
       } else {
@@ -221,6 +223,12 @@ export class SilenceTrimmer {
     if (!this.seenSpeech) return [];
     const padFrames = Math.ceil(this.paddingMs / this.frameMs);
     const out = this.held.slice(0, padFrames);
+    // The last partial frame belongs to the speech or its padding unless the padding is already full.
+    const rest = this.splitter?.remainder();
+    if (rest && this.held.length < padFrames) {
+      const last = this.held.length ? this.held[this.held.length - 1].pts : this.lastKeptPts;
+      out.push({ frame: rest, pts: last + samplesToMicros(this.format!.frameSamples, this.format!.sampleRate) });
+    }
     this.held = [];
     return this.merge(out);
   }
@@ -233,8 +241,12 @@ export class SilenceTrimmer {
     const frameUs = samplesToMicros(f.frameSamples, f.sampleRate);
     const emit = (): void => {
       if (run.length === 0) return;
-      const samples = new Float32Array(run.length * f.frameSamples * f.channels);
-      run.forEach((r, i) => samples.set(r.frame, i * r.frame.length));
+      const samples = new Float32Array(run.reduce((n, r) => n + r.frame.length, 0));
+      let o = 0;
+      for (const r of run) {
+        samples.set(r.frame, o);
+        o += r.frame.length;
+      }
       packets.push(audioPacket({ samples, sampleRate: f.sampleRate, channels: f.channels, session: f.session, turn: f.turn, pts: run[0].pts }));
       run = [];
     };
