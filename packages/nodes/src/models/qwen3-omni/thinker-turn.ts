@@ -108,8 +108,11 @@ export interface ThinkerDelta {
   readonly index: number;
   /** On the last delta: why generation ended. */
   readonly finishReason?: 'stop' | 'length';
-  /** With `talkerHidden`: rows fed at this step; the consumer owns them. */
-  readonly fed?: { readonly embeds: tf.Tensor2D; readonly hidden: tf.Tensor2D };
+  /**
+   * With `talkerHidden`: the rows fed at this step (the prompt for index 0, then the previous token) — their token
+   * ids, hidden_states[0] and hidden_states[accept_hidden_layer]. The consumer owns the tensors.
+   */
+  readonly fed?: { readonly ids: readonly number[]; readonly embeds: tf.Tensor2D; readonly hidden: tf.Tensor2D };
 }
 
 /** What a finished turn produced. */
@@ -166,7 +169,9 @@ export async function* runThinkerTurn(
       tokens.push(step.token);
       let text = detok.push(step.token);
       if (step.finishReason) text += detok.flush();
-      yield { token: step.token, text, index: step.index, finishReason: step.finishReason, fed: step.fed };
+      const fedIds = step.index === 0 ? prompt.prompt.ids : [tokens[tokens.length - 2]];
+      const fed = step.fed ? { ids: fedIds, embeds: step.fed.embeds, hidden: step.fed.hidden } : undefined;
+      yield { token: step.token, text, index: step.index, finishReason: step.finishReason, fed };
       if (step.finishReason) {
         return { text: detok.text, tokens, finishReason: step.finishReason, promptTokens: prompt.prompt.ids.length };
       }

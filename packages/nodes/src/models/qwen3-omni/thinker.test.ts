@@ -1,11 +1,12 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { concat, firstValueFrom, from, lastValueFrom, of, take, toArray } from 'rxjs';
+import { concat, firstValueFrom, from, lastValueFrom, of, take, tap, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { graph, tensorPacket, textPacket, type TensorPacket, type TextPacket, type TokensPacket } from '@omniflow/core';
 import { SafetensorsFile, fixtureDir, fixturePath } from '@omniflow/runtime-gpu';
 import { fixtureTokenizer } from './fixture-tokenizer/fixture-tokenizer.js';
 import { loadQwen3Omni, type Qwen3OmniModel } from './load.js';
 import { framesForAudioTokens, thinker } from './thinker.js';
+import { talker } from './talker.node.js';
 import { ThinkerConversation, thinkerReply } from './thinker-turn.js';
 import { audioOutputLength } from './audio-encoder.js';
 
@@ -64,8 +65,13 @@ describe('thinker node', () => {
   it("emits the talker's input rows: hidden_states[accept_hidden_layer] and the embeddings, per step", async () => {
     const before = tf.memory().numTensors;
     const out = thinker({ model, system: 'qV-', maxNewTokens: 2, talkerHidden: true })(from(case5Packets()));
-    const hidden = (await lastValueFrom(out.hidden.pipe(toArray()))) as unknown as TensorPacket<tf.Tensor>[];
+    const all = await lastValueFrom(out.hidden.pipe(toArray()));
+    expect(all.at(-1)).toMatchObject({ kind: 'control', signal: 'turn-end' });
+    const hidden = all.filter((p) => p.kind === 'tensor') as unknown as TensorPacket<tf.Tensor>[];
     expect(hidden.map((p) => p.tensor.shape)).toEqual([[59, 32], [1, 32]]);
+    // One token id per row: the prompt, then the token fed at the decode step.
+    expect([...hidden[0].extras!.ids.dataSync()]).toEqual([...host('thinker.input_ids').data]);
+    expect([...hidden[1].extras!.ids.dataSync()]).toEqual([host('thinker.generated_ids').data[0]]);
     const layer = model.config.talker_config!.accept_hidden_layer;
     const ref = host('thinker.hidden_states').data.subarray(layer * 59 * 32, (layer + 1) * 59 * 32);
     const got = hidden[0].tensor.dataSync();
@@ -82,6 +88,25 @@ describe('thinker node', () => {
       for (const e of Object.values(p.extras ?? {})) e.dispose();
     }
     expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it("drives the talker node: thinker → talker reproduces case 7's codec frames", async () => {
+    const sent: tf.Tensor[] = [];
+    const rows = thinker({ model, system: 'qV-', maxNewTokens: 5, talkerHidden: true })(from(case5Packets())).hidden.pipe(
+      tap((p) => {
+        if (p.kind === 'tensor') sent.push(p.tensor as unknown as tf.Tensor, ...(Object.values(p.extras ?? {}) as unknown as tf.Tensor[]));
+      }),
+    );
+    const out = await lastValueFrom(rows.pipe(talker({ model, greedy: true, maxFrames: 6 }), toArray()));
+    const frames = out.filter((p) => p.kind === 'codes');
+    expect(frames).toHaveLength(6); // the reference stops after 3; the first 3 must be its frames
+    // Reference codes are [1, groups, frames]; each packet holds one frame's groups.
+    const ref = host('talker.codes').data;
+    const G = frames[0].groups;
+    for (let f = 0; f < 3; f++) expect([...frames[f].codes]).toEqual(Array.from({ length: G }, (_, g) => ref[g * 3 + f]));
+    // Every row the thinker handed over was consumed and freed by the talker.
+    expect(sent.length).toBe(5 * 3); // 5 steps: hidden, embeds, ids
+    expect(sent.filter((t) => !t.isDisposed)).toEqual([]);
   });
 
   it('stops generating between steps when the consumer unsubscribes, and frees the turn', async () => {

@@ -2,12 +2,14 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Observable, filter, map, share, type OperatorFunction } from 'rxjs';
 import { z } from 'zod';
 import {
+  controlPacket,
   defineNode,
   disposePacket,
   ports,
   textPacket,
   tensorPacket,
   tokensPacket,
+  type ControlPacket,
   type NodeContext,
   type Packet,
   type TensorPacket,
@@ -33,8 +35,9 @@ import { Qwen3OmniTokenizer } from './tokenizer.js';
  *      `grid_thw` (int32 [3]) and, for videos, `second_per_grid` ([1]) and optionally `audio_embeds` (audio in video);
  *  - control packets: 'turn-end', 'flush' or 'end-of-stream' end the user's turn (so does the input completing).
  * Outputs: `text` (deltas, the last one `final`), `tokens` (one packet per generated id) and, with
- * `talkerHidden: true`, `hidden` (tensor packets 'thinker_hidden' = hidden_states[accept_hidden_layer] rows with
- * extra `embeds` = hidden_states[0] rows: the talker's input; whoever subscribes owns them).
+ * `talkerHidden: true`, `hidden` — the talker's input: per step a tensor packet 'thinker_hidden' =
+ * hidden_states[accept_hidden_layer] of the rows fed, with extras `embeds` (hidden_states[0]) and `ids` (int32, the
+ * token id of each row), then a 'turn-end' control packet when the answer is complete. Whoever subscribes owns them.
  * With `history` (default) a session's turns form one conversation: its KV cache carries over, the system prompt
  * opens it once, an interrupted answer stays in the context as far as it got. An interrupt aborts generation between
  * decode steps.
@@ -91,7 +94,7 @@ interface UserTurn {
 type ThinkerEvent =
   | { readonly port: 'text'; readonly packet: TextPacket }
   | { readonly port: 'tokens'; readonly packet: TokensPacket }
-  | { readonly port: 'hidden'; readonly packet: TensorPacket };
+  | { readonly port: 'hidden'; readonly packet: TensorPacket | ControlPacket };
 
 /**
  * Answers each user turn with streamed text.
@@ -108,7 +111,7 @@ export const thinker = defineNode({
   outputs: {
     text: ports.text({ description: 'answer deltas; the last has final: true' }),
     tokens: ports.tokens({ description: 'one packet per generated id' }),
-    hidden: ports.tensor({ name: 'thinker_hidden', optional: true, description: 'talker input rows (talkerHidden: true)' }),
+    hidden: ports.of(['tensor', 'control'], { description: "talker input (talkerHidden: true): 'thinker_hidden' rows with extras embeds and ids, then turn-end" }),
   },
   params: thinkerParams,
   open: (params) => openModel(params.model, params.tokenizer),
@@ -134,7 +137,7 @@ export const thinker = defineNode({
     );
     const text = events$.pipe(filter((e) => e.port === 'text'), map((e) => e.packet as TextPacket));
     const tokens = events$.pipe(filter((e) => e.port === 'tokens'), map((e) => e.packet as TokensPacket));
-    const hidden = events$.pipe(filter((e) => e.port === 'hidden'), map((e) => e.packet as TensorPacket));
+    const hidden = events$.pipe(filter((e) => e.port === 'hidden'), map((e) => e.packet as TensorPacket | ControlPacket));
     return { text, tokens, hidden };
   },
   close: (resource) => {
@@ -273,7 +276,8 @@ function answer(model: Qwen3OmniModel, params: ThinkerParams, turn: UserTurn, si
               d.fed.embeds.dispose();
               d.fed.hidden.dispose();
             } else {
-              subscriber.next({ port: 'hidden', packet: tensorPacket({ ...stamp, name: 'thinker_hidden', tensor: d.fed.hidden, extras: { embeds: d.fed.embeds } }) });
+              const ids = tf.tensor1d(Int32Array.from(d.fed.ids), 'int32');
+              subscriber.next({ port: 'hidden', packet: tensorPacket({ ...stamp, name: 'thinker_hidden', tensor: d.fed.hidden, extras: { embeds: d.fed.embeds, ids } }) });
             }
           }
           subscriber.next({ port: 'tokens', packet: tokensPacket({ ...stamp, ids: Int32Array.of(d.token) }) });
@@ -281,6 +285,8 @@ function answer(model: Qwen3OmniModel, params: ThinkerParams, turn: UserTurn, si
             subscriber.next({ port: 'text', packet: textPacket({ ...stamp, text: d.text, role: 'assistant', ...(d.finishReason ? { final: true } : {}) }) });
           }
         }
+        // The talker needs to know the answer is complete (it then reads tts_eos).
+        if (params.talkerHidden) subscriber.next({ port: 'hidden', packet: controlPacket({ ...stamp, signal: 'turn-end' }) });
       } catch (err) {
         if (!stop.signal.aborted) failure = { err }; // aborted (interrupted or unsubscribed) is not an error
       } finally {
