@@ -83,6 +83,27 @@ describe('tensorFuser', () => {
     leaks.check('unmerged fused stage');
   });
 
+  it('merges matMul + activation without a bias, and every fusable activation agrees', async () => {
+    const leaks = leakCheck();
+    for (const act of ['relu', 'relu6', 'sigmoid', 'elu', 'leakyrelu'] as const) {
+      const nodes: KernelNode[] = [
+        { id: 'proj', type: 'linear', kernel: matMulKernel(weight) },
+        { id: 'act', type: act, kernel: activationKernel(act, 0.3) },
+      ];
+      const op = fuseChain(nodes);
+      expect(op.steps.map((s) => s.op)).toEqual([`fused.matMul(${act})`]);
+      const x = tf.tensor3d(Float32Array.from({ length: 2 * 3 * 16 }, (_, i) => Math.cos(i) * 3), [2, 3, 16]); // leading axes kept
+      const want = tf.tidy(() => Array.from((nodes[1].kernel(nodes[0].kernel(x)) as tf.Tensor).dataSync()));
+      const emitted: Packet[] = await lastValueFrom(from<Packet[]>([tensorPacket({ name: 'h', tensor: x })]).pipe(op, toArray()));
+      const out = emitted[0] as TensorPacket;
+      expect(out.tensor.shape).toEqual([2, 3, 8]);
+      const got = (out.tensor as tf.Tensor).dataSync();
+      want.forEach((v, i) => expect(Math.abs(got[i] - v)).toBeLessThan(1e-5));
+      out.tensor.dispose();
+    }
+    leaks.check('fused activations');
+  });
+
   it('declines chains shorter than minChain and names the failing node', async () => {
     expect(tensorFuser({ minChain: 6 })(chain)).toBeUndefined();
     const leaks = leakCheck();
