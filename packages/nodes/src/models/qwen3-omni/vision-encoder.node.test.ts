@@ -62,6 +62,20 @@ describe('visionEncoder node', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('borrows the encoder of a loaded model, and says when the model has none', async () => {
+    const px = cases.read('vision.pixel_values');
+    const packet = () =>
+      tensorPacket({ name: 'pixel_values', tensor: tf.tensor2d(px.data as Float32Array, px.shape as [number, number]), extras: { grid_thw: tf.tensor1d([1, 4, 6], 'int32') } });
+    const out = (await firstValueFrom(of(packet()).pipe(visionEncoder({ model: { visionEncoder: vit } })))) as TensorPacket<tf.Tensor>;
+    expect(out.tensor.shape).toEqual([6, 32]);
+    for (const t of [out.tensor, ...Object.values(out.extras!)]) t.dispose();
+    // The node did not free the borrowed encoder: it still encodes.
+    tf.tidy(() => expect(vit.encode(tf.tensor2d(px.data as Float32Array, px.shape as [number, number]), [[1, 4, 6]]).embeds.shape).toEqual([6, 32]));
+    const p = packet();
+    await expect(firstValueFrom(of(p).pipe(visionEncoder({ model: { visionEncoder: undefined } })))).rejects.toThrow(/loaded without its vision encoder \(thinker.visual\)/);
+    for (const t of [p.tensor, ...Object.values(p.extras!)]) t.dispose();
+  });
+
   it('says which extra is missing, and frees the packet', async () => {
     const before = tf.memory().numTensors;
     const packet = tensorPacket({ name: 'pixel_values_videos', tensor: tf.zeros([32, 384]), extras: { grid_thw: tf.tensor1d([2, 4, 4], 'int32') } });
