@@ -271,18 +271,17 @@ async function workers() {
   }
 }
 
+const parts = { fusion, batching, bandwidth, weights, kvCache, workers };
+
+/** All parts, or those named in `OMNIFLOW_BENCH_PARTS` (comma-separated, e.g. `fusion,batching`). */
 export async function run(): Promise<object> {
   const backend = await initBackend();
-  return {
-    backend: backend.name,
-    backendReason: backend.reason,
-    fusion: await fusion(),
-    batching: await batching(),
-    bandwidth: await bandwidth(),
-    weights: await weights(),
-    kvCache: await kvCache(),
-    workers: await workers(),
-  };
+  const wanted = process.env.OMNIFLOW_BENCH_PARTS?.split(',').map((s) => s.trim()).filter(Boolean) ?? Object.keys(parts);
+  const unknown = wanted.filter((w) => !(w in parts));
+  if (unknown.length) throw new Error(`OMNIFLOW_BENCH_PARTS: unknown part(s) ${unknown.join(', ')} (have ${Object.keys(parts).join(', ')})`);
+  const result: Record<string, unknown> = { backend: backend.name, backendReason: backend.reason };
+  for (const name of wanted) result[name] = await parts[name as keyof typeof parts]();
+  return result;
 }
 
 if (process.env.OMNIFLOW_BENCH_LOAD) loadChild(process.env.OMNIFLOW_BENCH_LOAD);
