@@ -70,7 +70,9 @@ describe('visionEncoder node', () => {
     expect(out.tensor.shape).toEqual([6, 32]);
     for (const t of [out.tensor, ...Object.values(out.extras!)]) t.dispose();
     // The node did not free the borrowed encoder: it still encodes.
-    tf.tidy(() => expect(vit.encode(tf.tensor2d(px.data as Float32Array, px.shape as [number, number]), [[1, 4, 6]]).embeds.shape).toEqual([6, 32]));
+    tf.tidy(() => {
+      expect(vit.encode(tf.tensor2d(px.data as Float32Array, px.shape as [number, number]), [[1, 4, 6]]).embeds.shape).toEqual([6, 32]);
+    });
     const p = packet();
     await expect(firstValueFrom(of(p).pipe(visionEncoder({ model: { visionEncoder: undefined } })))).rejects.toThrow(/loaded without its vision encoder \(thinker.visual\)/);
     for (const t of [p.tensor, ...Object.values(p.extras!)]) t.dispose();
