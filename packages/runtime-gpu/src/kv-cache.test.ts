@@ -84,3 +84,27 @@ describe('sessionKVCache', () => {
     expect(cache.isDisposed).toBe(true);
   });
 });
+
+describe('KVCache on the cpu backend (in-place writes into its value arrays)', () => {
+  it('matches the concatenation across growth', async () => {
+    await initBackend({ backend: 'cpu' });
+    try {
+      const leaks = leakCheck();
+      const cache = new KVCache({ layers: 1, kvHeads: 2, headDim: 2, capacity: 2 });
+      let pos = 0;
+      for (const n of [1, 2, 1]) {
+        const k = rows(2, pos, n, 2);
+        const full = cache.append(0, k, k);
+        const want = rows(2, 0, pos + n, 2);
+        expect(Array.from(full.k.dataSync())).toEqual(Array.from(want.dataSync()));
+        tf.dispose([k, full.k, full.v, want]);
+        pos += n;
+      }
+      expect(cache.capacity).toBe(4);
+      cache.dispose();
+      leaks.check('KVCache on cpu');
+    } finally {
+      await initBackend({ backend: 'wasm' });
+    }
+  });
+});
