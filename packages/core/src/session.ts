@@ -213,7 +213,6 @@ class NodeRun {
   /** Start (µs, performance clock) of the packet being processed, 0 when none is timed. */
   private tIn = 0;
   private sampleLeft = 0;
-  private forwardOpen = 0;
   private outputsOpen = 0;
   private subscriptions: Subscription[] = [];
   private teardown: (() => void) | undefined;
@@ -276,7 +275,6 @@ class NodeRun {
 
   addInEdge(e: EdgeRun): void {
     this.inEdges.push(e);
-    if (!e.spec.backEdge) this.forwardOpen++;
   }
 
   deliver(port: InPort, p: Packet): void {
@@ -310,11 +308,6 @@ class NodeRun {
     if (this.stopped) return;
     if (this.ready) for (let i = 0; i < this.inEdges.length && this.ready; i++) this.inEdges[i].drain();
     while (this.demandWaiters.length > 0 && this.demand.ready) this.demandWaiters.shift()!();
-  }
-
-  /** A forward inbound edge finished: once all have, back-edges may finish when drained. */
-  forwardEdgeFinished(): void {
-    if (--this.forwardOpen === 0) for (const e of this.inEdges) if (e.spec.backEdge) e.complete();
   }
 
   open(): void {
@@ -483,7 +476,6 @@ class EdgeRun {
   private finish(): void {
     if (this.finished) return;
     this.finished = true;
-    if (!this.spec.backEdge) this.consumer.forwardEdgeFinished();
     this.port.edgeFinished();
   }
 
