@@ -12,6 +12,7 @@ import { decodeVideo } from './decode-video.js';
 import { encodeAudio, writePcm } from './encode-audio.js';
 import { resolveFfmpeg } from './ffmpeg-binary.js';
 import { MediaError } from './ffmpeg-process.js';
+import { probeMedia } from './probe-media.js';
 import { dominantFrequency, sine } from './testing.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'omniflow-ffmpeg-'));
@@ -94,6 +95,16 @@ describe(`ffmpeg sources (binary from ${ffmpeg.source})`, () => {
     for await (const f of decodeVideo(file('video-only.mp4'), { size: { width: 64, height: 32 } })) native.push(f);
     expect(native.length).toBe(20);
     expect([native[1].pts, native[1].width, native[1].height]).toEqual([100_000, 64, 32]);
+  });
+
+  it('probes containers and streams without ffprobe or decoding', async () => {
+    const av = await probeMedia(file('av.mp4'));
+    expect(av.format).toMatch(/mp4/);
+    expect(av.durationSeconds).toBeCloseTo(2, 1);
+    expect(av.streams.map((s) => [s.type, s.codec])).toEqual([['video', 'h264'], ['audio', 'aac']]);
+    expect(av.streams[0]).toMatchObject({ width: 320, height: 240, fps: 10 });
+    expect(av.streams[1]).toMatchObject({ sampleRate: 44_100, channels: 1 });
+    await expect(probeMedia(file('junk.wav'))).rejects.toMatchObject({ code: 'corrupt' });
   });
 
   it('reads from an http URL and from a Node Readable', async () => {

@@ -25,3 +25,4 @@ export * from './energy-vad.node.js';
 export * from './silence-trim.node.js';
 export * from './mel-features.node.js';
 export * from './vision-preprocess.node.js';
+export * from './probe-media.js';
