@@ -185,8 +185,11 @@ describe('media nodes in a graph', () => {
       .add('src', ffmpegAudioSource, { input: file('long.wav'), sampleRate: 48_000, channels: 2, chunkMs: 10, inputOptions: ['-t', '8'] })
       .add('sink', slowSink)
       .connect('src.audio', 'sink.audio', { capacity: 4, policy: 'block' });
-    await g.run();
+    const session = await g.run();
     expect(consumed).toBe(8 * 48_000 * 2 * 4);
+    const edge = session.metrics().edges.find((e) => e.id === 'src.audio->sink.audio')!;
+    expect(edge.maxDepth).toBeLessThanOrEqual(5); // our queue: the edge's capacity (4) plus the packet being handed over
+    expect(edge.drops.overflow).toBe(0);
     expect(pid).toBeGreaterThan(0);
     // queue (4 x 3.8 KB) + our PassThrough (64 KiB each side) + the stdout socket buffer + the OS pipe (64 KiB):
     // a few hundred KB, where an unpaused ffmpeg would be seconds ahead (megabytes).
