@@ -105,6 +105,14 @@ describe('qwen3OmniExpectedTensors', () => {
     const ckpt = Checkpoint.open(fixtureDir());
     ckpt.validate(expected); // throws listing any missing / unexpected / mis-shaped key
     expect(ckpt.compare(expected)).toEqual({ missing: [], unexpected: [], misshaped: [] });
+    const leaks = leakCheck();
+    const weights = ckpt.loadAll(expected, { layout: (name, shape) => (shape.length === 2 && name.endsWith('_proj.weight') ? LINEAR_IN_OUT : undefined) });
+    expect(weights.size).toBe(387);
+    expect(weights.get('thinker.model.layers.0.self_attn.q_proj.weight')!.shape).toEqual([32, 64]); // [out, in] -> [in, out]
+    expect(weights.get('thinker.lm_head.weight')!.shape).toEqual([256, 32]); // untouched
+    expect(ckpt.unused()).toEqual([]);
+    tf.dispose([...weights.values()]);
+    leaks.check('loadAll');
     const thinker = qwen3OmniExpectedTensors(config, { thinkerOnly: true });
     expect([...thinker.keys()].every((k) => k.startsWith('thinker.'))).toBe(true);
     expect(ckpt.keys().filter((k) => k.startsWith('thinker.')).length).toBe(thinker.size);

@@ -161,6 +161,28 @@ export class Checkpoint {
     throw new Error(lines.join('\n'));
   }
 
+  /**
+   * Validates the whole checkpoint against `expected` (one error listing every mismatch), then loads
+   * every expected tensor onto the active backend, one at a time, applying `layout(name, shape)` —
+   * e.g. LINEAR_IN_OUT for 2-D `*_proj.weight`. On a failure midway, what was loaded is disposed.
+   *
+   * ```ts
+   * const weights = ckpt.loadAll(qwen3OmniExpectedTensors(config), { layout: (n, s) => (s.length === 2 && n.endsWith('proj.weight') ? LINEAR_IN_OUT : undefined) });
+   * ```
+   */
+  loadAll(expected: ExpectedTensors, options: { layout?: (name: string, shape: readonly number[]) => LayoutTransform | undefined; allowUnexpected?: boolean } = {}): Map<string, tf.Tensor> {
+    this.validate(expected, { allowUnexpected: options.allowUnexpected });
+    const want = expected instanceof Map ? expected : new Map(Object.entries(expected));
+    const out = new Map<string, tf.Tensor>();
+    try {
+      for (const [name, shape] of want) out.set(name, this.tensor(name, shape, options.layout?.(name, shape) ?? {}));
+    } catch (err) {
+      tf.dispose([...out.values()]);
+      throw err;
+    }
+    return out;
+  }
+
   /** Keys present in the checkpoint that were never read. */
   unused(): string[] {
     return this.keys().filter((k) => !this.used.has(k));
