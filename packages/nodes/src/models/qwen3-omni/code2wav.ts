@@ -241,12 +241,27 @@ export class Code2Wav {
 
   /** Stage 4: the causal conv decoder, [1, L, hidden] -> [1, N, 1], clamped to [-1, 1] unless `clamp` is false. */
   decoder(x: tf.Tensor3D, state?: StreamState, clamp = true): tf.Tensor3D {
+    return this.decoderPart(x, state, { from: 0, to: this.blocks.length, clamp });
+  }
+
+  /** Number of decoder blocks (upsample_rates.length): the unit a split decoder is cut in. */
+  get decoderBlocks(): number {
+    return this.blocks.length;
+  }
+
+  /**
+   * Part of the decoder, so it can be split across threads: `decoder.0` when `from` is 0, blocks [from, to), and the
+   * output layers (SnakeBeta, conv, clamp) when `to` is the last block. decoderPart(0, k) then decoderPart(k, n) is
+   * the whole decoder.
+   */
+  decoderPart(x: tf.Tensor3D, state: StreamState | undefined, range: { from: number; to: number; clamp?: boolean }): tf.Tensor3D {
     return tf.tidy(() => {
-      let h = causalConv1d(x, this.decoderIn, state, 'decoder.0');
-      this.blocks.forEach((block, b) => {
+      let h = range.from === 0 ? causalConv1d(x, this.decoderIn, state, 'decoder.0') : x;
+      for (let b = range.from; b < range.to; b++) {
+        const block = this.blocks[b];
         h = this.residualUnits(causalTransConv1d(snakeBeta(h, block.snake) as tf.Tensor3D, block.up, state, `decoder.${b + 1}.block.1`), block, b, state);
-      });
-      return this.output(h, state, clamp);
+      }
+      return range.to === this.blocks.length ? this.output(h, state, range.clamp ?? true) : h;
     });
   }
 
@@ -256,9 +271,18 @@ export class Code2Wav {
    * was decoded.
    */
   decoderTail(state: StreamState): tf.Tensor3D | undefined {
+    return this.decoderTailPart(undefined, state, { from: 0, to: this.blocks.length });
+  }
+
+  /**
+   * The tail of blocks [from, to): `incoming` is the tail of the blocks before `from` (undefined for the first part);
+   * returns this part's tail activation, or the tail samples when `to` is the last block.
+   */
+  decoderTailPart(incoming: tf.Tensor3D | undefined, state: StreamState, range: { from: number; to: number }): tf.Tensor3D | undefined {
     return tf.tidy(() => {
-      let h: tf.Tensor3D | undefined;
-      for (const [b, block] of this.blocks.entries()) {
+      let h = incoming && incoming.shape[1] > 0 ? incoming : undefined;
+      for (let b = range.from; b < range.to; b++) {
+        const block = this.blocks[b];
         const name = `decoder.${b + 1}.block.1`;
         const fresh = h ? causalTransConv1d(snakeBeta(h, block.snake) as tf.Tensor3D, block.up, state, name) : undefined;
         const tail = causalTransConv1dTail(block.up, state, name);
@@ -266,7 +290,8 @@ export class Code2Wav {
         if (parts.length === 0) return undefined;
         h = this.residualUnits(parts.length === 1 ? parts[0] : (tf.concat(parts, 1) as tf.Tensor3D), block, b, state);
       }
-      return h ? this.output(h, state, true) : undefined;
+      if (!h) return undefined;
+      return range.to === this.blocks.length ? this.output(h, state, true) : h;
     });
   }
 
