@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from './backend.js';
-import { KVCache, sessionKVCache } from './kv-cache.js';
+import { cachedAttention, KVCache, sessionKVCache } from './kv-cache.js';
 import { leakCheck } from './ownership.js';
 
 beforeAll(async () => {
@@ -106,5 +106,38 @@ describe('KVCache on the cpu backend (in-place writes into its value arrays)', (
     } finally {
       await initBackend({ backend: 'wasm' });
     }
+  });
+});
+
+describe('cachedAttention', () => {
+  it('equals causal attention over the sliced cache, for GQA and a multi-token prefill', () => {
+    const leaks = leakCheck();
+    const heads = 4, kvHeads = 2, dim = 8;
+    const cache = new KVCache({ layers: 1, kvHeads, headDim: dim, capacity: 4 });
+    const rand = (shape: [number, number, number], seed: number) => tf.randomNormal(shape, 0, 1, 'float32', seed) as tf.Tensor3D;
+    let seed = 1;
+    for (const newLen of [3, 1, 1, 2]) {
+      const k = rand([kvHeads, newLen, dim], seed++), v = rand([kvHeads, newLen, dim], seed++), q = rand([heads, newLen, dim], seed++);
+      const got = cachedAttention(q, cache.appendInPlace(0, k, v));
+      const want = tf.tidy(() => {
+        const len = cache.length;
+        const { k: K, v: V } = cache.append(0, tf.zeros([kvHeads, 0, dim]), tf.zeros([kvHeads, 0, dim]));
+        const Kh = tf.reshape(tf.tile(tf.expandDims(K, 1), [1, heads / kvHeads, 1, 1]), [heads, len, dim]); // head h -> kv head h / groups
+        const Vh = tf.reshape(tf.tile(tf.expandDims(V, 1), [1, heads / kvHeads, 1, 1]), [heads, len, dim]);
+        const s = tf.mul(tf.matMul(q, Kh, false, true), 1 / Math.sqrt(dim));
+        const causal = tf.linalg.bandPart(tf.ones([newLen, len]), -1, len - newLen); // query i sees <= len - newLen + i
+        const masked = tf.where(tf.cast(causal, 'bool'), s, tf.fill(s.shape, -Infinity));
+        return tf.matMul(tf.softmax(masked), Vh);
+      });
+      expect(got.shape).toEqual([heads, newLen, dim]);
+      const g = got.dataSync(), w = want.dataSync();
+      let worst = 0;
+      for (let i = 0; i < w.length; i++) worst = Math.max(worst, Math.abs(g[i] - w[i]));
+      expect(worst).toBeLessThan(1e-5);
+      tf.dispose([k, v, q, got, want]);
+    }
+    expect([cache.length, cache.capacity]).toEqual([7, 8]);
+    cache.dispose();
+    leaks.check('cachedAttention');
   });
 });

@@ -295,3 +295,37 @@ export function sessionKVCache(ctx: Pick<NodeContext, 'onDispose'>, options: KVC
   ctx.onDispose(() => cache.dispose());
   return cache;
 }
+
+/**
+ * Scaled dot-product attention of new queries over one layer's cache buffers, with no copy of K or V:
+ * positions `>= length` are masked out, and query `i` (of `newLen`, the last positions appended) sees
+ * positions up to its own (causal). Grouped-query attention: `heads` must be a multiple of the
+ * cache's kvHeads; query head `h` reads kv head `floor(h / (heads / kvHeads))`, as in transformers.
+ *
+ * ```ts
+ * const b = cache.appendInPlace(layer, k, v);
+ * const out = cachedAttention(q, b); // q [heads, newLen, headDim] -> [heads, newLen, headDim]
+ * ```
+ */
+export function cachedAttention(q: tf.Tensor3D, kv: LayerKVBuffers, options: { scale?: number; causal?: boolean } = {}): tf.Tensor3D {
+  const [heads, newLen, dim] = q.shape;
+  const [kvHeads, cap, kvDim] = kv.k.shape;
+  if (dim !== kvDim || heads % kvHeads !== 0) throw new Error(`cachedAttention: q [${q.shape}] does not fit kv buffers [${kv.k.shape}] (head dims must match, heads a multiple of kv heads)`);
+  if (newLen > kv.length) throw new Error(`cachedAttention: ${newLen} queries but only ${kv.length} cached positions`);
+  const groups = heads / kvHeads;
+  const scale = options.scale ?? 1 / Math.sqrt(dim);
+  const causal = options.causal ?? true;
+  return tf.tidy(() => {
+    // [kvHeads, groups * newLen, dim]: the query heads sharing one kv head, stacked along rows.
+    const qg = tf.reshape(q, [kvHeads, groups * newLen, dim]);
+    const scores = tf.mul(tf.matMul(qg, kv.k, false, true), scale); // [kvHeads, groups*newLen, cap]
+    // Row r is query i = r % newLen at absolute position length - newLen + i.
+    const row = tf.mod(tf.range(0, groups * newLen, 1, 'int32'), newLen);
+    const limit = causal ? tf.add(row, kv.length - newLen) : tf.fill([groups * newLen], kv.length - 1, 'int32');
+    const col = tf.range(0, cap, 1, 'int32');
+    const allowed = tf.lessEqual(tf.expandDims(col, 0), tf.expandDims(limit, 1)); // [rows, cap]
+    const masked = tf.where(allowed, scores, tf.fill(scores.shape, -Infinity));
+    const out = tf.matMul(tf.softmax(masked), kv.v); // [kvHeads, groups*newLen, dim]
+    return tf.reshape(out, [heads, newLen, dim]) as tf.Tensor3D;
+  });
+}
