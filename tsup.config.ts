@@ -7,7 +7,8 @@ const packages = ['core', 'runtime-gpu', 'nodes', 'cli'];
 export default defineConfig(
   packages.map((name) => ({
     name,
-    entry: { index: `packages/${name}/src/index.ts` },
+    // nodes also ships Code2WavPipeline's worker module, which worker threads load by file name.
+    entry: { index: `packages/${name}/src/index.ts`, ...(name === 'nodes' ? { 'code2wav-worker': 'packages/nodes/src/models/qwen3-omni/code2wav-worker.ts' } : {}) },
     outDir: `packages/${name}/dist`,
     format: ['esm'],
     dts: { compilerOptions: { customConditions: [] } },
