@@ -2,7 +2,7 @@ import { defineConfig } from 'tsup';
 
 // One ESM build per workspace package, with type declarations. @tensorflow/* stays external
 // (it is a dependency), which keeps the wasm backend's .wasm lookup inside its own package.
-const packages = ['core', 'runtime-gpu', 'nodes', 'cli'];
+const packages = ['core', 'runtime-gpu', 'nodes', 'cli', 'server'];
 
 export default defineConfig(
   packages.map((name) => ({
