@@ -29,4 +29,4 @@ export * from './code2wav.node.js';
 export * from './codec-head.node.js';
 export * from './code-predictor.node.js';
 export * from './speak.js';
-export * from './code2wav-worker.js';
+export { randomCheckpoint, type Code2WavWorkerSetup } from './code2wav-worker.js';
