@@ -1,5 +1,6 @@
 /**
  * Speech output at the released dimensions (spec 2.6, 2.7) with random weights, on the active backend:
+ * - Code2Wav streaming on two worker threads (Code2WavPipeline): throughput RTF with the halves overlapping;
  * - Code2Wav streaming: one codec frame per push (the streaming decoder keeps its left context), real-time factor
  *   = decode time per frame / 80 ms, and the time to the first audio packet after the first code frame; the offline
  *   decode of the same 25 frames beside it;
@@ -17,9 +18,9 @@
  * streaming chunk 535 ms per frame (RTF 6.7), offline T=25 RTF 0.26; code predictor 270 ms per frame; talker step 78 ms.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, type Checkpoint, type HostTensor } from '@omniflow/runtime-gpu';
+import { initBackend } from '@omniflow/runtime-gpu';
 import {
-  Code2Wav, Code2WavStream, CodePredictor, CodecHead, GREEDY, Sampler, TextModel, disposeDecoderAttention, loadDecoderAttention,
+  Code2Wav, Code2WavPipeline, Code2WavStream, CodePredictor, randomCheckpoint, CodecHead, GREEDY, Sampler, TextModel, disposeDecoderAttention, loadDecoderAttention,
   loadRMSNorm, loadSwiGluMlp, code2WavConfigSchema, codePredictorConfigSchema, talkerTextConfigSchema,
   type SparseMoe, type SwiGluMlp, type TalkerConfig, type TextDecoderLayer,
 } from '@omniflow/nodes';
@@ -29,46 +30,19 @@ const FRAMES = 25; // 2 s of audio
 const CONTEXT = 100;
 const EXPERT_POOL = 64;
 
-/**
- * A checkpoint of random tensors made on request: uniform(±1/√fan_in) matrices, unit norms, zero log-space SnakeBeta
- * parameters (exp = 1) and small LayerScale / ConvNeXt gains, as the checkpoint's own initialisation would give.
- */
-function randomCheckpoint(): Checkpoint {
-  let s = 0x9e3779b9;
-  const rand = () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 4294967296 - 0.5;
-  };
-  const get = (name: string, shape?: readonly number[]): HostTensor => {
-    if (!shape) throw new Error(`random checkpoint: '${name}' asked for without a shape`);
-    const n = shape.reduce((a, b) => a * b, 1);
-    const data = new Float32Array(n);
-    if (/(norm|layernorm)\.weight$/.test(name)) data.fill(1);
-    else if (/\.(alpha|beta)$/.test(name) || /norm\.bias$/.test(name)) data.fill(0);
-    else if (/layer_scale\.scale$/.test(name)) data.fill(0.01);
-    else if (/\.gamma$/.test(name)) data.fill(0.1);
-    else {
-      const fanIn = shape.length === 1 ? shape[0] : n / shape[0];
-      const scale = 2 / Math.sqrt(fanIn);
-      for (let i = 0; i < n; i++) data[i] = rand() * scale;
-    }
-    return { dtype: 'float32', shape: [...shape], data };
-  };
-  return { get, has: () => true, keys: () => [], unused: () => [], close: () => undefined, path: '(random weights in memory)' } as unknown as Checkpoint;
-}
+/** code2wav_config of the release (spec 2.7). */
+const CODE2WAV_RELEASE = {
+  codebook_size: 2048, num_quantizers: 16, hidden_size: 1024, num_hidden_layers: 8, num_attention_heads: 16, num_key_value_heads: 16,
+  intermediate_size: 3072, rms_norm_eps: 1e-5, sliding_window: 72, rope_theta: 10000, decoder_dim: 1536,
+  upsample_rates: [8, 5, 4, 3], upsampling_ratios: [2, 2],
+};
 
 const mb = (bytes: number) => +(bytes / 2 ** 20).toFixed(1);
 const gbps = (bytes: number, ms: number) => +(bytes / (ms / 1000) / 1e9).toFixed(2);
 
 /** Code2Wav at spec 2.7 dims: streaming RTF, first-packet latency, offline decode. */
 async function code2wavBench(): Promise<object> {
-  const config = code2WavConfigSchema.parse({
-    codebook_size: 2048, num_quantizers: 16, hidden_size: 1024, num_hidden_layers: 8, num_attention_heads: 16, num_key_value_heads: 16,
-    intermediate_size: 3072, rms_norm_eps: 1e-5, sliding_window: 72, rope_theta: 10000, decoder_dim: 1536,
-    upsample_rates: [8, 5, 4, 3], upsampling_ratios: [2, 2],
-  });
+  const config = code2WavConfigSchema.parse(CODE2WAV_RELEASE);
   const c2w = Code2Wav.load(randomCheckpoint(), config);
   try {
     let seed = 7;
@@ -89,7 +63,7 @@ async function code2wavBench(): Promise<object> {
     const tail = stream.flush().length;
     const steady = perFrame.slice(1).sort((a, b) => a - b);
     const steadyMs = steady[Math.floor(steady.length / 2)];
-    const offlineMs = await medianMs(() => c2w.decode(codes, FRAMES), 2, 1);
+    const offlineMs = await medianMs(() => c2w.decode(codes, FRAMES), 1, 0); // one run: the kernels are warm from the stream
     const audioSeconds = (samples + tail) / 24_000;
     return {
       frames: FRAMES,
@@ -109,6 +83,37 @@ async function code2wavBench(): Promise<object> {
     };
   } finally {
     c2w.dispose();
+  }
+}
+
+/**
+ * The same stream on two worker threads (Code2WavPipeline, split after decoder block 2): frames pushed back to back as
+ * a fast talker would, so the halves overlap; throughput RTF = wall time / audio time.
+ */
+async function code2wavPipelineBench(rawConfig: unknown): Promise<object> {
+  const pipe = await Code2WavPipeline.start({ randomConfig: rawConfig }, { split: 2 });
+  try {
+    let seed = 11;
+    const frame = () => Int32Array.from({ length: 16 }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % 2048);
+    await Promise.all([0, 1, 2].map(() => pipe.push(frame(), 1))); // warm-up
+    await pipe.reset();
+    const t0 = performance.now();
+    let first = 0;
+    const pieces = Array.from({ length: FRAMES }, (_, f) => pipe.push(frame(), 1).then((p) => {
+      if (f === 0) first = performance.now() - t0;
+      return p.length;
+    }));
+    const samples = (await Promise.all(pieces)).reduce((a, b) => a + b, 0);
+    const ms = performance.now() - t0;
+    return {
+      split: 'front: embedding, transformer, upsampling, decoder blocks 1-2 | back: blocks 3-4, output',
+      firstAudioPacketMs: +first.toFixed(1),
+      msPerFrameThroughput: +(ms / FRAMES).toFixed(1),
+      realTimeFactor: +(ms / FRAMES / 80).toFixed(2),
+      samples,
+    };
+  } finally {
+    await pipe.close();
   }
 }
 
@@ -219,12 +224,14 @@ export async function run(): Promise<object> {
   const backend = await initBackend();
   const memory = measureTriadBandwidth();
   const code2wav = await code2wavBench();
+  const code2wavTwoWorkers = await code2wavPipelineBench(CODE2WAV_RELEASE);
   const codePredictor = await codePredictorBench();
   const talker = await talkerBench();
   return {
     backend: backend.name,
     machineBandwidthGBps: memory.gbPerSecond,
     code2wav,
+    code2wavTwoWorkers,
     codePredictor,
     talker,
     notes: [
