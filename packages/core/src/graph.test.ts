@@ -57,6 +57,11 @@ describe('graph JSON', () => {
     expect(issuesOf({ nodes: [{ id: 'a' }], edges: [] })).toEqual(["bad-json -.-: nodes.0: a node needs exactly one of 'type' or 'graph'"]);
   });
 
+  it('reports a duplicate node id', () => {
+    expect(issuesOf({ ...good, nodes: [...good.nodes, { id: 'mid', type: 'passThrough' }] })).toEqual(["duplicate-node mid.-: node 'mid' is defined more than once"]);
+    expect(() => graph('g').add('a', passThrough).add('a', passThrough)).toThrow("graph 'g': node 'a' is already defined");
+  });
+
   it('reports an unknown node type', () => {
     expect(issuesOf({ ...good, nodes: [good.nodes[0], { id: 'mid', type: 'pasThrough' }, good.nodes[2]] })).toEqual([
       "unknown-node-type mid.-: node 'mid': unknown node type 'pasThrough' (registered: passThrough, resampleTo24k, slowSink, speaker24k, textSource, toneSource)",

@@ -95,6 +95,30 @@ describe('observability', () => {
     expect(report).toMatch(/a\.out->b\.in\s+3 block\s+10\s+10\s+0\s+3\s+0/);
   });
 
+  it('streams events: lifecycle, drops, turns and first outputs', () => {
+    const g = graph('events').add('src', textSource, { n: 3 }).add('a', passThrough).connect('src.text', 'a.in', { capacity: 1, policy: 'drop-newest' }).output('out', 'a.out');
+    const r = runGraphVirtual(g, { mode: 'batch' });
+    const lagging = graph('lagging').add('src', textSource, { n: 10 }).add('slow', slowStep, { ms: 10 }).connect('src.text', 'slow.in', { capacity: 1, policy: 'drop-newest' }).output('out', 'slow.out');
+    const lag = runGraphVirtual(lagging, { mode: 'realtime' });
+    const drops = lag.events.filter((e) => e.type === 'drop');
+    expect(drops.length).toBe(lag.session.metrics().edges.find((e) => e.id === 'src.text->slow.in')!.drops.overflow);
+    expect(drops.length).toBe(10 - lag.outputs.out.length);
+    expect(drops[0]).toMatchObject({ type: 'drop', at: 2_000, edge: 'src.text->slow.in', reason: 'overflow', kind: 'text', turn: 0 });
+    expect(r.events.map((e) => (e.type === 'node-open' || e.type === 'node-close' ? `${e.type} ${e.node}` : e.type))).toEqual([
+      'session-start',
+      'turn-start',
+      'node-open output:out',
+      'node-open a',
+      'node-open src',
+      'first-output',
+      // Completion runs downstream first: each node closes once its outputs' consumers took the end.
+      'node-close output:out',
+      'node-close a',
+      'node-close src',
+      'session-end',
+    ]);
+  });
+
   it('exports OpenTelemetry spans for the session, its turns and its nodes', async () => {
     const exporter = new InMemorySpanExporter();
     const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
