@@ -88,8 +88,11 @@ export class SpeechTurn {
   private gen?: TalkerGeneration;
   private ended = false;
   private voicedChars = 0;
+  private readonly tokens: ReturnType<typeof talkerTokenIds>;
 
-  constructor(readonly parts: TalkerParts, readonly config: Qwen3OmniConfig, readonly options: SpeechTurnOptions = {}) {}
+  constructor(readonly parts: TalkerParts, readonly config: Qwen3OmniConfig, readonly options: SpeechTurnOptions = {}) {
+    this.tokens = talkerTokenIds(config);
+  }
 
   /** Appends thinker rows ([n, thinkerHidden] each, with their n token ids); takes ownership of both tensors. */
   feed(ids: ArrayLike<number>, embeds: tf.Tensor2D, hidden: tf.Tensor2D): void {
@@ -160,7 +163,7 @@ export class SpeechTurn {
   private tryStart(): void {
     let start: number;
     try {
-      start = assistantStartIndex(this.ids, talkerTokenIds(this.config).imStart, talkerTokenIds(this.config).assistant);
+      start = assistantStartIndex(this.ids, this.tokens.imStart, this.tokens.assistant);
     } catch {
       return; // the assistant turn has not begun yet
     }
@@ -168,7 +171,7 @@ export class SpeechTurn {
     const embeds = this.embeds.length === 1 ? this.embeds[0] : (tf.concat(this.embeds) as tf.Tensor2D);
     const hidden = this.hidden.length === 1 ? this.hidden[0] : (tf.concat(this.hidden) as tf.Tensor2D);
     try {
-      this.prompt = buildTalkerPrompt(this.parts.talker, talkerTokenIds(this.config), { ids: this.ids, thinkerEmbeds: embeds, thinkerHidden: hidden, speaker: this.options.speaker }, { textComplete: false });
+      this.prompt = buildTalkerPrompt(this.parts.talker, this.tokens, { ids: this.ids, thinkerEmbeds: embeds, thinkerHidden: hidden, speaker: this.options.speaker }, { textComplete: false });
       this.gen = new TalkerGeneration(this.parts.talker, this.parts.codecHead, this.parts.codePredictor, this.prompt, { ...this.options, streamingText: true });
       if (this.ended) this.gen.endText();
     } finally {
