@@ -106,6 +106,30 @@ describe('Code2Wav (fixture case 8)', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('over a long utterance the stream equals the reference chunked decode everywhere but its seam (300-frame chunks)', () => {
+    const before = tf.memory().numTensors;
+    const T = 310;
+    let seed = 5;
+    const long = Int32Array.from({ length: 4 * T }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % 32);
+    const stream = new Code2WavStream(c2w);
+    const pieces: Float32Array[] = [];
+    for (let at = 0; at < T; at += 7) {
+      const n = Math.min(7, T - at);
+      const chunk = new Int32Array(4 * n);
+      for (let g = 0; g < 4; g++) chunk.set(long.subarray(g * T + at, g * T + at + n), g * n);
+      pieces.push(stream.push(chunk, n));
+    }
+    stream.dispose();
+    const streamed = Float32Array.from(pieces.flatMap((p) => [...p]));
+    expect(streamed.length).toBe(24 * T - 9);
+    const ref = c2w.chunkedDecode(long, T); // HF defaults: chunks of 300 frames, 25 frames of left context
+    const seam = 24 * 300 - 9; // the first chunk loses its 9-sample look-ahead tail; the second starts at frame 300
+    expect(ref.length).toBe(streamed.length - 9);
+    expect(maxAbsDiff(ref.subarray(0, seam), streamed.subarray(0, seam))).toBeLessThan(1e-5);
+    expect(maxAbsDiff(ref.subarray(seam), streamed.subarray(24 * 300))).toBeLessThan(1e-5);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
   it('streams past the attention window with bounded state (window 4 < 12 frames)', () => {
     const stream = new Code2WavStream(c2w);
     const before = tf.memory().numTensors;
