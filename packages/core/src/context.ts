@@ -107,8 +107,10 @@ export interface ContextOptions {
   turns: TurnState;
   mode: RunMode;
   scheduler?: SchedulerLike;
-  /** Scheduler time (ms) that maps to media time 0. */
+  /** Scheduler time (ms) that maps to media time 0 (default: when the context is made). */
   clockOrigin?: number;
+  /** Media clock to use instead (the session's, which starts at `start()`). */
+  clock?: () => Micros;
   demand?: Demand;
   metrics?: MetricsHooks;
   /** Releases a packet the node gives up (the runtime counts shares of fanned-out packets). */
@@ -129,6 +131,7 @@ export class RunContext implements NodeContext {
   onRelease: (() => void) | undefined;
   private readonly turnState: TurnState;
   private readonly clockOrigin: number;
+  private readonly clock: (() => Micros) | undefined;
   private readonly release: (p: Packet) => void;
   private disposers: Array<() => void> = [];
   private disposed = false;
@@ -140,6 +143,7 @@ export class RunContext implements NodeContext {
     this.mode = o.mode;
     this.scheduler = o.scheduler ?? asyncScheduler;
     this.clockOrigin = o.clockOrigin ?? this.scheduler.now();
+    this.clock = o.clock;
     this.demand = o.demand;
     this.metrics = o.metrics ?? noMetrics;
     this.release = o.release ?? disposePacket;
@@ -164,7 +168,7 @@ export class RunContext implements NodeContext {
     return this.turnState.turns;
   }
   now(): Micros {
-    return Math.round((this.scheduler.now() - this.clockOrigin) * 1000);
+    return this.clock ? this.clock() : Math.round((this.scheduler.now() - this.clockOrigin) * 1000);
   }
 
   onDispose(fn: () => void): void {

@@ -254,7 +254,7 @@ class NodeRun {
       turns: session.turns,
       mode: session.mode,
       scheduler: session.scheduler,
-      clockOrigin: session.clockOrigin,
+      clock: () => session.now(),
       demand: this.demand,
       metrics,
       release: (p) => session.release(p),
@@ -526,8 +526,8 @@ export class Session {
   readonly turns: TurnState;
   readonly latencySampleEvery: number;
   readonly telemetry: SessionTelemetry;
-  /** Scheduler time (ms) of media time 0. */
-  readonly clockOrigin: number;
+  /** Scheduler time (ms) of media time 0: when `start()` was called. */
+  private clockOrigin: number;
   private readonly nodes: NodeRun[] = [];
   private readonly edges: EdgeRun[] = [];
   private readonly events = new Subject<FlowEvent>();
@@ -618,7 +618,7 @@ export class Session {
     return this.turns.epoch;
   }
 
-  /** Media clock: microseconds since the session was created. */
+  /** Media clock: microseconds since `start()` (since creation before it). */
   now(): Micros {
     return Math.round((this.scheduler.now() - this.clockOrigin) * 1000);
   }
@@ -630,6 +630,7 @@ export class Session {
   start(): Promise<void> {
     if (this.state !== 'idle') return this.done;
     this.state = 'running';
+    this.clockOrigin = this.scheduler.now();
     this.telemetry.start(this.id, this.compiled.flat.name, this.mode);
     this.event({ type: 'session-start', at: this.now(), session: this.id, mode: this.mode });
     this.beginTurn();
