@@ -80,7 +80,7 @@ export interface SparseMoeResult {
  * output.dispose();
  * ```
  */
-export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetails?: boolean } = {}): SparseMoeResult {
+export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetails?: boolean; differentiableRouting?: boolean } = {}): SparseMoeResult {
   const [n, hidden] = x.shape;
   if (hidden !== moe.hidden) throw new Error(`sparseMoe: input has ${hidden} features but the block expects ${moe.hidden}`);
   const logitsT = tf.matMul(x, moe.router);
@@ -97,13 +97,18 @@ export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetai
   for (const pairs of perExpert) for (const pair of pairs) rowOfPair[pair] = rows++;
 
   const tensors = tf.tidy(() => {
+    // Training: the same top-k choice (a constant), but the combine weights gathered from a softmax of the router
+    // logits on the device, so the router receives gradients. Values agree with the host's to float32 rounding.
+    const pairWeights = options.differentiableRouting ? differentiableRoutingWeights(x, moe, routing.selectedExperts, n, k) : undefined;
     const parts: tf.Tensor2D[] = [];
     perExpert.forEach((pairs, e) => {
       if (!pairs.length) return;
       const tokens = Int32Array.from(pairs, (p) => Math.floor(p / k));
-      const weights = Float32Array.from(pairs, (p) => routing.routingWeights[p]!);
+      const weights = pairWeights
+        ? tf.reshape(tf.gather(pairWeights, tf.tensor1d(Int32Array.from(pairs), 'int32')), [pairs.length, 1])
+        : tf.tensor2d(Float32Array.from(pairs, (p) => routing.routingWeights[p]!), [pairs.length, 1]);
       const xe = tokens.length === n && tokens.every((t, i) => t === i) ? x : tf.gather(x, tf.tensor1d(tokens, 'int32'));
-      parts.push(tf.mul(swiGlu(xe, moe.experts[e]!), tf.tensor2d(weights, [pairs.length, 1])));
+      parts.push(tf.mul(swiGlu(xe, moe.experts[e]!), weights));
     });
     const stacked = parts.length === 1 ? parts[0]! : tf.concat(parts, 0);
     // Row t·k + s of `ordered` is token t's slot-s contribution; summing the k slots adds the experts back per token.
@@ -121,6 +126,16 @@ export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetai
     return keep as { output: tf.Tensor2D; sharedGate?: tf.Tensor2D; sharedOutput?: tf.Tensor2D };
   });
   return { ...tensors, routing };
+}
+
+/** [n·k] combine weights of the chosen experts, pair t·k + s at index t·k + s: softmax probabilities, renormalised when normTopKProb. */
+function differentiableRoutingWeights(x: tf.Tensor2D, moe: SparseMoe, selected: Int32Array, n: number, k: number): tf.Tensor1D {
+  const E = moe.experts.length;
+  const flat = Int32Array.from(selected, (e, pair) => Math.floor(pair / k) * E + e);
+  const chosen = tf.gather(tf.reshape(tf.softmax(tf.matMul(x, moe.router), -1), [n * E]), tf.tensor1d(flat, 'int32'));
+  if (!moe.normTopKProb) return chosen as tf.Tensor1D;
+  const perToken = tf.reshape(chosen, [n, k]);
+  return tf.reshape(tf.div(perToken, tf.sum(perToken, 1, true)), [n * k]) as tf.Tensor1D;
 }
 
 /**

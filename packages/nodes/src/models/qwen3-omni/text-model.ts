@@ -63,6 +63,8 @@ export interface TextForwardOptions {
   hiddenStates?: readonly number[];
   /** Which rows get logits: 'last' (default; generation), 'all', or 'none'. */
   logits?: 'last' | 'all' | 'none';
+  /** Training: MoE combine weights computed on the device so the routers get gradients (see sparseMoe). */
+  differentiableRouting?: boolean;
 }
 
 export interface TextForwardResult {
@@ -205,7 +207,7 @@ export class TextModel {
             const attn = decoderAttention(rmsNorm(h, layer.input_layernorm) as tf.Tensor2D, layer.self_attn, cos, sin, options.cache ? { cache: options.cache, layer: i } : undefined);
             const r = tf.add(h, attn) as tf.Tensor2D;
             const x2 = rmsNorm(r, layer.post_attention_layernorm) as tf.Tensor2D;
-            const m = 'router' in layer.mlp ? sparseMoe(x2, layer.mlp).output : swiGlu(x2, layer.mlp);
+            const m = 'router' in layer.mlp ? sparseMoe(x2, layer.mlp, { differentiableRouting: options.differentiableRouting }).output : swiGlu(x2, layer.mlp);
             return tf.add(r, m) as tf.Tensor2D;
           });
           if (i + 1 < L && keep.has(i + 1)) hiddenStates.set(i + 1, tf.keep(tf.clone(h)));

@@ -1,0 +1,78 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { HostTensor } from '@omniflow/runtime-gpu';
+import { LogMel } from '../media/log-mel.js';
+import { loadQwen3Omni } from '../models/qwen3-omni/load.js';
+import { captionExample, labelledClip, loadCaptionFolder, type CaptionDataSource, type LabelledClip } from './caption-data.js';
+import { TrainableCaptioner } from './trainable-captioner.js';
+import { registerTfjsGradients } from './tfjs-gradients.js';
+import { registerWasmGradientKernels } from './wasm-gradient-kernels.js';
+
+/*
+ * A data-parallel gradient worker (a WorkerStage module): it holds a replica of the captioner, and for each request
+ * takes the current weights and a list of example indices, builds those examples itself (scene generation, log-mel)
+ * and returns the summed-loss gradients. The trainer averages the shards' gradients and applies one update.
+ */
+
+export interface GradientStageSetup {
+  readonly modelDir: string;
+  readonly data: CaptionDataSource;
+}
+
+let replica: { trainable: TrainableCaptioner; logMel: LogMel; data: CaptionDataSource; folder?: LabelledClip[] } | undefined;
+
+export async function setup(options: GradientStageSetup): Promise<void> {
+  await registerTfjsGradients();
+  registerWasmGradientKernels();
+  const model = await loadQwen3Omni(options.modelDir, { modules: ['thinker', 'audio_tower'] });
+  const trainable = new TrainableCaptioner(model);
+  const logMel = new LogMel({ nMels: model.config.thinker_config.audio_config.num_mel_bins });
+  replica = { trainable, logMel, data: options.data, folder: options.data.kind === 'folder' ? await loadCaptionFolder(options.data.dir) : undefined };
+}
+
+/**
+ * Inputs: every parameter by name (current weights, flat) and `__indices` (int32 example indices). Outputs: gradients
+ * of the token-summed loss by name, and `__loss` = [loss sum, tokens].
+ */
+export function stage(inputs: Record<string, tf.Tensor>): Record<string, tf.Tensor> {
+  if (!replica) throw new Error('gradient stage: setup did not run');
+  const { trainable, logMel, data, folder } = replica;
+  const indices = inputs.__indices;
+  if (!indices) throw new Error('gradient stage: no __indices input');
+  for (const p of trainable.parameters) {
+    const w = inputs[p.name];
+    if (!w) throw new Error(`gradient stage: no weights for parameter '${p.name}'`);
+    p.variable.assign(tf.reshape(w, p.variable.shape));
+  }
+  const examples = Array.from(indices.dataSync(), (i) => captionExample(labelledClip(data, i, folder), trainable.model.tokenizer, logMel));
+  const { loss, tokens, grads } = shardGradients(trainable, examples);
+  const out: Record<string, tf.Tensor> = { __loss: tf.tensor1d([loss, tokens]) };
+  for (const [name, g] of grads) out[name] = tf.tensor(g.data, g.shape, 'float32');
+  return out;
+}
+
+/**
+ * Gradients of Σ (per-token cross-entropy) over the examples — the sum, not the mean, so shards of different token
+ * counts add up exactly — as host arrays by parameter name.
+ */
+export function shardGradients(trainable: TrainableCaptioner, examples: Parameters<TrainableCaptioner['loss']>[0]): { loss: number; tokens: number; grads: Map<string, HostTensor> } {
+  let tokens = 0;
+  const vars = trainable.parameters.map((p) => p.variable);
+  const { value, grads } = tf.variableGrads(() => {
+    const r = trainable.loss(examples);
+    tokens = r.tokens;
+    return tf.mul(r.loss, r.tokens) as tf.Scalar;
+  }, vars);
+  const loss = value.dataSync()[0]!;
+  value.dispose();
+  const out = new Map<string, HostTensor>();
+  for (const p of trainable.parameters) {
+    const g = grads[p.variable.name];
+    // An expert no token of the shard was routed to has no gradient: zero.
+    if (!g) out.set(p.name, { dtype: 'float32', shape: p.variable.shape, data: new Float32Array(p.variable.size) });
+    else {
+      out.set(p.name, { dtype: 'float32', shape: g.shape, data: g.dataSync() as Float32Array });
+      g.dispose();
+    }
+  }
+  return { loss, tokens, grads: out };
+}

@@ -1,0 +1,11 @@
+export * from './captions.js';
+export * from './scenes.js';
+export * from './captioner-model.js';
+export * from './caption-data.js';
+export * from './trainable-captioner.js';
+export * from './adam.js';
+export * from './train-captioner.js';
+export * from './evaluate-captioner.js';
+export * from './builtin.js';
+export { registerTfjsGradients } from './tfjs-gradients.js';
+export { registerWasmGradientKernels } from './wasm-gradient-kernels.js';
