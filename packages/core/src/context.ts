@@ -48,7 +48,8 @@ export interface NodeContext {
    * Like RxJS `mergeMap(fn, concurrency)`, but lossless backpressure-aware inside a graph: while
    * `concurrency` calls are in flight the node holds its input, so nothing piles up inside it. Calls for
    * packets of an interrupted turn are aborted (`signal`) and their input packets disposed if nothing
-   * was emitted for them yet.
+   * was emitted for them yet. Each call gets its own AbortSignal when `fn` declares the second
+   * parameter; otherwise it is handed the turn's signal and nothing is allocated for it.
    */
   mapAsync<A, B>(fn: (value: A, signal: AbortSignal) => ObservableInput<B>, options?: { concurrency?: number }): OperatorFunction<A, B>;
   readonly metrics: MetricsHooks;
@@ -189,11 +190,13 @@ export class RunContext implements NodeContext {
   mapAsync<A, B>(fn: (value: A, signal: AbortSignal) => ObservableInput<B>, options: { concurrency?: number } = {}): OperatorFunction<A, B> {
     const concurrency = options.concurrency ?? 1;
     if (!(concurrency >= 1)) throw new Error(`${this.node}: mapAsync concurrency must be >= 1, got ${concurrency}`);
+    const wantsSignal = fn.length >= 2;
     return (source) =>
       new Observable<B>((subscriber) => {
         interface Job {
           value: A;
-          controller: AbortController;
+          /** Only when `fn` declares the signal parameter. */
+          controller: AbortController | undefined;
           emitted: boolean;
           sub?: Subscription;
           done: boolean;
@@ -214,7 +217,7 @@ export class RunContext implements NodeContext {
           if (sourceDone && active.size === 0) subscriber.complete();
         };
         const abort = (job: Job): void => {
-          job.controller.abort(this.signal.reason);
+          job.controller?.abort(this.signal.reason);
           job.sub?.unsubscribe();
           if (!job.emitted) this.drop(job.value);
           finish(job);
@@ -229,12 +232,14 @@ export class RunContext implements NodeContext {
               this.drop(value);
               return;
             }
-            const job: Job = { value, controller: new AbortController(), emitted: false, done: false };
+            // An AbortController per call only when fn takes the signal: it is the costliest allocation here.
+            const controller = wantsSignal ? new AbortController() : undefined;
+            const job: Job = { value, controller, emitted: false, done: false };
             active.add(job);
             if (active.size >= concurrency && !release) release = this.hold();
             let inner$: Observable<B>;
             try {
-              inner$ = from(fn(value, job.controller.signal));
+              inner$ = from(fn(value, controller ? controller.signal : this.signal));
             } catch (e) {
               subscriber.error(e);
               return;
@@ -259,7 +264,7 @@ export class RunContext implements NodeContext {
           outer.unsubscribe();
           turnSub.unsubscribe();
           for (const job of [...active]) {
-            job.controller.abort(new Error(`${this.node}: stopped`));
+            job.controller?.abort(new Error(`${this.node}: stopped`));
             job.sub?.unsubscribe();
             if (!job.emitted) this.drop(job.value);
             job.done = true;
