@@ -7,6 +7,7 @@ import { captionQueueStatus, checkRedis, collectCaptionResults, enqueueCaptionJo
 import { expandInputs } from './inputs.js';
 import { captionModelId, loadCaptionModel } from './caption-model-loader.js';
 import { CaptionProgress } from './progress.js';
+import { addCaptionerTrainingCommands } from './commands/captioner-training.js';
 
 /** Exit codes: every file captioned; some file failed; the command could not run (usage, setup). */
 export const EXIT_OK = 0;
@@ -131,6 +132,7 @@ export function buildProgram(setExit: (code: number) => void): Command {
     .option('--json', 'print JSON')
     .action(async (flags: { queue: string; queueName: string; json?: boolean }) => setExit(await statusCommand(flags)));
 
+  addCaptionerTrainingCommands(program, setExit);
   return program;
 }
 

@@ -2,12 +2,12 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 /*
- * Where the built-in captioner lives: models/omniflow-captioner-tiny at the repository root, a model omniflow trained
+ * Where the built-in captioner lives: models/omniflow-captioner at the repository root, a model omniflow trained
  * itself on generated scenes (docs/model-card.md). Everything that falls back to a built-in model asks here.
  */
 
 /** Folder name of the built-in captioner under `models/`. */
-export const BUILTIN_CAPTIONER_NAME = 'omniflow-captioner-tiny';
+export const BUILTIN_CAPTIONER_NAME = 'omniflow-captioner';
 
 /**
  * Absolute path of the built-in captioner's folder (config.json, model.safetensors, tokenizer files). Throws naming

@@ -103,8 +103,16 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
   let state: TrainerState;
   if (o.resume && existsSync(join(ckptDir, 'trainer-state.json'))) {
     state = JSON.parse(readFileSync(join(ckptDir, 'trainer-state.json'), 'utf8')) as TrainerState;
+    // Everything but the step count must match; a new `steps` re-plans the cosine decay from the current step on.
     for (const [k, v] of Object.entries(hyper)) {
+      if (k === 'steps') continue;
       if (JSON.stringify(state.hyper[k]) !== JSON.stringify(v)) throw new Error(`trainCaptioner: ${ckptDir} was trained with ${k} = ${JSON.stringify(state.hyper[k])}, this run asks for ${JSON.stringify(v)}; resume with the same settings or use another outDir`);
+    }
+    if (state.hyper.steps !== o.steps) {
+      if (o.steps < state.step) throw new Error(`trainCaptioner: ${ckptDir} is at step ${state.step}, past the ${o.steps} steps asked for`);
+      (state.hyper.changes as unknown[] | undefined) ?? (state.hyper.changes = []);
+      (state.hyper.changes as unknown[]).push({ atStep: state.step, steps: { from: state.hyper.steps, to: o.steps } });
+      state.hyper.steps = o.steps;
     }
   } else {
     rmSync(ckptDir, { recursive: true, force: true });
