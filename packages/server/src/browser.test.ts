@@ -65,7 +65,7 @@ describe.skipIf(!existsSync(CHROMIUM))('assistant page in headless Chromium', ()
     await page.goto(`${server.httpUrl}?autostart=1`);
     // A barge-in whose answer was still being voiced: the truncate must cut text off.
     const handle = await page.waitForFunction(() => {
-      const a = (window as any).assistant;
+      const a = (globalThis as any).assistant;
       for (const b of a.bargeIns) {
         const heard = a.events.find((e: any) => e.type === 'omniflow.heard' && e.item_id === b.itemId);
         if (b.reason === 'barge-in' && heard && heard.dropped_chars > 0) return b;
@@ -75,10 +75,10 @@ describe.skipIf(!existsSync(CHROMIUM))('assistant page in headless Chromium', ()
       throw new Error(`${(e as Error).message}\npage console: ${logs.slice(-10).join(' | ')}`);
     });
     const barge = await handle.jsonValue() as { itemId: string; responseId: string; playedMs: number; receivedMs: number; ctxTime: number; stoppedSources: number };
-    await page.evaluate(() => (window as any).assistant.ws.send(JSON.stringify({ type: 'omniflow.conversation.get' })));
-    await page.waitForFunction(() => (window as any).assistant.events.some((e: any) => e.type === 'omniflow.conversation'), null, { timeout: 10_000 });
+    await page.evaluate(() => (globalThis as any).assistant.ws.send(JSON.stringify({ type: 'omniflow.conversation.get' })));
+    await page.waitForFunction(() => (globalThis as any).assistant.events.some((e: any) => e.type === 'omniflow.conversation'), null, { timeout: 10_000 });
     const s = await page.evaluate((rid) => {
-      const a = (window as any).assistant;
+      const a = (globalThis as any).assistant;
       return {
         events: a.events.filter((e: any) => e.type !== 'response.output_audio.delta' && e.type !== 'response.output_audio_transcript.delta'),
         deltas: a.events.filter((e: any) => e.type === 'response.output_audio.delta').length,

@@ -25,7 +25,7 @@ describe('client event parsing', () => {
     for (let i = 0; i < 5; i++) expect(Math.abs(y[i] - x[i])).toBeLessThan(2 / 32768); // encode scales by 32767, decode by 32768
     expect(y[5]).toBeCloseTo(32767 / 32768, 6);
     expect(y[6]).toBe(-1);
-    expect(() => pcm16Base64ToFloat32('AAA=')).toThrow(/3 bytes is not a whole number of PCM16 samples/);
+    expect(() => pcm16Base64ToFloat32('AAAA')).toThrow(/3 bytes is not a whole number of PCM16 samples/);
   });
 });
 
@@ -104,7 +104,7 @@ describe('assistant server protocol (fixture checkpoint, loopback)', () => {
 
   it('20 concurrent clients on loopback each get their own answer, identical to answering them one at a time', async () => {
     const inputs = [0.6, 0.8, 1.0, 1.2].map((s, i) => ({ seconds: s, seed: i + 1 }));
-    const alone = [];
+    const alone: Float32Array[] = [];
     for (const x of inputs) alone.push((await spokenTurn(x.seconds, x.seed)).audio);
     expect(new Set(alone.map((a) => a.length)).size).toBeGreaterThan(1); // the inputs give different answers
     const clients = await Promise.all(Array.from({ length: 20 }, () => RealtimeTestClient.connect(server.url)));

@@ -100,6 +100,13 @@ export const respond = defineNode({
   },
 });
 
+/**
+ * Lets the event loop run I/O between model steps. The steps resolve as microtasks, so without this one answer would
+ * hold the thread until it ends or sleeps — and with many sessions behind real time none sleeps: audio appends,
+ * barge-ins and cancels of every connection would wait for whole answers.
+ */
+const yieldToIo = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
     if (signal.aborted) return resolve();
@@ -163,14 +170,12 @@ async function* answer(params: RespondParams, metrics: { observe(n: string, v: n
   /** Frames the talker can make now, each decoded at once; paced to `leadFrames` ahead of the wall clock. */
   async function* frames(): AsyncGenerator<Out> {
     while (speech!.ready && !signal.aborted) {
-      if (params.frameMs > 0 && firstAudioAt) {
-        const ahead = firstAudioAt + (timing.frames - params.leadFrames) * params.frameMs - performance.now();
-        if (ahead > 0) {
-          timing.pacedMs += ahead;
-          await sleep(ahead, signal);
-          if (signal.aborted) return;
-        }
-      }
+      const ahead = params.frameMs > 0 && firstAudioAt ? firstAudioAt + (timing.frames - params.leadFrames) * params.frameMs - performance.now() : 0;
+      if (ahead > 0) {
+        timing.pacedMs += ahead;
+        await sleep(ahead, signal);
+      } else await yieldToIo();
+      if (signal.aborted) return;
       let t = performance.now();
       const f = speech!.next();
       timing.talkerMs += performance.now() - t;
@@ -210,6 +215,8 @@ async function* answer(params: RespondParams, metrics: { observe(n: string, v: n
         yield { port: 'text', packet: textPacket({ ...stamp, pts: job.pts, text, role: 'assistant' }) };
       }
       if (speech) yield* frames();
+      await yieldToIo();
+      if (signal.aborted) return;
       t = performance.now();
     }
     if (signal.aborted) return;
