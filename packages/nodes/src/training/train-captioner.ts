@@ -110,7 +110,7 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
     }
     if (state.hyper.steps !== o.steps) {
       if (o.steps < state.step) throw new Error(`trainCaptioner: ${ckptDir} is at step ${state.step}, past the ${o.steps} steps asked for`);
-      (state.hyper.changes as unknown[] | undefined) ?? (state.hyper.changes = []);
+      state.hyper.changes ??= [];
       (state.hyper.changes as unknown[]).push({ atStep: state.step, steps: { from: state.hyper.steps, to: o.steps } });
       state.hyper.steps = o.steps;
     }
