@@ -1,8 +1,11 @@
+import { from, lastValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { codesPacket, controlPacket } from '@omniflow/core';
 import { Checkpoint, SafetensorsFile, fixtureDir, fixturePath, initBackend } from '@omniflow/runtime-gpu';
 import { readQwen3OmniConfig } from './config.js';
 import { Code2Wav } from './code2wav.js';
 import { Code2WavPipeline, Code2WavStream } from './code2wav-stream.js';
+import { code2wav } from './code2wav.node.js';
 
 describe('Code2WavPipeline (two worker threads)', () => {
   let c2w: Code2Wav;
@@ -49,4 +52,28 @@ describe('Code2WavPipeline (two worker threads)', () => {
   it('names a wrong code count', () => {
     expect(() => pipe.push(new Int32Array(5), 1)).toThrow(/expected 4 x 1 codes, got 5/);
   });
+});
+
+describe('code2wav node with workers: true', () => {
+  it('emits the same audio as the single-thread node, in order, tail included', async () => {
+    const cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
+    const codes = cases.read('code2wav.codes').data as Int32Array;
+    cases.close();
+    const frames = 12;
+    const packets = [
+      ...Array.from({ length: frames }, (_, f) => codesPacket({ pts: 0, codes: Int32Array.from({ length: 4 }, (_, g) => codes[g * frames + f]), groups: 4, frames: 1, voices: { start: f, end: f + 1, text: 'x' } })),
+      controlPacket({ pts: 0, signal: 'turn-end' }),
+    ];
+    const ckpt = Checkpoint.open(fixturePath('model.safetensors'));
+    const local = Code2Wav.load(ckpt, readQwen3OmniConfig(fixtureDir()).config.code2wav_config!);
+    ckpt.close();
+    const expected = await lastValueFrom(from(packets).pipe(code2wav({ model: local }), toArray()));
+    local.dispose();
+    const got = await lastValueFrom(from(packets).pipe(code2wav({ model: fixtureDir(), workers: true }), toArray()));
+    expect(got.map((a) => a.samples.length)).toEqual(expected.map((a) => a.samples.length));
+    expect(got.map((a) => a.pts)).toEqual(expected.map((a) => a.pts));
+    expect(got.map((a) => a.voices)).toEqual(expected.map((a) => a.voices));
+    const worst = Math.max(...got.flatMap((a, i) => [...a.samples].map((x, j) => Math.abs(x - expected[i].samples[j]))));
+    expect(worst).toBeLessThan(1e-5);
+  }, 60_000);
 });

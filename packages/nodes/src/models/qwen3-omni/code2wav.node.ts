@@ -1,9 +1,9 @@
 import { Observable } from 'rxjs';
 import { z } from 'zod';
-import { audioPacket, defineNode, ports, MICROS_PER_SECOND, type AudioPacket, type CodesPacket, type ControlPacket } from '@omniflow/core';
+import { audioPacket, defineNode, ports, MICROS_PER_SECOND, type AudioPacket, type CodesPacket, type ControlPacket, type NodeContext } from '@omniflow/core';
 import { Checkpoint, initBackend } from '@omniflow/runtime-gpu';
-import { Code2Wav } from './code2wav.js';
-import { Code2WavStream } from './code2wav-stream.js';
+import { Code2Wav, CODE2WAV_SAMPLE_RATE } from './code2wav.js';
+import { Code2WavPipeline, Code2WavStream } from './code2wav-stream.js';
 import { readQwen3OmniConfig } from './config.js';
 
 /*
@@ -31,11 +31,27 @@ export const code2WavParams = z.object({
   chunkFrames: z.number().int().positive().default(1),
   /** At turn end, also emit the look-ahead tail (~23 ms) the reference's offline decode drops. */
   tail: z.boolean().default(true),
+  /**
+   * Decode on two worker threads (Code2WavPipeline: the decoder split in halves that overlap across frames), so
+   * Code2Wav can use both cores. Needs `model` to be a checkpoint folder (each worker loads its own weights).
+   */
+  workers: z.boolean().default(false),
 });
 export type Code2WavParams = z.output<typeof code2WavParams>;
 
+interface Code2WavResource {
+  readonly code2wav?: Code2Wav;
+  readonly owned: boolean;
+  readonly pipeline?: { pipe: Code2WavPipeline; groups: number };
+}
+
 /** Instances open synchronously (so a graph starts at once, also in virtual time); a folder is loaded. */
-function openCode2Wav(model: Code2WavParams['model']): { code2wav: Code2Wav; owned: boolean } | Promise<{ code2wav: Code2Wav; owned: boolean }> {
+function openCode2Wav(params: Code2WavParams): Code2WavResource | Promise<Code2WavResource> {
+  const model = params.model;
+  if (params.workers) {
+    if (typeof model !== 'string') throw new Error('code2wav: workers: true needs `model` to be a checkpoint folder (each worker loads its own weights)');
+    return openPipeline(model);
+  }
   if (model instanceof Code2Wav) return { code2wav: model, owned: false };
   if (typeof model !== 'string') {
     if (!model.code2wav) throw new Error('code2wav: the model was loaded without Code2Wav (no code2wav.* tensors or not asked for)');
@@ -44,7 +60,15 @@ function openCode2Wav(model: Code2WavParams['model']): { code2wav: Code2Wav; own
   return loadCode2Wav(model);
 }
 
-async function loadCode2Wav(model: string): Promise<{ code2wav: Code2Wav; owned: boolean }> {
+async function openPipeline(dir: string): Promise<Code2WavResource> {
+  const { config } = readQwen3OmniConfig(dir);
+  const c = config.code2wav_config;
+  if (!c) throw new Error(`code2wav: ${dir}/config.json has no code2wav_config`);
+  const pipe = await Code2WavPipeline.start({ checkpoint: dir }, { split: Math.ceil(c.upsample_rates.length / 2), groups: c.num_quantizers });
+  return { owned: true, pipeline: { pipe, groups: c.num_quantizers } };
+}
+
+async function loadCode2Wav(model: string): Promise<Code2WavResource> {
   await initBackend();
   const { config } = readQwen3OmniConfig(model);
   if (!config.code2wav_config) throw new Error(`code2wav: ${model}/config.json has no code2wav_config`);
@@ -80,10 +104,11 @@ export const code2wav = defineNode({
   inputs: { codes: ports.of(['codes', 'control'], { description: 'codec frames of a turn, then turn-end' }) },
   outputs: { audio: ports.audio({ sampleRate: 24_000, channels: 1 }) },
   params: code2WavParams,
-  open: (params) => openCode2Wav(params.model),
-  operator: (params, ctx, resource) => (input$: Observable<CodesPacket | ControlPacket>) =>
-    new Observable<AudioPacket>((subscriber) => {
-      const c2w = resource.code2wav;
+  open: (params) => openCode2Wav(params),
+  operator: (params, ctx, resource) => (input$: Observable<CodesPacket | ControlPacket>) => resource.pipeline
+    ? pipelineOperator(params, ctx, resource.pipeline)(input$)
+    : new Observable<AudioPacket>((subscriber) => {
+      const c2w = resource.code2wav!;
       const G = c2w.config.num_quantizers;
       let turn: { session: string; turn: number; pts: number; stream: Code2WavStream; pending: Int32Array[]; voices?: Voices } | undefined;
       const end = () => {
@@ -156,7 +181,91 @@ export const code2wav = defineNode({
         end();
       };
     }),
-  close: (resource) => {
-    if (resource.owned) resource.code2wav.dispose();
+  close: async (resource) => {
+    if (resource.owned) resource.code2wav?.dispose();
+    await resource.pipeline?.pipe.close();
   },
 });
+
+/**
+ * The `workers: true` form: the same per-turn contract, decoding on Code2WavPipeline. Pushes are issued as frames
+ * arrive (so the two halves overlap) and their audio is emitted in order; results of an interrupted turn are dropped
+ * and the pipeline is reset before the next turn.
+ */
+function pipelineOperator(params: Code2WavParams, ctx: NodeContext, r: { pipe: Code2WavPipeline; groups: number }) {
+  return (input$: Observable<CodesPacket | ControlPacket>) =>
+    new Observable<AudioPacket>((subscriber) => {
+      const G = r.groups, rate = CODE2WAV_SAMPLE_RATE;
+      let turn: { id: number; session: string; turn: number; pts: number; samples: number; pending: Int32Array[]; voices?: Voices } | undefined;
+      let turnIds = 0;
+      let chain: Promise<unknown> = Promise.resolve();
+      const dropped = new Set<number>(); // interrupted turns: their in-flight audio is never emitted
+      const fail = (err: unknown) => subscriber.error(err);
+      const emit = (t: NonNullable<typeof turn>, samples: Float32Array, voices: Voices | undefined) => {
+        if (dropped.has(t.id) || samples.length === 0) return;
+        subscriber.next(audioPacket({
+          session: t.session, turn: t.turn, pts: t.pts + (t.samples * MICROS_PER_SECOND) / rate, samples, sampleRate: rate, channels: 1, ...(voices ? { voices } : {}),
+        }));
+        t.samples += samples.length;
+      };
+      const decodePending = () => {
+        const t = turn;
+        if (!t || t.pending.length === 0) return;
+        const frames = t.pending.length;
+        const codes = new Int32Array(G * frames);
+        t.pending.forEach((frame, f) => frame.forEach((c, g) => (codes[g * frames + f] = c)));
+        t.pending = [];
+        const voices = t.voices;
+        t.voices = undefined;
+        const result = r.pipe.push(codes, frames); // issued now: the halves overlap across frames
+        chain = chain.then(() => result).then((samples) => emit(t, samples, voices), fail);
+      };
+      const end = (flush: boolean) => {
+        const t = turn;
+        turn = undefined;
+        if (!t) return;
+        if (flush) {
+          decodePending();
+          const voices = t.voices;
+          const tail = r.pipe.flush();
+          chain = chain.then(() => tail).then((samples) => params.tail && emit(t, samples, voices), fail);
+        } else {
+          dropped.add(t.id); // interrupted: whatever is in flight for it is dropped
+        }
+        const reset = r.pipe.reset();
+        chain = chain.then(() => reset, fail);
+      };
+      const epochs = ctx.turns$.subscribe((epoch) => {
+        if (turn && turn.turn < epoch) end(false);
+      });
+      const sub = input$.subscribe({
+        next: (p) => {
+          try {
+            if (p.turn < ctx.turn && !p.uninterruptible) return;
+            if (turn && (turn.turn !== p.turn || turn.session !== p.session)) end(false);
+            if (p.kind === 'control') {
+              if (p.signal === 'turn-end' || p.signal === 'flush' || p.signal === 'end-of-stream') end(true);
+              return;
+            }
+            if (p.kind !== 'codes') throw new Error(`${ctx.node}: port 'codes' takes codes and control packets, got a ${(p as { kind: string }).kind} packet`);
+            if (p.groups !== G) throw new Error(`${ctx.node}: codes packet has ${p.groups} code groups but this Code2Wav decodes ${G}`);
+            turn ??= { id: ++turnIds, session: p.session, turn: p.turn, pts: p.pts, samples: 0, pending: [] };
+            for (let f = 0; f < p.frames; f++) turn.pending.push(Int32Array.from({ length: G }, (_, g) => p.codes[g * p.frames + f]));
+            turn.voices = mergeVoices(turn.voices, p.voices);
+            if (turn.pending.length >= params.chunkFrames) decodePending();
+          } catch (err) {
+            fail(err);
+          }
+        },
+        error: fail,
+        complete: () => {
+          end(true);
+          chain.then(() => subscriber.complete(), fail);
+        },
+      });
+      return () => {
+        sub.unsubscribe();
+        epochs.unsubscribe();
+      };
+    });
+}
