@@ -76,7 +76,9 @@ export function decodeAudio(input: MediaInput, options: DecodeAudioOptions = {})
         expect: 'audio',
         ffmpegPath: options.ffmpegPath,
         inputOptions: [...(options.inputFormat ? ['-f', options.inputFormat] : []), ...(options.inputOptions ?? [])],
-        outputOptions: ['-map', '0:a:0', '-vn', '-sn', '-dn', '-ac', String(channels), '-ar', String(sampleRate), '-acodec', 'pcm_f32le', '-f', 'f32le'],
+        // -flush_packets 1: write each packet at once instead of filling a 32 KB buffer first (half a second of
+        // 16 kHz audio held back from a live source).
+        outputOptions: ['-map', '0:a:0', '-vn', '-sn', '-dn', '-ac', String(channels), '-ar', String(sampleRate), '-acodec', 'pcm_f32le', '-flush_packets', '1', '-f', 'f32le'],
         output: out,
       });
     } catch (err) {

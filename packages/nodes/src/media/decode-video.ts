@@ -66,7 +66,7 @@ export function decodeVideo(input: MediaInput, options: DecodeVideoOptions = {})
         expect: 'video',
         ffmpegPath: options.ffmpegPath,
         inputOptions: [...(options.inputFormat ? ['-f', options.inputFormat] : []), ...(options.inputOptions ?? [])],
-        outputOptions: ['-map', '0:v:0', '-an', '-sn', '-dn', ...(filters.length ? ['-vf', filters.join(',')] : []), '-pix_fmt', 'rgb24', '-f', 'rawvideo'],
+        outputOptions: ['-map', '0:v:0', '-an', '-sn', '-dn', ...(filters.length ? ['-vf', filters.join(',')] : []), '-pix_fmt', 'rgb24', '-flush_packets', '1', '-f', 'rawvideo'],
         output: out,
       });
     } catch (err) {

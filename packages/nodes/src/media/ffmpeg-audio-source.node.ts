@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { defer } from 'rxjs';
+import { defer, finalize } from 'rxjs';
 import { z } from 'zod';
 import { defineNode, fromAsyncIterable, ports } from '@omniflow/core';
 import { decodeAudio } from './decode-audio.js';
@@ -37,5 +37,9 @@ export const ffmpegAudioSource = defineNode({
   outputs: { audio: ports.audio({ description: 'float32 PCM at the sampleRate/channels params' }) },
   params: ffmpegAudioSourceParams,
   operator: (p, ctx) =>
-    defer(() => fromAsyncIterable(decodeAudio(p.input, { ...p, session: ctx.session, turn: ctx.turn }), { demand: ctx.demand })),
+    defer(() => {
+      const decode = decodeAudio(p.input, { ...p, session: ctx.session, turn: ctx.turn });
+      // close() kills ffmpeg at once; the iterator's return() alone would wait for a pending read (a stalled URL).
+      return fromAsyncIterable(decode, { demand: ctx.demand }).pipe(finalize(() => decode.close()));
+    }),
 });

@@ -1,4 +1,4 @@
-import { defer } from 'rxjs';
+import { defer, finalize } from 'rxjs';
 import { z } from 'zod';
 import { defineNode, fromAsyncIterable, ports } from '@omniflow/core';
 import { decodeVideo } from './decode-video.js';
@@ -29,5 +29,9 @@ export const ffmpegVideoSource = defineNode({
   outputs: { video: ports.video() },
   params: ffmpegVideoSourceParams,
   operator: (p, ctx) =>
-    defer(() => fromAsyncIterable(decodeVideo(p.input, { ...p, session: ctx.session, turn: ctx.turn }), { demand: ctx.demand })),
+    defer(() => {
+      const decode = decodeVideo(p.input, { ...p, session: ctx.session, turn: ctx.turn });
+      // close() kills ffmpeg at once; the iterator's return() alone would wait for a pending read (a stalled URL).
+      return fromAsyncIterable(decode, { demand: ctx.demand }).pipe(finalize(() => decode.close()));
+    }),
 });

@@ -1,5 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -141,6 +143,30 @@ describe('media nodes as plain operators', () => {
     const end = Date.now() + 3000;
     while (ffmpegChildren().length && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
     expect(ffmpegChildren()).toEqual([]);
+  });
+
+  it('unsubscribing kills ffmpeg even while it waits on a stalled http stream', async () => {
+    const wav = readFileSync(file('long.wav'));
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'audio/wav' });
+      res.write(wav.subarray(0, 1000)); // the header and a little data, then nothing while the connection stays open
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/stalled.wav`;
+      const sub = ffmpegAudioSource({ input: url }).subscribe();
+      let end = Date.now() + 5000;
+      while (ffmpegChildren().length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+      expect(ffmpegChildren().length).toBe(1);
+      await new Promise((r) => setTimeout(r, 200)); // ffmpeg is now blocked reading the stream, and so is our read
+      sub.unsubscribe();
+      end = Date.now() + 3000;
+      while (ffmpegChildren().length && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+      expect(ffmpegChildren()).toEqual([]);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
   });
 
   it('sinks: wavFileSink and ffmpegEncoderSink write what they were given', async () => {
