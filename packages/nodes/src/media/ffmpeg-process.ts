@@ -48,7 +48,13 @@ export interface FfmpegSpec {
 
 const URL_SCHEME = /^[a-z][a-z0-9+.-]*:/i;
 
-/** A printable name for an input, used in every error about it. */
+/**
+ * A printable name for an input, used in every error about it.
+ *
+ * ```ts
+ * describeInput('talk.wav'); // '"talk.wav"'
+ * ```
+ */
 export function describeInput(input: MediaInput): string {
   if (typeof input === 'string') return JSON.stringify(input);
   if (input instanceof URL) return JSON.stringify(input.href);

@@ -84,7 +84,13 @@ export function melFilterBank(options: LogMelOptions = {}): Float32Array {
   return out;
 }
 
-/** Periodic Hann window (torch.hann_window(n, periodic=True)). */
+/**
+ * Periodic Hann window (torch.hann_window(n, periodic=True)).
+ *
+ * ```ts
+ * hannWindow(400)[200]; // 1
+ * ```
+ */
 export function hannWindow(n: number): Float64Array {
   return Float64Array.from({ length: n }, (_, i) => 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / n));
 }
@@ -123,7 +129,13 @@ function constants(o: Resolved): { cos: Float32Array; sin: Float32Array; filters
   return c;
 }
 
-/** Number of feature frames for `samples` input samples: 1 + L//hop STFT frames, the last one dropped. */
+/**
+ * Number of feature frames for `samples` input samples: 1 + L//hop STFT frames, the last one dropped.
+ *
+ * ```ts
+ * logMelFrameCount(24_000); // 150
+ * ```
+ */
 export function logMelFrameCount(samples: number, hopLength = 160): number {
   return Math.floor(samples / hopLength);
 }
@@ -219,7 +231,13 @@ export class LogMel {
   }
 }
 
-/** (max(x, reference − 8) + 4) / 4: Whisper's dynamic-range floor and scaling. `reference` is a scalar tensor or number. */
+/**
+ * (max(x, reference − 8) + 4) / 4: Whisper's dynamic-range floor and scaling. `reference` is a scalar tensor or number.
+ *
+ * ```ts
+ * const features = normalizeLogMel(rawLog10, tf.max(rawLog10) as tf.Scalar); // batch: the clip's own max
+ * ```
+ */
 export function normalizeLogMel<T extends tf.Tensor>(x: T, reference: tf.Scalar | number): T {
   return tf.tidy(() => tf.div(tf.add(tf.maximum(x, tf.sub(reference, 8)), 4), 4)) as T;
 }

@@ -42,7 +42,13 @@ const seconds = (hms: string): number | undefined => {
   return m ? Number(m[1]) * 3600 + Number(m[2]) * 60 + Number(m[3]) : undefined;
 };
 
-/** Parses one `Stream #…` line; undefined if the line is something else. */
+/**
+ * Parses one `Stream #…` line; undefined if the line is something else.
+ *
+ * ```ts
+ * parseStreamLine('  Stream #0:1(und): Audio: aac (LC), 44100 Hz, stereo, fltp'); // { index: 1, type: 'audio', codec: 'aac', sampleRate: 44100, channels: 2 }
+ * ```
+ */
 export function parseStreamLine(line: string): MediaStreamInfo | undefined {
   const m = /^\s*Stream #\d+:(\d+)(?:\[0x[0-9a-f]+\])?(?:\(([^)]*)\))?(?:\[0x[0-9a-f]+\])?: (Audio|Video|Subtitle|Data|Attachment): (.*)$/.exec(line);
   if (!m) return undefined;
@@ -144,6 +150,13 @@ export class FfmpegStderrParser {
   }
 }
 
+/**
+ * One-line description of a stream.
+ *
+ * ```ts
+ * describeStream({ index: 0, type: 'video', codec: 'h264', width: 320, height: 240, fps: 25 }); // 'video h264 320x240 25fps'
+ * ```
+ */
 export function describeStream(s: MediaStreamInfo): string {
   const parts: string[] = [s.type, s.codec];
   if (s.width && s.height) parts.push(`${s.width}x${s.height}`);

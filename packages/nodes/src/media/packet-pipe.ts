@@ -6,6 +6,11 @@ import { Observable } from 'rxjs';
  * `for await` (WAV writer, encoder, PCM writer). When `capacity` items are waiting, the node's input is held
  * (`ctx.hold()`), so in a graph the upstream `block` queue fills and pausable sources stop; outside a graph the
  * buffer still bounds nothing (RxJS cannot be paused), which is why graphs are the place for slow sinks.
+ *
+ * ```ts
+ * const { iterable } = pipeToIterable(audio$, ctx);
+ * for await (const p of iterable) await writer.write(p.samples);
+ * ```
  */
 export function pipeToIterable<T>(input$: Observable<T>, ctx: Pick<NodeContext, 'hold'>, capacity = 8): { iterable: AsyncIterable<T>; cancel(): void } {
   const queue: T[] = [];
@@ -65,7 +70,13 @@ export function pipeToIterable<T>(input$: Observable<T>, ctx: Pick<NodeContext, 
   };
 }
 
-/** Runs `consume` over the input as an AsyncIterable; the returned Observable emits its result and completes. */
+/**
+ * Runs `consume` over the input as an AsyncIterable; the returned Observable emits its result and completes.
+ *
+ * ```ts
+ * operator: (p, ctx) => (audio$) => sinkObservable(audio$, ctx, (packets) => writeWav(packets, p.path)),
+ * ```
+ */
 export function sinkObservable<T, R>(input$: Observable<T>, ctx: Pick<NodeContext, 'hold'>, consume: (packets: AsyncIterable<T>) => Promise<R>): Observable<R> {
   return new Observable<R>((subscriber) => {
     const pipe = pipeToIterable(input$, ctx);
@@ -96,6 +107,10 @@ export interface PacketTransform<I, O> {
 /**
  * An RxJS operator over a fresh {@link PacketTransform} per subscription: errors thrown by `push`/`flush` become
  * stream errors, and `dispose` runs however the stream ends.
+ *
+ * ```ts
+ * operator: () => transformOperator(() => { const r = new Rechunker({ frames: 320 }); return { push: (a) => r.push(a), flush: () => r.flush() }; }),
+ * ```
  */
 export function transformOperator<I, O>(create: () => PacketTransform<I, O>): (input$: Observable<I>) => Observable<O> {
   return (input$) =>

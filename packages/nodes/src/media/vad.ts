@@ -16,7 +16,13 @@ export interface EnergyVadOptions {
   readonly hangoverMs?: number;
 }
 
-/** RMS level of interleaved samples in dBFS (−Infinity for digital silence). */
+/**
+ * RMS level of interleaved samples in dBFS (−Infinity for digital silence).
+ *
+ * ```ts
+ * levelDb(new Float32Array(160).fill(0.1)); // -20
+ * ```
+ */
 export function levelDb(samples: Float32Array, from = 0, to = samples.length): number {
   let s = 0;
   for (let i = from; i < to; i++) s += samples[i] * samples[i];
@@ -26,6 +32,11 @@ export function levelDb(samples: Float32Array, from = 0, to = samples.length): n
 /**
  * Splits a stream of audio packets into fixed analysis frames, whatever the packet sizes, and tells the caller
  * the level and absolute position of each one.
+ *
+ * ```ts
+ * const frames = new FrameSplitter(320, 1);
+ * frames.push(packet, (frame, i, pts) => console.log(i, pts, levelDb(frame)));
+ * ```
  */
 export class FrameSplitter {
   private buffer: Float32Array;

@@ -100,7 +100,13 @@ export interface WavWriterOptions {
   readonly format?: WavSampleFormat;
 }
 
-/** Converts float samples to little-endian bytes of the file's format. */
+/**
+ * Converts float samples to little-endian bytes: float32 as is, or 16-bit clipped to ±32767.
+ *
+ * ```ts
+ * encodePcm(Float32Array.of(0.5, -1), 's16'); // Uint8Array of Int16 [16384, -32767]
+ * ```
+ */
 export function encodePcm(samples: Float32Array, format: WavSampleFormat | 'f32le' | 's16le'): Uint8Array {
   if (format === 'f32' || format === 'f32le') return new Uint8Array(samples.buffer, samples.byteOffset, samples.byteLength).slice();
   const out = new Int16Array(samples.length);
