@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { filter, map, Observable, share } from 'rxjs';
 import { z } from 'zod';
 import {
-  audioPacket, defineNode, disposePacket, ports, textPacket, MICROS_PER_SECOND,
+  audioPacket, defineNode, disposePacket, graph, ports, textPacket, MICROS_PER_SECOND,
   type AudioPacket, type Packet, type TensorPacket, type TextPacket,
 } from '@omniflow/core';
 import { Code2WavStream } from './code2wav-stream.js';
@@ -11,7 +11,9 @@ import { Qwen3OmniModel } from './load.js';
 import { samplerOptionsSchema } from './sampler.js';
 import { GREEDY } from './codec-head.js';
 import { SpeechTurn, talkerParams } from './talker.node.js';
-import { framesForAudioTokens, openModel } from './thinker.js';
+import { framesForAudioTokens, openModel, thinker } from './thinker.js';
+import { talker } from './talker.node.js';
+import { code2wav } from './code2wav.node.js';
 import { prepareThinkerPrompt, type ThinkerContentPart, type ThinkerMessage } from './thinker-prompt.js';
 
 /*
@@ -124,6 +126,46 @@ export const speak = defineNode({
     if (resource.owned) resource.model.dispose();
   },
 });
+
+export interface SpeakGraphOptions {
+  /** A model from loadQwen3Omni with its talker and Code2Wav loaded. */
+  model: Qwen3OmniModel;
+  speaker?: string;
+  system?: string;
+  maxNewTokens?: number;
+  seed?: number;
+  maxFrames?: number;
+  /** Frames the talker may run ahead of playback in real-time mode. */
+  leadFrames?: number;
+}
+
+/**
+ * The same chain as the `speak` node, as a graph of the separate nodes — thinker (talkerHidden) → talker → code2wav —
+ * with exported input `input` (user turns, as the thinker takes them) and outputs `text` and `audio`. Each edge is a
+ * bounded queue; the thinker keeps the conversation across turns; an interrupt fences every node's old turn.
+ *
+ * ```ts
+ * const session = speakGraph({ model, speaker: 'chelsie' }).session({ mode: 'realtime' });
+ * session.output('audio').subscribe(play);
+ * void session.start();
+ * session.input('input').push(textPacket({ text: 'Hello!', final: true }));
+ * ```
+ */
+export function speakGraph(o: SpeakGraphOptions) {
+  if (!o.model.talker || !o.model.code2wav) throw new Error('speakGraph: the model has no talker or no Code2Wav (speech needs an Instruct checkpoint with both loaded)');
+  const speech = { talker: o.model.talker, config: o.model.config, tokenizer: o.model.tokenizer };
+  return graph('speak')
+    .add('thinker', thinker, { model: o.model, talkerHidden: true, ...(o.system ? { system: o.system } : {}), ...(o.maxNewTokens ? { maxNewTokens: o.maxNewTokens } : {}) })
+    .add('talker', talker, {
+      model: speech, speaker: o.speaker ?? 'ethan', seed: o.seed ?? 0, maxFrames: o.maxFrames ?? 4096, leadFrames: o.leadFrames ?? 4,
+    })
+    .add('code2wav', code2wav, { model: o.model })
+    .connect('thinker.hidden', 'talker.thinker', { capacity: 64, policy: 'block' })
+    .connect('talker.codes', 'code2wav.codes', { capacity: 64, policy: 'block' })
+    .input('input', 'thinker.input')
+    .output('text', 'thinker.text')
+    .output('audio', 'code2wav.audio');
+}
 
 /** One spoken turn: thinker steps feed the talker, frames go to Code2Wav as soon as they exist. */
 async function* speakTurn(
