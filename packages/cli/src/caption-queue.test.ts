@@ -32,7 +32,9 @@ describe.skipIf(!redis)('omniflow caption --queue / worker / status', () => {
       files.push(join(root, `q-${i}.wav`));
       copyFileSync(tone, files[i]);
     }
-    corrupt = media.find((m) => m.expect === 'corrupt')!.path;
+    // Named to sort last, so the first job (the one worker A is killed in) is a long real file.
+    corrupt = join(root, 'z-corrupt.wav');
+    copyFileSync(media.find((m) => m.expect === 'corrupt')!.path, corrupt);
   });
   afterAll(async () => {
     await redis?.stop();

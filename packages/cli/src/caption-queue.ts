@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { Queue, UnrecoverableError, Worker, MetricsTime, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { CaptionBatcher, captionOptionsHash, generationOf, type CaptionModel, type CaptionJobOptions } from '@omniflow/nodes';
-import { captionOne } from './caption-run.js';
+import { BATCH_WAIT_MS, captionOne } from './caption-run.js';
 import type { CaptionErrorRecord, CaptionRecord } from './caption-store.js';
 
 /** Default BullMQ queue name for caption jobs. */
@@ -227,7 +227,7 @@ export async function startCaptionWorker(c: QueueConnection, opts: CaptionWorker
     const gen = generationOf(options);
     if (b && JSON.stringify(b.generation) !== JSON.stringify(gen)) b = undefined;
     if (!b) {
-      b = new CaptionBatcher(model, { maxBatch: opts.batchSize, maxWaitMs: 20, generation: gen });
+      b = new CaptionBatcher(model, { maxBatch: opts.batchSize, maxWaitMs: BATCH_WAIT_MS, generation: gen });
       batchers.set(model, b);
     }
     return b;

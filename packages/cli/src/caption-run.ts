@@ -10,6 +10,9 @@ import {
 } from '@omniflow/nodes';
 import type { CaptionErrorRecord, CaptionOkRecord, CaptionRecord, CaptionStore } from './caption-store.js';
 
+/** Shortest wait of a partly filled batch for segments of other files (the batcher adapts it to the model's speed). */
+export const BATCH_WAIT_MS = 20;
+
 /** What the caption runner reports after each file (also for files skipped because they were done). */
 export interface CaptionProgressEvent {
   readonly record: CaptionRecord;
@@ -62,7 +65,7 @@ export async function captionFiles(files: readonly string[], store: CaptionStore
   if (!Number.isInteger(run.batchSize) || run.batchSize < 1) throw new Error(`caption: --batch-size must be an integer >= 1, got ${run.batchSize}`);
   const started = performance.now();
   const optionsHash = captionOptionsHash(run.options, run.model.id);
-  const batcher = new CaptionBatcher(run.model, { maxBatch: run.batchSize, maxWaitMs: 20, generation: generationOf(run.options) });
+  const batcher = new CaptionBatcher(run.model, { maxBatch: run.batchSize, maxWaitMs: BATCH_WAIT_MS, generation: generationOf(run.options) });
   const by = `${hostname()}:${process.pid}`;
   let captioned = 0;
   let failed = 0;

@@ -113,7 +113,9 @@ export async function* audioFileSegments(path: string, options: AudioFileSegment
 }
 
 function fromMediaError(path: string, err: MediaError): AudioFileError {
-  const reason: AudioFileProblem = err.code === 'not-found' ? 'not-found' : err.code === 'no-stream' ? 'no-audio' : err.code === 'corrupt' || err.code === 'unknown-format' ? 'corrupt' : 'unreadable';
+  // For an existing local file, ffmpeg failing on its contents (whatever its words) means the file cannot be decoded.
+  const reason: AudioFileProblem =
+    err.code === 'not-found' ? 'not-found' : err.code === 'no-stream' ? 'no-audio' : err.code === 'io' || err.code === 'ffmpeg-missing' ? 'unreadable' : 'corrupt';
   const e = new AudioFileError(path, reason, err.message);
   e.cause = err;
   return e;

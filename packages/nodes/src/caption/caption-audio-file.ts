@@ -43,17 +43,23 @@ export async function captionAudioFile(path: string, batcher: CaptionBatcher, op
   let duration = 0;
   // A segment whose caption failed must not leave an unhandled rejection while decoding goes on.
   const settle = (p: Promise<CaptionSegment>) => p.catch(() => undefined);
-  for await (const seg of audioFileSegments(path, { segmentSeconds: options.segmentSeconds, maxSeconds: options.maxDurationSeconds, ffmpegPath: options.ffmpegPath })) {
-    duration = seg.end;
-    const part = batcher.caption({ prompt: options.prompt, audio: seg.pcm }).then((text) => ({ start: seg.start, end: seg.end, text }));
-    void settle(part);
-    parts.push(part);
-    // Decoding is ~1000x faster than captioning: wait here so ffmpeg's pipe, not our memory, holds the rest.
-    if (parts.length >= inFlight) await parts[parts.length - inFlight];
+  // Tells the batcher when this file is decoding (more requests may come) and when it only waits for captions.
+  const producer = batcher.openProducer();
+  try {
+    for await (const seg of audioFileSegments(path, { segmentSeconds: options.segmentSeconds, maxSeconds: options.maxDurationSeconds, ffmpegPath: options.ffmpegPath })) {
+      duration = seg.end;
+      const part = batcher.caption({ prompt: options.prompt, audio: seg.pcm }).then((text) => ({ start: seg.start, end: seg.end, text }));
+      void settle(part);
+      parts.push(part);
+      // Decoding is ~1000x faster than captioning: wait here so ffmpeg's pipe, not our memory, holds the rest.
+      if (parts.length >= inFlight) await producer.waitFor(parts[parts.length - inFlight]);
+    }
+    const segments = await producer.waitFor(Promise.all(parts));
+    const summary = segments.length === 1 ? segments[0].text : await producer.waitFor(batcher.caption({ prompt: summaryPromptFor(options.summaryPrompt, segments) }));
+    return { duration, segments, summary };
+  } finally {
+    producer.close();
   }
-  const segments = await Promise.all(parts);
-  const summary = segments.length === 1 ? segments[0].text : await batcher.caption({ prompt: summaryPromptFor(options.summaryPrompt, segments) });
-  return { duration, segments, summary };
 }
 
 /** The text the summary pass reads: the instruction, then one `[start-end] caption` line per segment. */

@@ -47,7 +47,7 @@ describe('generateBatch', () => {
     const reference = [];
     for (const p of prompts) reference.push(await one(p, 12, new Sampler({ greedy: true }), []));
     const before = tf.memory().numTensors;
-    const stats = { decodeSteps: 0 };
+    const stats = { decodeSteps: 0, prefillMs: 0, decodeMs: 0 };
     const batched = await generateBatch(model.thinker, asBatch(() => new Sampler({ greedy: true })), { maxNewTokens: 12, stopTokens: [] }, stats);
     expect(tf.memory().numTensors).toBe(before);
     expect(batched).toEqual(reference);

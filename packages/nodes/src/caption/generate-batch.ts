@@ -27,101 +27,78 @@ export interface GenerateBatchOptions {
   readonly signal?: AbortSignal;
 }
 
-export interface GenerateBatchStats {
-  /** Decode steps run for the whole batch (each one forward over every unfinished sequence). */
-  readonly decodeSteps: number;
-}
-
 const NEG = -3.4028234663852886e38; // float32 minimum, as the reference masks: exp() of it is exactly 0
 
+/** Counters `generateBatch` adds to when given: decode steps (one forward each for the whole batch) and time spent. */
+export interface GenerateBatchStats {
+  decodeSteps: number;
+  prefillMs: number;
+  decodeMs: number;
+}
+
 /**
- * Generates for many prompts at once. Each prompt is prefilled on its own (prompts differ in length), then every
- * decode step runs ONE forward over all unfinished sequences: the new rows go through projections, norms, MoE and
- * the head as one [B, hidden] matrix, and attention reads a shared left-padded KV cache [B, kv_heads, T, head_dim]
- * with the padding masked out. On the wasm backend a decode step costs about the same for 1 row or 16 (per-op
- * overhead dominates), which is where batching captions across files gains its speed. Per-row maths is the same as
- * `generate`, so greedy results match it token for token.
+ * Generates for many prompts at once, with ONE forward per step for the whole batch: the prompts are left-padded to
+ * the longest and prefilled together (causal attention with the padding masked out), then every decode step runs all
+ * unfinished sequences as one [B, hidden] matrix through projections, norms, MoE and the head, attending over the
+ * shared left-padded KV cache [B, kv_heads, T, head_dim]. On the wasm backend a forward costs about the same for 1
+ * row or 16 (per-op overhead dominates), which is where batching captions across files gains its speed. Per-row maths
+ * is the same as `generate`'s (masked keys get exactly zero weight), so greedy results match it token for token.
  *
  * ```ts
  * const tokens = await generateBatch(model.thinker, prompts, { maxNewTokens: 64, stopTokens: tokenizer.stopTokenIds });
  * ```
  */
-export async function generateBatch(model: TextModel, prompts: readonly BatchPrompt[], options: GenerateBatchOptions, stats?: { decodeSteps: number }): Promise<number[][]> {
+export async function generateBatch(model: TextModel, prompts: readonly BatchPrompt[], options: GenerateBatchOptions, stats?: GenerateBatchStats): Promise<number[][]> {
   const { maxNewTokens } = options;
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1) throw new Error(`generateBatch: maxNewTokens must be a positive integer, got ${maxNewTokens}`);
+  prompts.forEach((p, b) => {
+    if (p.inputIds.length === 0) throw new Error(`generateBatch: prompt ${b} is empty`);
+    if (p.inputsEmbeds.shape[0] !== p.inputIds.length) throw new Error(`generateBatch: prompt ${b} has ${p.inputsEmbeds.shape[0]} embedding rows for ${p.inputIds.length} ids`);
+  });
+  if (!model.lmHead) throw new Error('generateBatch: the text model was loaded without an lm_head');
   const stops = new Set(options.stopTokens);
-  const c = model.config;
-  const nLayers = model.layers.length;
+  const V = model.config.vocab_size;
   const out: number[][] = prompts.map(() => []);
   const history = prompts.map((p) => [...p.inputIds]);
   const lengths = prompts.map((p) => p.inputIds.length);
-  prompts.forEach((p, b) => {
-    if (p.inputsEmbeds.shape[0] !== p.inputIds.length) throw new Error(`generateBatch: prompt ${b} has ${p.inputsEmbeds.shape[0]} embedding rows for ${p.inputIds.length} ids`);
-  });
+  if (prompts.length === 0) return out;
 
-  // Prefill one by one; keep each sequence's per-layer K/V [kvHeads, S, headDim].
-  const prefillKV: Array<Array<{ k: tf.Tensor3D; v: tf.Tensor3D }>> = [];
   let kv: Array<{ k: tf.Tensor4D; v: tf.Tensor4D }> = [];
   let mask: tf.Tensor4D | undefined;
   try {
-    const active: number[] = [];
-    for (let b = 0; b < prompts.length; b++) {
-      await betweenSteps(options.signal);
-      const p = prompts[b];
-      const cache = model.createCache({ capacity: p.inputIds.length + 1 });
-      try {
-        const r = model.forward(p.inputsEmbeds, { positions: p.positions, cache, logits: 'last' });
-        const logits = r.logits!.dataSync() as Float32Array;
-        r.logits!.dispose();
-        r.lastHiddenState.dispose();
-        const token = p.sampler.sample(logits, history[b]);
-        history[b].push(token);
-        if (!stops.has(token)) out[b].push(token);
-        if (!stops.has(token) && maxNewTokens > 1) active.push(b);
-        prefillKV.push(
-          Array.from({ length: nLayers }, (_, l) => {
-            const buf = cache.buffers(l);
-            const size: [number, number, number] = [buf.k.shape[0], p.inputIds.length, buf.k.shape[2]];
-            return { k: tf.slice(buf.k, [0, 0, 0], size), v: tf.slice(buf.v, [0, 0, 0], size) };
-          }),
-        );
-      } finally {
-        cache.dispose();
+    // Prefill in groups of similar length: padding a short prompt to a long one costs attention work that grows
+    // with the square of the length, while one more forward per group only costs per-op overhead.
+    const groups = lengthGroups(lengths);
+    const parts: Array<ReturnType<typeof prefillStep>> = [];
+    let logits: tf.Tensor2D;
+    const t0 = performance.now();
+    try {
+      for (const g of groups) {
+        await betweenSteps(options.signal);
+        parts.push(prefillStep(model, g.map((b) => prompts[b])));
+      }
+      const first = joinGroups(parts);
+      kv = first.kv;
+      mask = first.mask;
+      logits = first.logits;
+    } finally {
+      for (const p of parts) {
+        p.logits.dispose();
+        disposeKV(p.kv);
+        p.mask.dispose();
       }
     }
-    if (active.length === 0) return out;
-
-    // Left-pad every active prompt to the longest, so the generated tokens share cache columns.
-    const pMax = Math.max(...active.map((b) => lengths[b]));
-    kv = Array.from({ length: nLayers }, (_, l) =>
-      tf.tidy(() => {
-        const pad = (t: tf.Tensor3D, n: number) => (n > 0 ? tf.concat([tf.zeros([t.shape[0], n, t.shape[2]]), t], 1) : t);
-        return {
-          k: tf.stack(active.map((b) => pad(prefillKV[b][l].k, pMax - lengths[b]))) as tf.Tensor4D,
-          v: tf.stack(active.map((b) => pad(prefillKV[b][l].v, pMax - lengths[b]))) as tf.Tensor4D,
-        };
-      }),
-    );
-    const bias = new Float32Array(active.length * pMax);
-    active.forEach((b, i) => bias.fill(NEG, i * pMax, i * pMax + pMax - lengths[b]));
-    mask = tf.tensor4d(bias, [active.length, 1, 1, pMax]);
-    for (const layers of prefillKV) disposeKV(layers);
-    prefillKV.length = 0;
-
-    let rows = active;
-    for (let step = 1; step < maxNewTokens && rows.length > 0; step++) {
-      await betweenSteps(options.signal);
-      const ids = rows.map((b) => out[b][out[b].length - 1]);
-      // The token fed now sits at cache position prompt length + step - 1.
-      const positions = rows.map((b) => lengths[b] + step - 1 + prompts[b].ropeDelta);
-      const { logits, next, nextMask } = decodeStep(model, ids, positions, kv, mask!);
-      disposeKV(kv);
-      mask!.dispose();
-      kv = next;
-      mask = nextMask;
-      const V = c.vocab_size;
+    let rows = groups.flat();
+    let t1 = performance.now();
+    if (stats) stats.prefillMs += t1 - t0;
+    for (let step = 1; ; step++) {
       const all = logits.dataSync() as Float32Array;
       logits.dispose();
+      if (stats && step > 1) {
+        const now = performance.now();
+        stats.decodeMs += now - t1;
+        t1 = now;
+      }
       const keep: number[] = [];
       rows.forEach((b, i) => {
         const token = prompts[b].sampler.sample(all.subarray(i * V, (i + 1) * V), history[b]);
@@ -130,26 +107,121 @@ export async function generateBatch(model: TextModel, prompts: readonly BatchPro
         out[b].push(token);
         if (out[b].length < maxNewTokens) keep.push(i);
       });
-      if (stats) stats.decodeSteps += 1;
-      if (keep.length < rows.length && keep.length > 0) {
+      if (keep.length === 0) break;
+      if (keep.length < rows.length) {
         // Drop finished sequences from the batch so later steps do not compute them.
         const idx = tf.tensor1d(keep, 'int32');
         const compact = kv.map((t) => ({ k: tf.gather(t.k, idx) as tf.Tensor4D, v: tf.gather(t.v, idx) as tf.Tensor4D }));
-        const compactMask = tf.gather(mask, idx) as tf.Tensor4D;
+        const compactMask = tf.gather(mask!, idx) as tf.Tensor4D;
         idx.dispose();
         disposeKV(kv);
-        mask.dispose();
+        mask!.dispose();
         kv = compact;
         mask = compactMask;
+        rows = keep.map((i) => rows[i]);
       }
-      rows = keep.map((i) => rows[i]);
+      await betweenSteps(options.signal);
+      const ids = rows.map((b) => out[b][out[b].length - 1]);
+      // The token fed now sits at cache position prompt length + step - 1.
+      const positions = rows.map((b) => lengths[b] + step - 1 + prompts[b].ropeDelta);
+      t1 = performance.now();
+      const next = decodeStep(model, ids, positions, kv, mask!);
+      disposeKV(kv);
+      mask!.dispose();
+      kv = next.next;
+      mask = next.nextMask;
+      logits = next.logits;
+      if (stats) stats.decodeSteps += 1;
     }
     return out;
   } finally {
-    for (const layers of prefillKV) disposeKV(layers);
     disposeKV(kv);
     mask?.dispose();
   }
+}
+
+/** Prompt indices grouped by length (ascending): a group's longest prompt is at most 1.25x its shortest + 16 tokens. */
+function lengthGroups(lengths: readonly number[]): number[][] {
+  const order = lengths.map((_, b) => b).sort((x, y) => lengths[x] - lengths[y]);
+  const groups: number[][] = [];
+  for (const b of order) {
+    const g = groups.at(-1);
+    if (g && lengths[b] <= lengths[g[0]] * 1.25 + 16) g.push(b);
+    else groups.push([b]);
+  }
+  return groups;
+}
+
+/** Stacks prefill groups into one batch: K/V and masks left-padded (and masked) to the longest group. */
+function joinGroups(parts: ReadonlyArray<ReturnType<typeof prefillStep>>) {
+  return tf.tidy(() => {
+    const S = Math.max(...parts.map((p) => p.mask.shape[3]));
+    const padKV = (t: tf.Tensor4D) => (t.shape[2] < S ? tf.concat([tf.zeros([t.shape[0], t.shape[1], S - t.shape[2], t.shape[3]]), t], 2) : t);
+    const padMask = (m: tf.Tensor4D) => (m.shape[3] < S ? tf.concat([tf.fill([m.shape[0], 1, 1, S - m.shape[3]], NEG), m], 3) : m);
+    const layers = parts[0].kv.length;
+    const kv = Array.from({ length: layers }, (_, l) => ({
+      k: (parts.length === 1 ? tf.clone(parts[0].kv[l].k) : tf.concat(parts.map((p) => padKV(p.kv[l].k)), 0)) as tf.Tensor4D,
+      v: (parts.length === 1 ? tf.clone(parts[0].kv[l].v) : tf.concat(parts.map((p) => padKV(p.kv[l].v)), 0)) as tf.Tensor4D,
+    }));
+    const mask = (parts.length === 1 ? tf.clone(parts[0].mask) : tf.concat(parts.map((p) => padMask(p.mask)), 0)) as tf.Tensor4D;
+    const logits = (parts.length === 1 ? tf.clone(parts[0].logits) : tf.concat(parts.map((p) => p.logits), 0)) as tf.Tensor2D;
+    return { kv, mask, logits };
+  });
+}
+
+/**
+ * The prefill of every prompt in one forward: rows left-padded to the longest prompt (zero embeddings at position 0),
+ * attention causal within each prompt and blind to its padding. Returns the logits of each prompt's last row
+ * [B, vocab], the per-layer K/V [B, kv_heads, Smax, head_dim] and the decode mask [B, 1, 1, Smax] of the padding.
+ */
+function prefillStep(model: TextModel, prompts: readonly BatchPrompt[]) {
+  const c = model.config;
+  const B = prompts.length;
+  const hidden = model.hidden;
+  const lengths = prompts.map((p) => p.inputIds.length);
+  const S = Math.max(...lengths);
+  const N = B * S;
+  const pads = lengths.map((n) => S - n);
+  const pos = [0, 1, 2].map((axis) => {
+    const a = new Float32Array(N);
+    prompts.forEach((p, b) => a.set(Array.from(p.positions[axis]), b * S + pads[b]));
+    return a;
+  }) as unknown as MropePositions;
+  // Query i of prompt b sees keys pads[b]..i; a padding query sees none (its row is never read).
+  const m = new Float32Array(B * S * S).fill(NEG);
+  for (let b = 0; b < B; b++) for (let i = pads[b]; i < S; i++) m.fill(0, (b * S + i) * S + pads[b], (b * S + i) * S + i + 1);
+  const decodeMask = new Float32Array(B * S);
+  pads.forEach((pad, b) => decodeMask.fill(NEG, b * S, b * S + pad));
+  return tf.tidy(() => {
+    const section = c.rope.mropeSection;
+    const tables = section ? mropeTables(pos, c.head_dim, c.rope.theta, section, c.rope.interleaved) : ropeTables(pos[0], c.head_dim, c.rope.theta);
+    const [cos, sin] = ropeTensors(tables); // [N, 1, head_dim]
+    const mask = tf.tensor4d(m, [B, 1, S, S]);
+    let h = tf.concat(prompts.map((p, b) => (pads[b] ? tf.concat([tf.zeros([pads[b], hidden]), p.inputsEmbeds], 0) : p.inputsEmbeds)), 0) as tf.Tensor2D;
+    const kv: Array<{ k: tf.Tensor4D; v: tf.Tensor4D }> = [];
+    for (const layer of model.layers) {
+      const a = layer.self_attn;
+      const { numHeads: H, numKvHeads: Hkv, headDim: D } = a;
+      const xn = rmsNorm(h, layer.input_layernorm) as tf.Tensor2D;
+      const q = applyRope(rmsNorm(tf.reshape(linear(xn, a.q_proj), [N, H, D]), a.q_norm), cos, sin);
+      const k = applyRope(rmsNorm(tf.reshape(linear(xn, a.k_proj), [N, Hkv, D]), a.k_norm), cos, sin);
+      const v = tf.reshape(linear(xn, a.v_proj), [N, Hkv, D]);
+      const K = tf.keep(tf.transpose(tf.reshape(k, [B, S, Hkv, D]), [0, 2, 1, 3]) as tf.Tensor4D);
+      const Vv = tf.keep(tf.transpose(tf.reshape(v, [B, S, Hkv, D]), [0, 2, 1, 3]) as tf.Tensor4D);
+      kv.push({ k: K, v: Vv });
+      // Head h reads KV head floor(h / groups): [B, H, S, D] -> [B, Hkv, groups·S, D].
+      const qg = tf.reshape(tf.transpose(tf.reshape(tf.mul(q, 1 / Math.sqrt(D)), [B, S, H, D]), [0, 2, 1, 3]), [B, Hkv, (H / Hkv) * S, D]);
+      const scores = tf.reshape(tf.add(tf.reshape(tf.matMul(qg, K, false, true), [B, H, S, S]), mask), [B, Hkv, (H / Hkv) * S, S]);
+      const ctx = tf.matMul(tf.softmax(scores, -1), Vv); // [B, Hkv, groups·S, D]
+      const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, S, D]), [0, 2, 1, 3]), [N, H * D]);
+      const r = tf.add(h, linear(merged, a.o_proj)) as tf.Tensor2D;
+      const x2 = rmsNorm(r, layer.post_attention_layernorm) as tf.Tensor2D;
+      h = tf.add(r, 'router' in layer.mlp ? sparseMoe(x2, layer.mlp).output : swiGlu(x2, layer.mlp)) as tf.Tensor2D;
+    }
+    const lastRows = tf.gather(h, tf.tensor1d(prompts.map((_, b) => b * S + S - 1), 'int32'));
+    const logits = linear(rmsNorm(lastRows, model.norm), model.lmHead!) as tf.Tensor2D;
+    return { logits, kv, mask: tf.tensor4d(decodeMask, [B, 1, 1, S]) };
+  });
 }
 
 /** One decode step over B rows: returns logits [B, vocab], the caches with the new column, and the widened mask. */
@@ -186,8 +258,7 @@ function decodeStep(model: TextModel, ids: number[], positions: number[], kv: Re
         const m = 'router' in layer.mlp ? sparseMoe(x2, layer.mlp).output : swiGlu(x2, layer.mlp);
         h = tf.add(r, m) as tf.Tensor2D;
       });
-      if (!model.lmHead) throw new Error('generateBatch: the text model was loaded without an lm_head');
-      const logits = linear(rmsNorm(h, model.norm), model.lmHead) as tf.Tensor2D;
+      const logits = linear(rmsNorm(h, model.norm), model.lmHead!) as tf.Tensor2D;
       return { logits, next, nextMask };
     });
   } finally {

@@ -16,8 +16,7 @@ export interface Qwen3OmniCaptionerOptions {
 }
 
 /**
- * A Qwen3-Omni checkpoint as a {@link CaptionModel}: log-mel → audio encoder (all clips of a call in one encoder
- * run) → thinker prompt with the audio rows spliced in → `generateBatch` (one decode forward per step for the whole
+ * A Qwen3-Omni checkpoint as a {@link CaptionModel}: log-mel → audio encoder (per clip) → thinker prompt with the audio rows spliced in → `generateBatch` (one decode forward per step for the whole
  * batch) → detokenized text. Text-only requests (summaries) join the same batch.
  *
  * ```ts
@@ -27,8 +26,8 @@ export interface Qwen3OmniCaptionerOptions {
  * ```
  */
 export class Qwen3OmniCaptioner implements CaptionModel {
-  /** Decode steps run so far (a batch of B sequences counts once per step). */
-  readonly stats = { decodeSteps: 0, requests: 0 };
+  /** Requests served, model calls, decode steps (a batch counts once per step) and where the time went, in ms. */
+  readonly stats = { requests: 0, calls: 0, decodeSteps: 0, featuresMs: 0, encoderMs: 0, promptMs: 0, prefillMs: 0, decodeMs: 0 };
   private readonly logMel: LogMel;
 
   private constructor(
@@ -55,6 +54,7 @@ export class Qwen3OmniCaptioner implements CaptionModel {
     const owned: tf.Tensor[] = [];
     try {
       const audioRows = this.encodeAudio(requests, owned);
+      const t0 = performance.now();
       for (let i = 0; i < requests.length; i++) {
         const r = requests[i];
         const content: ThinkerContentPart[] = [];
@@ -64,6 +64,7 @@ export class Qwen3OmniCaptioner implements CaptionModel {
         prompts.push(prepareThinkerPrompt(this.model, [{ role: 'user', content }]));
       }
       for (const t of owned.splice(0)) t.dispose(); // the prompts hold their own copies of the audio rows
+      this.stats.promptMs += performance.now() - t0;
       const sampler = () =>
         new Sampler(generation.temperature === 0 ? { greedy: true } : { temperature: generation.temperature, topK: generation.topK, topP: generation.topP, seed: generation.seed });
       const tokens = await generateBatch(
@@ -73,6 +74,7 @@ export class Qwen3OmniCaptioner implements CaptionModel {
         this.stats,
       );
       this.stats.requests += requests.length;
+      this.stats.calls += 1;
       return tokens.map((t) => this.model.tokenizer.decode(t, { skipSpecialTokens: true }).trim());
     } finally {
       for (const p of prompts) p.dispose();
@@ -80,25 +82,30 @@ export class Qwen3OmniCaptioner implements CaptionModel {
     }
   }
 
-  /** Log-mel of every audio request, then one encoder run over all of them; rows split back per request. */
+  /**
+   * Log-mel and encoder rows of every audio request, clip by clip: the encoder's attention windows never cross clips,
+   * and packing clips into one encoder call costs more than it saves (its window mask spans the packed sequence).
+   */
   private encodeAudio(requests: readonly CaptionRequest[], owned: tf.Tensor[]): Map<number, { embeds: tf.Tensor2D; frames: number }> {
     const which = requests.flatMap((r, i) => (r.audio ? [i] : []));
     const rows = new Map<number, { embeds: tf.Tensor2D; frames: number }>();
     if (which.length === 0) return rows;
-    const feats = which.map((i) => tf.tidy(() => this.logMel.features(tf.tensor1d(requests[i].audio!))));
-    const frames = feats.map((f) => f.shape[1]);
-    const all = tf.concat(feats, 1) as tf.Tensor2D;
-    for (const f of feats) f.dispose();
-    try {
-      const enc = this.model.audioEncoder!.encode(all, frames);
-      const parts = tf.split(enc.embeds, enc.outputLengths, 0) as tf.Tensor2D[];
-      enc.embeds.dispose();
-      which.forEach((i, k) => {
-        owned.push(parts[k]);
-        rows.set(i, { embeds: parts[k], frames: frames[k] });
-      });
-    } finally {
-      all.dispose();
+    for (const i of which) {
+      const t0 = performance.now();
+      const features = tf.tidy(() => this.logMel.features(tf.tensor1d(requests[i].audio!)));
+      const frames = features.shape[1];
+      try {
+        features.dataSync(); // settle it, so the time split between features and encoder means something
+        const t1 = performance.now();
+        this.stats.featuresMs += t1 - t0;
+        const enc = this.model.audioEncoder!.encode(features, [frames]);
+        owned.push(enc.embeds);
+        enc.embeds.dataSync();
+        this.stats.encoderMs += performance.now() - t1;
+        rows.set(i, { embeds: enc.embeds, frames });
+      } finally {
+        features.dispose();
+      }
     }
     return rows;
   }
