@@ -144,6 +144,7 @@ describe('assistant server protocol (fixture checkpoint, loopback)', () => {
     const answer = conv.items.find((i: any) => i.id === itemId);
     expect(conv.items[0].id).toBe(committed.item_id);
     expect(answer.text).toBe(heard.text);
+    expect(answer.status).toBe('incomplete'); // the answer's generation itself stopped (not only its delivery)
     expect(answer.generated.startsWith(answer.text)).toBe(true);
     expect(answer.heard_ms).toBeCloseTo(played / 2, 6);
     expect(c.of('conversation.item.truncated')).toHaveLength(1);

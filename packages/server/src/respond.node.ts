@@ -42,13 +42,11 @@ export const respondParams = z.object({
 });
 export type RespondParams = z.output<typeof respondParams>;
 
-/** A response to run: requested at `turn`. */
-interface ResponseJob {
-  readonly session: string;
-  readonly turn: number;
-  readonly pts: number;
-  readonly instructions?: string;
-}
+/**
+ * A response to run: a control packet of the turn that asked for it (not uninterruptible), so that ctx.mapAsync aborts
+ * the answer as soon as that turn is interrupted; `reason` carries response.create's instructions.
+ */
+type ResponseJob = ControlPacket;
 
 type Out = { port: 'text'; packet: TextPacket | ControlPacket } | { port: 'audio'; packet: AudioPacket };
 
@@ -83,7 +81,7 @@ export const respond = defineNode({
         next: (p) => {
           if (p.kind !== 'control') return disposePacket(p);
           const answer = p.signal === 'flush' || (p.signal === 'turn-end' && conversation.settings.turnDetection?.createResponse);
-          if (answer) sub.next({ session: p.session, turn: ctx.turn, pts: p.pts, ...(p.signal === 'flush' && p.reason ? { instructions: p.reason } : {}) });
+          if (answer) sub.next(controlPacket({ signal: 'turn-start', session: p.session, turn: ctx.turn, pts: p.pts, ...(p.signal === 'flush' && p.reason ? { reason: p.reason } : {}) }));
         },
         error: (e) => sub.error(e),
         complete: () => sub.complete(),
@@ -101,11 +99,28 @@ export const respond = defineNode({
 });
 
 /**
- * Lets the event loop run I/O between model steps. The steps resolve as microtasks, so without this one answer would
- * hold the thread until it ends or sleeps — and with many sessions behind real time none sleeps: audio appends,
- * barge-ins and cancels of every connection would wait for whole answers.
+ * Lets the event loop run I/O between model steps, one step per loop turn across every answer in the process. The
+ * steps resolve as microtasks, so without this one answer would hold the thread until it ends or sleeps; and a plain
+ * setImmediate per step would still run one step of *every* busy answer before the loop reads a socket again. Here the
+ * waiting answers take turns, one released per event-loop iteration (an immediate queued from an immediate runs in the
+ * next iteration, after the poll phase), so an append or a barge-in waits for at most one model step.
  */
-const yieldToIo = () => new Promise<void>((resolve) => setImmediate(resolve));
+const stepQueue: (() => void)[] = [];
+let releasing = false;
+function releaseNext(): void {
+  const next = stepQueue.shift();
+  if (stepQueue.length) setImmediate(releaseNext);
+  else releasing = false;
+  next?.();
+}
+const yieldToIo = () =>
+  new Promise<void>((resolve) => {
+    stepQueue.push(resolve);
+    if (!releasing) {
+      releasing = true;
+      setImmediate(releaseNext);
+    }
+  });
 
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
@@ -144,7 +159,7 @@ async function* answer(params: RespondParams, metrics: { observe(n: string, v: n
   const t0 = performance.now();
   const visionMs = settings.video ? attachFrame(model, conversation) : 0;
   const messages: ThinkerMessage[] = conversation.messages();
-  if (job.instructions) messages.unshift({ role: 'system', content: job.instructions });
+  if (job.reason) messages.unshift({ role: 'system', content: job.reason });
   const responseId = conversation.newId('resp');
   const item = conversation.beginAssistant();
   const timing: Record<string, number> = { startedAt: t0, visionMs, thinkerMs: 0, talkerMs: 0, code2wavMs: 0, tokens: 0, frames: 0, pacedMs: 0 };
