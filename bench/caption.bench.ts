@@ -43,7 +43,6 @@ export async function run(): Promise<object> {
       return p;
     });
     const files = all.slice(0, FILES);
-    const audioSeconds = FILES * SECONDS;
     const model = await loadCaptionModel(modelDir);
     const local = async (name: string, concurrency: number, batchSize: number) => {
       const store = CaptionStore.open(join(root, `${name}.jsonl`));
