@@ -16,7 +16,7 @@ interface WasmBackendLike {
 let registered = false;
 
 /**
- * Registers UnsortedSegmentSum and Conv2DBackpropFilter for the wasm backend, and gradients of BatchMatMul and Unpack
+ * Registers UnsortedSegmentSum and Conv2DBackpropFilter for the wasm backend, and gradients of BatchMatMul, Unpack and SplitV
  * that suit it (once; later calls do nothing). Call after registerTfjsGradients, before computing gradients.
  *
  * ```ts
@@ -31,11 +31,16 @@ export function registerWasmGradientKernels(): void {
   tf.registerKernel({ kernelName: 'UnsortedSegmentSum', backendName: 'wasm', kernelFunc: unsortedSegmentSum as unknown as tf.KernelFunc });
   tf.registerKernel({ kernelName: 'Conv2DBackpropFilter', backendName: 'wasm', kernelFunc: conv2dBackpropFilter as unknown as tf.KernelFunc });
   tf.registerGradient({ kernelName: 'BatchMatMul', inputsToSave: ['a', 'b'], gradFunc: batchMatMulGrad as unknown as tf.GradFunc });
-  // tfjs's Unpack gradient stacks `dy` as an array, but the tape passes a lone tensor when the unstacked axis has size 1
-  // (one KV head): stack it as a one-element list.
+  // tfjs's Unpack and SplitV gradients take `dy` as an array, but the tape passes a lone tensor when the op had one
+  // output (one KV head; a batch of one clip split per clip): treat it as a one-element list.
+  const list = (dy: tf.Tensor | tf.Tensor[]) => (Array.isArray(dy) ? dy : [dy]);
   tf.registerGradient({
     kernelName: 'Unpack',
-    gradFunc: ((dy: tf.Tensor | tf.Tensor[], _saved: tf.Tensor[], attrs: { axis: number }) => ({ value: () => tf.stack(Array.isArray(dy) ? dy : [dy], attrs.axis) })) as unknown as tf.GradFunc,
+    gradFunc: ((dy: tf.Tensor | tf.Tensor[], _saved: tf.Tensor[], attrs: { axis: number }) => ({ value: () => tf.stack(list(dy), attrs.axis) })) as unknown as tf.GradFunc,
+  });
+  tf.registerGradient({
+    kernelName: 'SplitV',
+    gradFunc: ((dy: tf.Tensor | tf.Tensor[], _saved: tf.Tensor[], attrs: { axis: number }) => ({ x: () => tf.concat(list(dy), attrs.axis) })) as unknown as tf.GradFunc,
   });
 }
 

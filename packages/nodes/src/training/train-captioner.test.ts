@@ -1,0 +1,128 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from '@omniflow/runtime-gpu';
+import { LogMel } from '../media/log-mel.js';
+import { loadQwen3Omni } from '../models/qwen3-omni/load.js';
+import { captionText } from '../models/qwen3-omni/captioner.js';
+import { sparseMoe } from '../layers/moe.js';
+import { captionExample, labelledClip } from './caption-data.js';
+import { TINY_CAPTIONER_SIZES } from './captioner-model.js';
+import { shardGradients } from './gradient-stage.js';
+import { trainCaptioner, type TrainCaptionerOptions } from './train-captioner.js';
+import { TrainableCaptioner } from './trainable-captioner.js';
+import { registerTfjsGradients } from './tfjs-gradients.js';
+import { registerWasmGradientKernels } from './wasm-gradient-kernels.js';
+
+const root = mkdtempSync(join(tmpdir(), 'omniflow-train-'));
+const base: Omit<TrainCaptionerOptions, 'outDir'> = {
+  init: { sizes: TINY_CAPTIONER_SIZES, seed: 0 }, data: { kind: 'scenes', seed: 1 }, steps: 5, batchSize: 3, warmupSteps: 1, learningRate: 3e-3, checkpointEvery: 100,
+};
+
+beforeAll(async () => {
+  await initBackend({ backend: 'wasm' });
+  await registerTfjsGradients();
+  registerWasmGradientKernels();
+});
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+describe('gradients on wasm', () => {
+  it('conv, gather and transposed-matmul gradients equal the cpu backend', async () => {
+    const run = () => {
+      const x = tf.randomNormal([2, 11, 9, 3], 0, 1, 'float32', 1);
+      const f = tf.randomNormal([3, 3, 3, 4], 0, 1, 'float32', 2);
+      const e = tf.randomNormal([5, 4], 0, 1, 'float32', 3);
+      const w = tf.randomNormal([4, 6], 0, 1, 'float32', 4);
+      const g = tf.grads((xx: tf.Tensor, ff: tf.Tensor, ee: tf.Tensor, ww: tf.Tensor) => {
+        const y = tf.conv2d(xx as tf.Tensor4D, ff as tf.Tensor4D, 2, 1); // [2, 6, 5, 4]
+        const rows = tf.gather(ee, tf.tensor1d([0, 3, 3, 4], 'int32')); // [4, 4]
+        return tf.add(tf.sum(tf.square(y)), tf.sum(tf.matMul(rows, ww as tf.Tensor2D, true, false)));
+      })([x, f, e, w]);
+      const out = g.map((t) => Array.from(t.dataSync()));
+      tf.dispose([x, f, e, w, ...g]);
+      return out;
+    };
+    const onWasm = run();
+    await tf.setBackend('cpu');
+    const onCpu = run();
+    await tf.setBackend('wasm');
+    onWasm.forEach((g, i) => g.forEach((v, j) => expect(v).toBeCloseTo(onCpu[i]![j]!, 3)));
+    expect(onWasm[2]![4]).toBe(0); // row 1 of the embedding was never gathered
+  });
+
+  it('differentiable MoE routing gives the inference output and trains the router', () => {
+    const before = tf.memory().numTensors;
+    const hidden = 8, E = 4;
+    const expert = (seed: number) => ({ gateUp: tf.randomNormal([hidden, 12], 0, 0.5, 'float32', seed), down: tf.randomNormal([6, hidden], 0, 0.5, 'float32', seed + 100), hidden, intermediate: 6 });
+    const moe = { router: tf.randomNormal([hidden, E], 0, 1, 'float32', 9), experts: [expert(1), expert(2), expert(3), expert(4)], topK: 2, normTopKProb: true, hidden };
+    const x = tf.randomNormal([5, hidden], 0, 1, 'float32', 10) as tf.Tensor2D;
+    const host = sparseMoe(x, moe).output;
+    const device = sparseMoe(x, moe, { differentiableRouting: true }).output;
+    const a = host.dataSync(), b = device.dataSync();
+    a.forEach((v, i) => expect(b[i]).toBeCloseTo(v, 5));
+    // The router gradient against a central difference, at its largest entry.
+    const c = tf.randomNormal([5, hidden], 0, 1, 'float32', 11);
+    const objective = (r: tf.Tensor) => tf.sum(tf.mul(sparseMoe(x, { ...moe, router: r as tf.Tensor2D }, { differentiableRouting: true }).output, c));
+    const [dRouter] = tf.grads(objective)([moe.router]);
+    const g = Array.from(dRouter!.dataSync());
+    const k = g.reduce((best, v, i) => (Math.abs(v) > Math.abs(g[best]!) ? i : best), 0);
+    const eps = 1e-2;
+    const shifted = (d: number) => tf.tidy(() => objective(tf.add(moe.router, tf.mul(tf.reshape(tf.oneHot(tf.tensor1d([k], 'int32'), hidden * E), [hidden, E]), d))).dataSync()[0]!);
+    const numeric = (shifted(eps) - shifted(-eps)) / (2 * eps);
+    expect(Math.abs(numeric)).toBeGreaterThan(1e-2);
+    expect(g[k]!).toBeCloseTo(numeric, 2);
+    tf.dispose([host, device, dRouter!, c, x, moe.router, ...moe.experts.flatMap((e) => [e.gateUp, e.down])]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
+
+describe('trainCaptioner', () => {
+  it('lowers the loss in a few steps and its checkpoint reloads to identical outputs', async () => {
+    const out = join(root, 'a');
+    const r = await trainCaptioner({ ...base, outDir: out, resume: false });
+    expect(r.finished).toBe(true);
+    expect(r.losses).toHaveLength(5);
+    expect(r.losses[4]!).toBeLessThan(r.losses[0]! - 0.2);
+
+    // The saved folder is a plain Qwen3-Omni checkpoint: loaded twice, once made trainable, the two give the same
+    // loss on a batch and the same greedy caption.
+    const m1 = await loadQwen3Omni(out);
+    const m2 = await loadQwen3Omni(out);
+    const t2 = new TrainableCaptioner(m2);
+    const mel = new LogMel();
+    const examples = [0, 1].map((i) => captionExample(labelledClip({ kind: 'scenes', seed: 9 }, i), m1.tokenizer, mel));
+    const t1 = new TrainableCaptioner(m1);
+    const l1 = shardGradients(t1, examples), l2 = shardGradients(t2, examples);
+    expect(l2.loss).toBe(l1.loss);
+    t1.syncEmbedding();
+    t2.syncEmbedding();
+    const pcm = labelledClip({ kind: 'scenes', seed: 9 }, 0).pcm;
+    expect(await captionText(m2, pcm, { maxNewTokens: 8 })).toBe(await captionText(m1, pcm, { maxNewTokens: 8 }));
+    for (const [m, t] of [[m1, t1], [m2, t2]] as const) {
+      m.dispose();
+      t.embedTokens.dispose();
+    }
+    mel.dispose();
+  });
+
+  it('resumed from a checkpoint, continues the uninterrupted trajectory bit for bit', async () => {
+    const whole = await trainCaptioner({ ...base, outDir: join(root, 'whole'), resume: false });
+    const half = await trainCaptioner({ ...base, outDir: join(root, 'split'), resume: false, stopAtStep: 2 });
+    expect(half.finished).toBe(false);
+    const rest = await trainCaptioner({ ...base, outDir: join(root, 'split') });
+    expect(rest.losses).toEqual(whole.losses);
+  });
+
+  it('splits a batch over a worker thread with the same losses', async () => {
+    const inProcess = await trainCaptioner({ ...base, steps: 2, outDir: join(root, 'w0'), resume: false });
+    const parallel = await trainCaptioner({ ...base, steps: 2, outDir: join(root, 'w1'), resume: false, workers: 1 });
+    parallel.losses.forEach((l, i) => expect(l).toBeCloseTo(inProcess.losses[i]!, 5));
+  }, 60_000);
+
+  it('refuses to resume with other settings, naming the setting', async () => {
+    await expect(trainCaptioner({ ...base, outDir: join(root, 'whole'), batchSize: 4 })).rejects.toThrow(/batchSize = 3, this run asks for 4/);
+  });
+});
