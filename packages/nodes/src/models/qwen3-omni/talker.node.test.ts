@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { graph, runGraphVirtual, tensorPacket, textPacket, type AudioPacket, type CodesPacket, type ControlPacket, type TensorPacket, type TextPacket } from '@omniflow/core';
 import { Checkpoint, SafetensorsFile, fixtureDir, fixturePath, initBackend } from '@omniflow/runtime-gpu';
 import { readQwen3OmniConfig, type Qwen3OmniConfig } from './config.js';
-import { Talker } from './talker.js';
+import { Talker, TalkerGeneration } from './talker.js';
+import { buildTalkerPrompt, talkerTokenIds } from './talker-input.js';
 import { CodecHead, GREEDY } from './codec-head.js';
 import { CodePredictor } from './code-predictor.js';
 import { Sampler } from './sampler.js';
@@ -132,6 +133,32 @@ describe('talker and code2wav nodes', () => {
     // What was heard is exactly the uninterrupted run's beginning, and its voices tags say how far the text got.
     expect(heard.map((a) => (a.packet as AudioPacket).samples.length)).toEqual(fullAudio.slice(0, 4).map((a) => (a.packet as AudioPacket).samples.length));
     expect((heard.at(-1)!.packet as AudioPacket).voices).toBeDefined();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('speaks consecutive answers of one conversation in turn, each prompt holding every user turn so far', async () => {
+    const before = tf.memory().numTensors;
+    // Two answers in one epoch: the thinker's rows for the second follow the first's (here: the same rows again).
+    const out = await lastValueFrom(from([...thinkerPackets(), ...thinkerPackets()]).pipe(talker({ model: model(), greedy: true, maxFrames: 3 }), toArray()));
+    const ends = out.filter((p) => p.kind === 'control').length;
+    expect(ends).toBe(2);
+    const second = out.slice(out.findIndex((p) => p.kind === 'control') + 1).filter((p): p is CodesPacket => p.kind === 'codes');
+    expect(second.length).toBe(3);
+    // Reference: the talker prompt over the whole conversation (both user turns, the second answer).
+    const ids = cases.read('thinker.sequences').data as Int32Array;
+    const e = cases.read('talker.thinker_embed'), h = cases.read('talker.thinker_hidden');
+    const twice = (d: Float32Array) => { const x = new Float32Array(2 * d.length); x.set(d); x.set(d, d.length); return tf.tensor2d(x, [2 * 63, 32]); };
+    const [E, H] = [twice(e.data as Float32Array), twice(h.data as Float32Array)];
+    const allIds = Int32Array.from([...ids.subarray(0, 63), ...ids.subarray(0, 63)]);
+    const prompt = buildTalkerPrompt(parts.talker, talkerTokenIds(config), { ids: allIds, thinkerEmbeds: E, thinkerHidden: H });
+    expect(prompt.userIndices.length).toBe(2 * 48);
+    const gen = new TalkerGeneration(parts.talker, parts.codecHead, parts.codePredictor, prompt, { sampling: GREEDY, predictorSampling: GREEDY, maxFrames: 3 });
+    const ref: number[][] = [];
+    for (let f = gen.next(); f; f = gen.next()) ref.push(Array.from(f.codes));
+    gen.dispose();
+    prompt.dispose();
+    tf.dispose([E, H]);
+    expect(second.map((p) => Array.from(p.codes))).toEqual(ref);
     expect(tf.memory().numTensors).toBe(before);
   });
 

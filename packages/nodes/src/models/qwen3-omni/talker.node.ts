@@ -59,6 +59,11 @@ export interface SpeechTurnOptions extends Omit<TalkerGenerationOptions, 'stream
   speaker?: string;
   /** Decodes answer ids to text for the voices tags; without it frames carry no text. */
   tokenizer?: TokenDecoder;
+  /**
+   * Rows fed before this index are earlier turns of the conversation (their user turns are part of the talker's
+   * prompt): the answer to voice starts at an `<|im_start|>assistant` at or after it.
+   */
+  startAfter?: number;
 }
 
 /** What one frame voices: the answer text the talker had read, [start, end) in characters. */
@@ -167,6 +172,7 @@ export class SpeechTurn {
     } catch {
       return; // the assistant turn has not begun yet
     }
+    if (start < (this.options.startAfter ?? 0)) return; // only an earlier turn's answer so far
     if (this.ids.length < start + 4) return; // the prefix needs the first answer token
     const embeds = this.embeds.length === 1 ? this.embeds[0] : (tf.concat(this.embeds) as tf.Tensor2D);
     const hidden = this.hidden.length === 1 ? this.hidden[0] : (tf.concat(this.hidden) as tf.Tensor2D);
@@ -297,19 +303,34 @@ export const talker = defineNode({
   operator: (params, ctx, resource) => (input$: Observable<Packet>) =>
     new Observable<CodesPacket | ControlPacket>((subscriber) => {
       const G = resource.config.talker_config!.num_code_groups;
-      let current: { session: string; turn: number; pts: number; speech: SpeechTurn; pump: FramePump; finished: boolean } | undefined;
+      type Current = { session: string; turn: number; pts: number; speech: SpeechTurn; pump: FramePump; finished: boolean; answerEnded: boolean };
+      let current: Current | undefined;
+      // Every row the thinker fed in this conversation: the talker's prompt holds all its user turns.
+      const history: { ids: number[]; embeds: tf.Tensor2D[]; hidden: tf.Tensor2D[] } = { ids: [], embeds: [], hidden: [] };
+      // Packets of the next answer that arrive while the current one is still being spoken.
+      let backlog: Packet[] = [];
+      let completed = false;
       const drop = () => {
         current?.pump.cancel();
         current?.speech.dispose();
         current = undefined;
       };
+      const clearBacklog = () => {
+        backlog.forEach(disposePacket);
+        backlog = [];
+      };
       const epochs = ctx.turns$.subscribe((epoch) => {
         if (current && current.turn < epoch) drop(); // interrupted: stop between frames, nothing more is emitted
+        backlog = backlog.filter((p) => (p.turn < epoch && !p.uninterruptible ? (disposePacket(p), false) : true));
       });
-      const begin = (p: Packet) => {
-        const speech = new SpeechTurn(resource.parts, resource.config, speechTurnOptions(params, resource.tokenizer));
+      const begin = (p: Packet): Current => {
+        const speech = new SpeechTurn(resource.parts, resource.config, { ...speechTurnOptions(params, resource.tokenizer), startAfter: history.ids.length });
+        if (history.ids.length) {
+          const cat = (xs: tf.Tensor2D[]) => (xs.length === 1 ? tf.clone(xs[0]) : (tf.concat(xs) as tf.Tensor2D));
+          speech.feed(history.ids, cat(history.embeds), cat(history.hidden));
+        }
         const stamp = { session: p.session, turn: p.turn, pts: p.pts };
-        const state = { ...stamp, speech, finished: false } as NonNullable<typeof current>;
+        const state = { ...stamp, speech, finished: false, answerEnded: false } as Current;
         state.pump = new FramePump(
           speech, ctx.scheduler,
           (f) => subscriber.next(codesPacket({ ...stamp, pts: stamp.pts + f.index * CODEC_FRAME_MICROS, codes: f.codes, groups: G, frames: 1, ...(f.voices ? { voices: f.voices } : {}) })),
@@ -318,59 +339,74 @@ export const talker = defineNode({
             state.finished = true;
             subscriber.next(controlPacket({ ...stamp, pts: stamp.pts + speech.frames * CODEC_FRAME_MICROS, signal: 'turn-end' }));
             if (current === state) drop();
+            // The next answer may have been waiting.
+            const waiting = backlog;
+            backlog = [];
+            waiting.forEach(handle);
+            if (completed && !current) subscriber.complete();
           },
           () => ctx.signal.aborted || current !== state,
           ctx.mode === 'realtime' ? { leadFrames: params.leadFrames } : undefined,
         );
         return state;
       };
-      const sub = input$.subscribe({
-        next: (p) => {
-          try {
-            if (p.turn < ctx.turn && !p.uninterruptible) {
-              disposePacket(p);
-              return;
-            }
-            if (current && (current.turn !== p.turn || current.session !== p.session)) drop();
-            if (p.kind === 'tensor') {
-              const t = p as TensorPacket;
-              const extras = (t.extras ?? {}) as Record<string, tf.Tensor>;
-              if (t.name !== 'thinker_hidden' || !extras.embeds || !extras.ids) {
-                disposePacket(p);
-                throw new Error(`${ctx.node}: port 'thinker' takes 'thinker_hidden' tensor packets with extras 'embeds' and 'ids', got '${t.name}' with extras [${Object.keys(extras).join(', ')}]`);
-              }
-              current ??= begin(p);
-              const ids = extras.ids.dataSync();
-              extras.ids.dispose();
-              current.speech.feed(ids, extras.embeds as tf.Tensor2D, t.tensor as unknown as tf.Tensor2D);
-            } else if ((p.kind === 'text' && p.final) || (p.kind === 'control' && ['turn-end', 'flush', 'end-of-stream'].includes(p.signal))) {
-              if (!current) return;
-              current.speech.endText();
-            } else if (p.kind !== 'text' && p.kind !== 'control') {
-              throw new Error(`${ctx.node}: port 'thinker' takes tensor, text and control packets, got a ${p.kind} packet`);
-            }
-            current?.pump.kick();
-          } catch (err) {
-            drop();
-            subscriber.error(err);
+      const handle = (p: Packet): void => {
+        try {
+          if (p.turn < ctx.turn && !p.uninterruptible) {
+            disposePacket(p);
+            return;
           }
-        },
+          if (current && (current.turn !== p.turn || current.session !== p.session)) drop();
+          if (current?.answerEnded) {
+            backlog.push(p); // the next answer: it starts when this one has been spoken
+            return;
+          }
+          if (p.kind === 'tensor') {
+            const t = p as TensorPacket;
+            const extras = (t.extras ?? {}) as Record<string, tf.Tensor>;
+            if (t.name !== 'thinker_hidden' || !extras.embeds || !extras.ids) {
+              disposePacket(p);
+              throw new Error(`${ctx.node}: port 'thinker' takes 'thinker_hidden' tensor packets with extras 'embeds' and 'ids', got '${t.name}' with extras [${Object.keys(extras).join(', ')}]`);
+            }
+            current ??= begin(p);
+            const ids = Array.from(extras.ids.dataSync());
+            extras.ids.dispose();
+            const embeds = extras.embeds as tf.Tensor2D, hidden = t.tensor as unknown as tf.Tensor2D;
+            history.ids.push(...ids);
+            history.embeds.push(tf.clone(embeds));
+            history.hidden.push(tf.clone(hidden));
+            current.speech.feed(ids, embeds, hidden);
+          } else if ((p.kind === 'text' && p.final) || (p.kind === 'control' && ['turn-end', 'flush', 'end-of-stream'].includes(p.signal))) {
+            if (!current) return;
+            current.answerEnded = true;
+            current.speech.endText();
+          } else if (p.kind !== 'text' && p.kind !== 'control') {
+            throw new Error(`${ctx.node}: port 'thinker' takes tensor, text and control packets, got a ${p.kind} packet`);
+          }
+          current?.pump.kick();
+        } catch (err) {
+          drop();
+          subscriber.error(err);
+        }
+      };
+      const sub = input$.subscribe({
+        next: handle,
         error: (e) => {
           drop();
           subscriber.error(e);
         },
         complete: () => {
-          // The input ended: the answer is complete; finish speaking it, then complete.
+          // The input ended: the answer is complete; finish speaking it (and any waiting one), then complete.
+          completed = true;
           if (!current) return subscriber.complete();
-          const state = current;
-          state.speech.endText();
-          const wait = ctx.scheduler.schedule(function tick() {
-            if (current !== state || state.finished) return subscriber.complete();
-            this.schedule(undefined, CODEC_FRAME_MICROS / 1000);
-          }, 0);
-          state.pump.kick();
-          subscriber.add(wait);
+          current.answerEnded = true;
+          current.speech.endText();
+          current.pump.kick();
         },
+      });
+      subscriber.add(() => {
+        clearBacklog();
+        tf.dispose([...history.embeds, ...history.hidden]);
       });
       return () => {
         sub.unsubscribe();
