@@ -144,7 +144,8 @@ export class Conversation {
 
   /**
    * The user heard `audioEndMs` of assistant item `itemId`: keep in the context only the text that audio voices (the
-   * pieces played in full). Errors name the item and the audio length.
+   * pieces played in full). Text removed once does not come back with a later, longer truncate (the Realtime API's
+   * rule). Errors name the item and the audio length.
    */
   truncate(itemId: string, audioEndMs: number): Heard {
     const item = this.find(itemId);

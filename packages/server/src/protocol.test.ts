@@ -34,7 +34,7 @@ describe('assistant server protocol (fixture checkpoint, loopback)', () => {
   let server: AssistantServer;
 
   beforeAll(async () => {
-    model = await loadQwen3Omni(fixtureDir(), { tokenizer: fixtureTokenizer(), modules: ['thinker', 'audio_tower', 'talker', 'code2wav'] });
+    model = await loadQwen3Omni(fixtureDir(), { tokenizer: fixtureTokenizer(), modules: ['thinker', 'audio_tower', 'visual', 'talker', 'code2wav'] });
     // frameMs 0: answers run as fast as the CPU allows (no real-time pacing) to keep the tests short.
     server = await startAssistantServer({ model, port: 0, maxMessageBytes: 64 * 1024, maxOutputTokens: 8, respond: { seed: 0, maxFrames: 30, frameMs: 0 } });
   });
@@ -149,6 +149,32 @@ describe('assistant server protocol (fixture checkpoint, loopback)', () => {
     expect(answer.heard_ms).toBeCloseTo(played / 2, 6);
     expect(c.of('conversation.item.truncated')).toHaveLength(1);
     await c.close();
+  });
+
+  it('video on: the latest camera frame joins the user turn through the vision encoder; its rows are freed with the connection', async () => {
+    await waitUntil(() => server.connections.size === 0);
+    const before = tf.memory().numTensors;
+    const c = await RealtimeTestClient.connect(server.url);
+    c.send({ type: 'session.update', session: { video: true } });
+    expect((await c.waitFor('session.updated')).session.video).toBe(true);
+    const frame = (shade: number) => Buffer.alloc(32 * 32 * 3, shade).toString('base64');
+    c.send({ type: 'omniflow.input_video_frame.append', width: 32, height: 32, format: 'rgb24', data: frame(10) });
+    c.send({ type: 'omniflow.input_video_frame.append', width: 32, height: 32, format: 'rgb24', data: frame(200) });
+    c.send({ type: 'omniflow.input_video_frame.append', width: 32, height: 32, format: 'rgb24', data: Buffer.alloc(10).toString('base64') });
+    const error = await c.waitFor('error');
+    expect(error.error.message).toBe('omniflow.input_video_frame.append: 32x32 rgb24 needs 3072 bytes, got 10');
+    await c.sendAudio(speechLike(0.8));
+    const done = await c.waitFor('response.done');
+    expect(done.response.status).toBe('completed');
+    const report = await c.waitFor('omniflow.metrics');
+    expect(report.latency.vision_ms).toBeGreaterThan(0);
+    c.send({ type: 'omniflow.conversation.get' });
+    const conv = await c.waitFor('omniflow.conversation');
+    expect(conv.items[0].text).toMatch(/^\[image\] \[audio \d\.\d\d s\]$/);
+    expect(tf.memory().numTensors).toBeGreaterThan(before); // the user's audio and image rows stay in the conversation
+    await c.close();
+    await waitUntil(() => server.connections.size === 0 && tf.memory().numTensors === before, 5000);
+    expect(tf.memory().numTensors).toBe(before);
   });
 });
 
