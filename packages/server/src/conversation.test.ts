@@ -25,7 +25,7 @@ describe('Conversation: heard-text ledger', () => {
     expect(c.transcript().at(-1)).toEqual({ id: a.id, role: 'assistant', status: 'completed', text: 'Hello there', generated: 'Hello there, friend.', heard_ms: 160 });
     expect(c.truncate(a.id, 159).text).toBe('Hello'); // 160 ms not reached: ' there' was not heard in full
     expect(c.truncate(a.id, 240).text).toBe('Hello'); // what a truncate removed does not come back (as in the Realtime API)
-    expect(() => c.truncate(a.id, 264)).toThrow(`audio_end_ms 264 is past the end of item '${a.id}' (263.1 ms of audio)`);
+    expect(() => c.truncate(a.id, 265)).toThrow(`audio_end_ms 265 is past the end of item '${a.id}' (263.1 ms of audio)`);
     expect(() => c.truncate(user.id, 10)).toThrow(`item '${user.id}' is a user message; only assistant audio can be truncated`);
     expect(() => c.truncate('item_x', 10)).toThrow("no item 'item_x'");
   });
