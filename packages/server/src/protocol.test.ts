@@ -102,15 +102,28 @@ describe('assistant server protocol (fixture checkpoint, loopback)', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it('20 concurrent clients on loopback each get their own answer, identical to answering them one at a time', async () => {
+  it('20 concurrent clients on loopback each get their own answer, identical to answering them one at a time, beside a client sending garbage', async () => {
     const inputs = [0.6, 0.8, 1.0, 1.2].map((s, i) => ({ seconds: s, seed: i + 1 }));
     const alone: Float32Array[] = [];
     for (const x of inputs) alone.push((await spokenTurn(x.seconds, x.seed)).audio);
     expect(new Set(alone.map((a) => a.length)).size).toBeGreaterThan(1); // the inputs give different answers
     const clients = await Promise.all(Array.from({ length: 20 }, () => RealtimeTestClient.connect(server.url)));
-    expect(server.connections.size).toBe(20);
+    const bad = await RealtimeTestClient.connect(server.url);
+    expect(server.connections.size).toBe(21);
+    let spamming = true;
+    const spam = (async () => {
+      for (let i = 0; spamming; i++) {
+        bad.ws.send(['{', '{"type":"nope"}', JSON.stringify({ type: 'input_audio_buffer.append', audio: 'A'.repeat(70_000) }), '{"type":"response.cancel"}'][i % 4]);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
     await Promise.all(clients.map((c, k) => c.sendAudio(speechLike(inputs[k % 4].seconds, { seed: inputs[k % 4].seed }))));
     const dones = await Promise.all(clients.map((c) => c.waitFor('response.done', () => true, { timeoutMs: 60_000 })));
+    spamming = false;
+    await spam;
+    expect(bad.of('error').length).toBeGreaterThan(10);
+    expect(bad.of('response.created')).toEqual([]);
+    await bad.close();
     clients.forEach((c, k) => {
       expect(dones[k].response.status).toBe('completed');
       expect(Array.from(c.audio())).toEqual(Array.from(alone[k % 4]));
