@@ -57,7 +57,7 @@ describe('omniflow caption', () => {
       expect(typeof ok.summary).toBe('string');
     }
     expect(stderr).toContain('4 captioned, 2 failed, 0 already done');
-  });
+  }, 180_000);
 
   it('resumes after SIGKILL: the restarted run skips what was written, repairs a torn last line, and ends with one line per file', async () => {
     const dir = join(root, 'many');
@@ -89,7 +89,7 @@ describe('omniflow caption', () => {
     // The lines of the first run are kept as they were, not redone.
     expect(after.slice(0, before.length)).toEqual(before);
     expect(new Set(after.map((r) => r.by)).size).toBe(2);
-  });
+  }, 180_000);
 
   it('refuses bad options, missing models and empty inputs with exit code 2 and a message naming them', async () => {
     const run = async (args: string[]) => {

@@ -36,7 +36,10 @@ describe.skipIf(!redis)('omniflow caption --queue / worker / status', () => {
     corrupt = join(root, 'z-corrupt.wav');
     copyFileSync(media.find((m) => m.expect === 'corrupt')!.path, corrupt);
   });
+  const started: Array<ReturnType<typeof startCli>> = [];
   afterAll(async () => {
+    // A failed assertion must not leave worker processes behind.
+    for (const p of started) if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill('SIGKILL');
     await redis?.stop();
   });
 
@@ -44,7 +47,11 @@ describe.skipIf(!redis)('omniflow caption --queue / worker / status', () => {
     const url = redis!.url;
     const common = ['--queue', url, '--queue-name', queueName];
     // Short locks so the dead worker's job is re-picked within seconds.
-    const worker = () => startCli(['worker', ...common, '--model', model, '--concurrency', '1', '--lock-duration', '2000']);
+    const worker = () => {
+      const w = startCli(['worker', ...common, '--model', model, '--concurrency', '1', '--lock-duration', '2000']);
+      started.push(w);
+      return w;
+    };
     const a = worker();
     const b = worker();
     const events = (w: ReturnType<typeof worker>) =>
@@ -106,5 +113,5 @@ describe.skipIf(!redis)('omniflow caption --queue / worker / status', () => {
     const bExit = await b.exited;
     expect(bExit.code).toBe(0);
     expect(events(b).at(-1)?.event).toBe('stopped');
-  });
+  }, 240_000);
 });

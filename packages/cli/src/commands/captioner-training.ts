@@ -40,6 +40,7 @@ interface TrainFlags {
   checkpointEvery: number;
   workers: number;
   resume: boolean;
+  stopAt?: number;
   progress?: boolean;
 }
 
@@ -79,6 +80,7 @@ export function addCaptionerTrainingCommands(program: Command, setExit: (code: n
     .option('--weight-decay <x>', 'AdamW decoupled weight decay on matrices', num('--weight-decay'), 0.01)
     .option('--checkpoint-every <n>', 'steps between checkpoints', int('--checkpoint-every', 1), 50)
     .option('--workers <n>', 'gradient worker threads beside the main thread (data parallel)', int('--workers', 0), 1)
+    .option('--stop-at <step>', 'stop (with a checkpoint) after this step; run again to continue', int('--stop-at', 1))
     .option('--no-resume', 'start over even if <out>/checkpoint exists')
     .option('--no-progress', 'print one line per step instead of a progress bar')
     .action(async (flags: TrainFlags) => setExit(await trainCommand(flags)));
@@ -134,11 +136,13 @@ async function trainCommand(f: TrainFlags): Promise<number> {
       checkpointEvery: f.checkpointEvery,
       workers: f.workers,
       resume: f.resume,
+      stopAtStep: f.stopAt,
       onStep,
     });
     bar?.stop();
     const last = result.losses.slice(-20);
-    process.stdout.write(`${JSON.stringify({ out: result.outDir, steps: result.step, parameters: result.parameters, seconds: Math.round(result.seconds), finalLoss: last.reduce((a, b) => a + b, 0) / last.length })}\n`);
+    const summary = { out: result.outDir, step: result.step, finished: result.finished, parameters: result.parameters, seconds: Math.round(result.seconds), meanLossLast20: last.reduce((a, b) => a + b, 0) / last.length };
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
     return 0;
   } catch (err) {
     bar?.stop();
