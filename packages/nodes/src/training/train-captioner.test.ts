@@ -56,8 +56,8 @@ describe('gradients on wasm', () => {
   it('differentiable MoE routing gives the inference output and trains the router', () => {
     const before = tf.memory().numTensors;
     const hidden = 8, E = 4;
-    const expert = (seed: number) => ({ gateUp: tf.randomNormal([hidden, 12], 0, 0.5, 'float32', seed), down: tf.randomNormal([6, hidden], 0, 0.5, 'float32', seed + 100), hidden, intermediate: 6 });
-    const moe = { router: tf.randomNormal([hidden, E], 0, 1, 'float32', 9), experts: [expert(1), expert(2), expert(3), expert(4)], topK: 2, normTopKProb: true, hidden };
+    const expert = (seed: number) => ({ gateUp: tf.randomNormal([hidden, 12], 0, 0.5, 'float32', seed) as tf.Tensor2D, down: tf.randomNormal([6, hidden], 0, 0.5, 'float32', seed + 100) as tf.Tensor2D, hidden, intermediate: 6 });
+    const moe = { router: tf.randomNormal([hidden, E], 0, 1, 'float32', 9) as tf.Tensor2D, experts: [expert(1), expert(2), expert(3), expert(4)], topK: 2, normTopKProb: true, hidden };
     const x = tf.randomNormal([5, hidden], 0, 1, 'float32', 10) as tf.Tensor2D;
     const host = sparseMoe(x, moe).output;
     const device = sparseMoe(x, moe, { differentiableRouting: true }).output;
