@@ -36,7 +36,7 @@ export const codePredictor = defineNode({
   params: codePredictorParams,
   open: (params) => {
     if (typeof params.model === 'string') throw new Error("codePredictor: pass a model from loadQwen3Omni() (a folder is loaded by the 'talker' node)");
-    const parts: TalkerParts = params.model.talker;
+    const parts: TalkerParts = params.model.talker!; // the param schema checked it is there
     return { parts, sampler: new Sampler({ seed: params.seed, ...(params.greedy ? GREEDY : (params.sampling ?? CODE_PREDICTOR_SAMPLING)) }) };
   },
   operator: (_params, ctx, r) => (frame$: Observable<TensorPacket>) =>

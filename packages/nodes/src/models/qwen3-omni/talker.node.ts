@@ -188,11 +188,18 @@ export class SpeechTurn {
   }
 }
 
+/** What the `model` param may be besides a folder: a model from loadQwen3Omni (its talker borrowed) or the same shape. */
+export interface TalkerModelLike {
+  readonly talker?: TalkerParts;
+  readonly config: Qwen3OmniConfig;
+  readonly tokenizer?: TokenDecoder;
+}
+
 const partsParam = z.union([
   z.string().min(1),
-  z.custom<{ talker: TalkerParts; config: Qwen3OmniConfig; tokenizer?: TokenDecoder }>(
-    (v) => typeof v === 'object' && v !== null && 'talker' in v && 'config' in v && typeof (v as { talker?: unknown }).talker === 'object' && (v as { talker?: unknown }).talker !== null,
-    { message: 'expected a checkpoint folder or a model from loadQwen3Omni() with its talker loaded' },
+  z.custom<TalkerModelLike>(
+    (v) => typeof v === 'object' && v !== null && 'config' in v && typeof (v as { talker?: unknown }).talker === 'object' && (v as { talker?: unknown }).talker !== null,
+    { message: 'expected a checkpoint folder or a model from loadQwen3Omni() with its talker loaded (an Instruct checkpoint)' },
   ),
 ]);
 
@@ -226,7 +233,7 @@ interface TalkerResource {
 
 /** Instances open synchronously (so a graph starts at once, also in virtual time); a folder is loaded. */
 function openTalker(model: TalkerParams['model']): TalkerResource | Promise<TalkerResource> {
-  if (typeof model !== 'string') return { parts: model.talker, config: model.config, tokenizer: model.tokenizer };
+  if (typeof model !== 'string') return { parts: model.talker!, config: model.config, tokenizer: model.tokenizer };
   return loadTalkerParts(model).then((loaded) => ({ parts: loaded, config: loaded.config, dispose: loaded.dispose }));
 }
 
