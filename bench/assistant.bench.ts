@@ -90,6 +90,8 @@ interface TurnSample {
 }
 interface BargeSample {
   toSpeechStartedMs: number;
+  /** The server's own measure: arrival of the onset audio → answer interrupted. */
+  serverBargeInMs?: number;
   toResponseDoneMs?: number;
   toLastAudioMs?: number;
   audioAfterStartedDeltas: number;
@@ -132,7 +134,9 @@ async function runClient(url: string, k: number): Promise<{ turns: TurnSample[];
       const deltas = c.events.slice(from).filter((e) => e.type === 'response.output_audio.delta' && e.response_id === responseId);
       const onset = mark.onsetSentAt ?? started.at;
       if (done?.response.status === 'cancelled') {
+        const report = await c.waitFor('omniflow.metrics', (e) => e.response_id === responseId, { from, timeoutMs: 5_000 }).catch(() => undefined);
         barges.push({
+          serverBargeInMs: report?.latency.barge_in_ms,
           toSpeechStartedMs: started.at - onset,
           toResponseDoneMs: done.at - onset,
           toLastAudioMs: Math.max(0, deltas.at(-1)!.at - onset),
@@ -185,6 +189,7 @@ export async function run(): Promise<object> {
         sdkShareMs: summary(turns.map((t) => t.sdkMs)),
         bargeInToSilenceMs: summary(barges.map((b) => b.toSpeechStartedMs)),
         bargeInToResponseDoneMs: summary(barges.map((b) => b.toResponseDoneMs)),
+        serverBargeInMs: summary(barges.map((b) => b.serverBargeInMs)),
         bargeInToLastAudioDeltaMs: summary(barges.map((b) => b.toLastAudioMs)),
         audioDeltasAfterSpeechStarted: barges.reduce((n, b) => n + b.audioAfterStartedDeltas, 0),
         bargeInGoalMs: 100,

@@ -9,6 +9,16 @@ import type { ConversationItem } from './conversation.js';
  * minus the server's part).
  */
 
+/** What a turn may take before the report flags it. */
+export interface LatencyBudgets {
+  /** End of the user's turn (after the VAD hangover, or the commit) → first audio byte sent. */
+  readonly responseMs: number;
+  /** Speech onset over an answer (its audio's arrival) → the answer interrupted. */
+  readonly bargeInMs: number;
+}
+
+export const DEFAULT_BUDGETS: LatencyBudgets = { responseMs: 800, bargeInMs: 100 };
+
 export interface TurnReport {
   readonly response_id: string;
   readonly status: 'completed' | 'cancelled';
@@ -37,7 +47,11 @@ export interface TurnReport {
     readonly model_ms?: number;
     /** Everything else inside first_audio_ms: the SDK's share (VAD hangover excluded: it is a setting). */
     readonly sdk_ms?: number;
+    /** A barge-in: arrival of the audio holding the speech onset → answer interrupted (VAD attack included). */
+    readonly barge_in_ms?: number;
   };
+  /** Budgets exceeded by this turn ('response', 'barge_in'); empty when within budget. */
+  readonly over_budget: string[];
   /** Whole-answer totals. */
   readonly totals: { tokens: number; frames: number; audio_ms: number; thinker_ms: number; talker_ms: number; code2wav_ms: number; paced_ms: number; duration_ms: number };
   /** Per graph node: packets and processing-latency percentiles, and its model-step histograms. */
@@ -58,8 +72,9 @@ const r1 = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? 
  */
 export function turnReport(o: {
   responseId: string; status: 'completed' | 'cancelled'; user?: ConversationItem; assistant: ConversationItem;
-  firstAudioSentAt?: number; audioMs: number; metrics: MetricsSnapshot;
+  firstAudioSentAt?: number; audioMs: number; metrics: MetricsSnapshot; budgets?: LatencyBudgets; bargeInMs?: number;
 }): TurnReport {
+  const budgets = o.budgets ?? DEFAULT_BUDGETS;
   const u = o.user?.timing ?? {};
   const a = o.assistant.timing ?? {};
   const spokenTurn = u.committedAt !== undefined && u.speechEndAt !== undefined;
@@ -77,15 +92,20 @@ export function turnReport(o: {
     send_ms: a.firstAudioAt !== undefined && o.firstAudioSentAt !== undefined ? r1(o.firstAudioSentAt - a.firstAudioAt) : undefined,
     first_audio_ms: o.firstAudioSentAt !== undefined && origin !== undefined ? r1(o.firstAudioSentAt - origin) : undefined,
     first_text_ms: a.firstTextAt !== undefined ? r1(a.firstTextAt - a.startedAt) : undefined,
+    barge_in_ms: r1(o.bargeInMs),
   };
   const model = (latency.encode_ms ?? 0) + (latency.vision_ms ?? 0) + (latency.prefill_ms ?? 0) + (latency.talker_first_frame_ms ?? 0) + (latency.code2wav_first_ms ?? 0);
   const withShares = latency.first_audio_ms !== undefined
     ? { ...latency, model_ms: r1(model), sdk_ms: r1(latency.first_audio_ms - model - (latency.vad_ms ?? 0)) }
     : latency;
+  const over: string[] = [];
+  if (latency.first_audio_ms !== undefined && latency.first_audio_ms - (latency.vad_ms ?? 0) > budgets.responseMs) over.push('response');
+  if (latency.barge_in_ms !== undefined && latency.barge_in_ms > budgets.bargeInMs) over.push('barge_in');
   return {
     response_id: o.responseId,
     status: o.status,
     latency: Object.fromEntries(Object.entries(withShares).filter(([, v]) => v !== undefined)) as TurnReport['latency'],
+    over_budget: over,
     totals: {
       tokens: a.tokens ?? 0, frames: a.frames ?? 0, audio_ms: r1(o.audioMs) ?? 0, thinker_ms: r1(a.thinkerMs) ?? 0, talker_ms: r1(a.talkerMs) ?? 0,
       code2wav_ms: r1(a.code2wavMs) ?? 0, paced_ms: r1(a.pacedMs) ?? 0, duration_ms: r1((a.endedAt ?? performance.now()) - a.startedAt) ?? 0,
@@ -115,7 +135,9 @@ export function formatTurnReport(connection: string, r: TurnReport): string {
     ['vad', l.vad_ms], ['encode', l.encode_ms], ['queue', l.queue_ms], ['vision', l.vision_ms], ['prefill', l.prefill_ms],
     ['talker', l.talker_first_frame_ms], ['code2wav', l.code2wav_first_ms], ['send', l.send_ms],
   ] as const).filter(([, v]) => v !== undefined).map(([k, v]) => `${k} ${v}`).join(' + ');
-  const head = `${connection} ${r.response_id} ${r.status}: first audio ${l.first_audio_ms ?? '-'} ms${parts ? ` = ${parts}` : ''}; first text ${l.first_text_ms ?? '-'} ms`;
+  const barge = l.barge_in_ms !== undefined ? `; barge-in ${l.barge_in_ms} ms` : '';
+  const over = r.over_budget.length ? `  OVER BUDGET: ${r.over_budget.join(', ')}` : '';
+  const head = `${connection} ${r.response_id} ${r.status}: first audio ${l.first_audio_ms ?? '-'} ms${parts ? ` = ${parts}` : ''}; first text ${l.first_text_ms ?? '-'} ms${barge}${over}`;
   const t = r.totals;
   return `${head}\n  model ${l.model_ms ?? '-'} ms, sdk ${l.sdk_ms ?? '-'} ms; answer: ${t.tokens} tokens, ${t.frames} frames, ${t.audio_ms} ms audio in ${t.duration_ms} ms (thinker ${t.thinker_ms}, talker ${t.talker_ms}, code2wav ${t.code2wav_ms}, paced ${t.paced_ms})`;
 }

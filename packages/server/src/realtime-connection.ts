@@ -4,7 +4,7 @@ import { audioPacket, controlPacket, imagePacket, type AudioPacket, type Control
 import type { Qwen3OmniModel } from '@omniflow/nodes';
 import { assistantGraph, type AssistantGraphOptions } from './assistant-graph.js';
 import { Conversation, DEFAULT_TURN_DETECTION, type AssistantSettings, type ConversationItem, type TurnDetection } from './conversation.js';
-import { turnReport, formatTurnReport, type TurnReport } from './latency-report.js';
+import { DEFAULT_BUDGETS, turnReport, formatTurnReport, type LatencyBudgets, type TurnReport } from './latency-report.js';
 import {
   float32ToPcm16Base64, parseClientEvent, pcm16Base64ToFloat32, thresholdToDb, WIRE_SAMPLE_RATE,
   type ClientEvent, type ProtocolError, type SessionConfigInput,
@@ -21,6 +21,8 @@ export interface ConnectionOptions {
   readonly respond?: AssistantGraphOptions['respond'];
   /** Where per-turn latency reports are printed (default: nowhere). */
   readonly log?: (line: string) => void;
+  /** Latency budgets the per-turn report checks (see `LatencyBudgets`). */
+  readonly budgets?: Partial<LatencyBudgets>;
 }
 
 interface ActiveResponse {
@@ -181,11 +183,11 @@ export class RealtimeConnection {
   }
 
   /** Interrupts the answer in progress: the graph's turn is bumped (its generation aborted, queued packets fenced). */
-  private cancel(reason: 'turn_detected' | 'client_cancelled'): void {
+  private cancel(reason: 'turn_detected' | 'client_cancelled', onsetAt?: number): void {
     const r = this.response;
     if (!r) return;
     this.session.interrupt(reason);
-    this.finishResponse('cancelled', reason);
+    this.finishResponse('cancelled', reason, onsetAt !== undefined ? performance.now() - onsetAt : undefined);
   }
 
   private onTurnEvent(p: ControlPacket): void {
@@ -193,7 +195,8 @@ export class RealtimeConnection {
     if (p.signal === 'speech-start') {
       this.speechItemId = p.reason;
       this.send({ type: 'input_audio_buffer.speech_started', audio_start_ms: ms, item_id: p.reason });
-      if (this.response && this.conversation.settings.turnDetection?.interruptResponse) this.cancel('turn_detected');
+      // The barge-in clock starts when the audio holding the speech onset arrived.
+      if (this.response && this.conversation.settings.turnDetection?.interruptResponse) this.cancel('turn_detected', this.wallTimeOf(p.pts));
     } else if (p.signal === 'speech-end') {
       this.speechEndAt = this.wallTimeOf(p.pts);
       this.send({ type: 'input_audio_buffer.speech_stopped', audio_end_ms: ms, item_id: this.speechItemId });
@@ -249,7 +252,7 @@ export class RealtimeConnection {
     this.send({ type: 'response.content_part.added', response_id: id, item_id: item.id, output_index: 0, content_index: 0, part: audio ? { type: 'output_audio', transcript: '' } : { type: 'output_text', text: '' } });
   }
 
-  private finishResponse(status: 'completed' | 'cancelled', reason?: string): void {
+  private finishResponse(status: 'completed' | 'cancelled', reason?: string, bargeInMs?: number): void {
     const r = this.response;
     if (!r) return;
     this.response = undefined;
@@ -272,7 +275,10 @@ export class RealtimeConnection {
         usage: { output_token_details: { text_tokens: r.item.timing?.tokens ?? 0, audio_tokens: r.item.timing?.frames ?? 0 } },
       },
     });
-    const report = turnReport({ responseId: r.id, status, user: r.user, assistant: r.item, firstAudioSentAt: r.firstAudioSentAt, audioMs: (r.audioSamples * 1000) / WIRE_SAMPLE_RATE, metrics: this.session.metrics() });
+    const report = turnReport({
+      responseId: r.id, status, user: r.user, assistant: r.item, firstAudioSentAt: r.firstAudioSentAt, audioMs: (r.audioSamples * 1000) / WIRE_SAMPLE_RATE,
+      metrics: this.session.metrics(), budgets: { ...DEFAULT_BUDGETS, ...this.options.budgets }, ...(bargeInMs !== undefined ? { bargeInMs } : {}),
+    });
     this.reports.push(report);
     if (this.reports.length > 100) this.reports.shift();
     this.send({ type: 'omniflow.metrics', ...report });

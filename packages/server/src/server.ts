@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { WebSocketServer } from 'ws';
 import type { Qwen3OmniModel } from '@omniflow/nodes';
 import type { AssistantGraphOptions } from './assistant-graph.js';
+import type { LatencyBudgets } from './latency-report.js';
 import { RealtimeConnection } from './realtime-connection.js';
 
 export interface AssistantServerOptions {
@@ -28,6 +29,8 @@ export interface AssistantServerOptions {
   /** Most answer tokens (default 256; session.update may lower it). */
   readonly maxOutputTokens?: number;
   readonly respond?: AssistantGraphOptions['respond'];
+  /** Latency budgets each turn's report is checked against (default: response 800 ms, barge-in 100 ms). */
+  readonly budgets?: Partial<LatencyBudgets>;
   /** Per-turn latency reports and connection events (default: none). */
   readonly log?: (line: string) => void;
 }
@@ -88,7 +91,7 @@ export async function startAssistantServer(options: AssistantServerOptions): Pro
         return;
       }
       const id = `conn_${(++nextId).toString(36)}`;
-      const c = new RealtimeConnection(ws, { model, maxMessageBytes, voice, maxOutputTokens: options.maxOutputTokens ?? 256, ...(options.respond ? { respond: options.respond } : {}), ...(options.log ? { log: options.log } : {}) }, id);
+      const c = new RealtimeConnection(ws, { model, maxMessageBytes, voice, maxOutputTokens: options.maxOutputTokens ?? 256, ...(options.respond ? { respond: options.respond } : {}), ...(options.log ? { log: options.log } : {}), ...(options.budgets ? { budgets: options.budgets } : {}) }, id);
       connections.add(c);
       options.log?.(`${id} connected (${connections.size} open)`);
       ws.on('close', () => {
