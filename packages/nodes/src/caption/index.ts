@@ -6,3 +6,4 @@ export * from './caption-audio-file.js';
 export * from './model-folder-id.js';
 export * from './generate-batch.js';
 export * from './qwen3-omni-captioner.js';
+export * from './batch-captioner.node.js';
