@@ -1,10 +1,4 @@
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { modelFolderId, Qwen3OmniCaptioner, type CaptionModel } from '@omniflow/nodes';
-
-/** Where omniflow looks for its own captioner when no `--model` is given (repo root `models/omniflow-captioner`). */
-const SHIPPED_MODEL = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'models', 'omniflow-captioner');
+import { builtinCaptionerDir, modelFolderId, Qwen3OmniCaptioner, type CaptionModel } from '@omniflow/nodes';
 
 /**
  * The model folder used when none is named: `OMNIFLOW_MODEL` when set, else the captioner shipped in the repo's
@@ -16,7 +10,12 @@ const SHIPPED_MODEL = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 
  */
 export function builtinModelDir(): string | undefined {
   if (process.env.OMNIFLOW_MODEL) return process.env.OMNIFLOW_MODEL;
-  return existsSync(join(SHIPPED_MODEL, 'config.json')) ? SHIPPED_MODEL : undefined;
+  // The one place that knows where the shipped model lives (@omniflow/nodes' builtinCaptionerDir).
+  try {
+    return builtinCaptionerDir();
+  } catch {
+    return undefined;
+  }
 }
 
 function modelDirOf(dir: string | null): string {
