@@ -9,6 +9,8 @@ export interface AssistantGraphOptions {
   readonly conversation: Conversation;
   /** The respond node's generation and pacing (seed, maxFrames, leadFrames, frameMs, tail). */
   readonly respond?: Partial<Omit<RespondParams, 'model' | 'conversation'>>;
+  /** The userTurn node's limits (maxBufferSeconds, minCommitMs). */
+  readonly turns?: { readonly maxBufferSeconds?: number; readonly minCommitMs?: number };
 }
 
 /**
@@ -30,7 +32,7 @@ export interface AssistantGraphOptions {
 export function assistantGraph(o: AssistantGraphOptions) {
   return graph('assistant')
     .add('resample', resampleAudio, { sampleRate: 16_000 })
-    .add('turns', userTurn, { model: o.model, conversation: o.conversation })
+    .add('turns', userTurn, { model: o.model, conversation: o.conversation, ...o.turns })
     .add('respond', respond, { model: o.model, conversation: o.conversation, ...o.respond })
     .connect('resample.audio', 'turns.audio', { capacity: '10s', policy: 'block' })
     .connect('turns.user', 'respond.requests', { capacity: 16, policy: 'block' })

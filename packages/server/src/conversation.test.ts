@@ -93,4 +93,21 @@ describe('assistant graph: turn detection on 24 kHz input', () => {
     session.stop();
     conversation.dispose();
   });
+
+  it('speech that never pauses ends the turn at the buffer limit instead of growing without bound', async () => {
+    const conversation = new Conversation({ voice: 'ethan', turnDetection: { ...DEFAULT_TURN_DETECTION, createResponse: false } });
+    const session = assistantGraph({ model, conversation, turns: { maxBufferSeconds: 1 } }).session({ id: 't2', mode: 'realtime' });
+    const events = firstValueFrom(session.output('events').pipe(filter((p) => p.kind === 'control'), take(3), toArray()));
+    void session.start();
+    const pcm = speechLike(2.5, { silenceBefore: 0.2, silenceAfter: 0 });
+    const audio = session.input('audio');
+    for (let i = 0, pts = 0; i < pcm.length; i += 480, pts += 20_000) audio.push(audioPacket({ samples: pcm.slice(i, i + 480), sampleRate: 24_000, channels: 1, pts }));
+    const [start, end, turnEnd] = (await events) as ControlPacket[];
+    expect([start.signal, end.signal, turnEnd.signal]).toEqual(['speech-start', 'speech-end', 'turn-end']);
+    // Forced at 1 s of buffered audio (prefix included), well before the 2.5 s of speech are over.
+    expect(end.pts).toBeLessThan(1_300_000);
+    expect(Math.abs(conversation.find(turnEnd.reason!)!.timing!.audioMs - 1000)).toBeLessThanOrEqual(40);
+    session.stop();
+    conversation.dispose();
+  });
 });

@@ -21,7 +21,7 @@ import { Conversation, type TurnDetection } from './conversation.js';
 export const userTurnParams = z.object({
   model: z.custom<Qwen3OmniModel>((v) => v instanceof Qwen3OmniModel, { message: 'expected a model from loadQwen3Omni() with its audio encoder' }),
   conversation: z.custom<Conversation>((v) => v instanceof Conversation, { message: 'expected a Conversation' }),
-  /** Push-to-talk buffer limit: older audio is dropped (and counted) beyond it. */
+  /** Buffer limit: push-to-talk drops older audio (counted) beyond it; with server VAD, speech this long ends the turn. */
   maxBufferSeconds: z.number().positive().default(60),
   /** Shortest audio a commit accepts (the Realtime API's 100 ms). */
   minCommitMs: z.number().min(0).default(100),
@@ -129,6 +129,15 @@ export const userTurn = defineNode({
         }
         // Not speaking: keep only what a prefix (and the VAD's attack) may need.
         if (speechFrom === undefined) trim(a.pts - (td.prefixPaddingMs + td.minSpeechMs + 100) * 1000);
+        else if (buffered > params.maxBufferSeconds * RATE) {
+          // Speech (or noise over the threshold) that never pauses: end the turn here rather than buffer without bound.
+          const end = a.pts + (a.samples.length * 1e6) / RATE;
+          ctx.metrics.count('forced_turn_end');
+          emit(control('speech-end', end));
+          commit(end, speechFrom);
+          speechFrom = undefined;
+          vad = undefined;
+        }
       };
       const onControl = (c: ControlPacket) => {
         if (c.signal === 'turn-end') commit(c.pts, speechFrom);
