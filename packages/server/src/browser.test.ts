@@ -63,12 +63,14 @@ describe.skipIf(!existsSync(CHROMIUM))('assistant page in headless Chromium', ()
     const logs: string[] = [];
     page.on('console', (m) => logs.push(m.text()));
     await page.goto(`${server.httpUrl}?autostart=1`);
-    // A barge-in whose answer was still being voiced: the truncate must cut text off.
+    // A barge-in while the server was still generating the answer (not one where the answer had just been completed and
+    // only its playback was left — also valid, but then there is nothing to cancel), and whose truncate cut text off.
     const handle = await page.waitForFunction(() => {
       const a = (globalThis as any).assistant;
       for (const b of a.bargeIns) {
         const heard = a.events.find((e: any) => e.type === 'omniflow.heard' && e.item_id === b.itemId);
-        if (b.reason === 'barge-in' && heard && heard.dropped_chars > 0) return b;
+        const done = a.events.find((e: any) => e.type === 'response.done' && e.response.id === b.responseId);
+        if (b.reason === 'barge-in' && done?.response.status === 'cancelled' && heard && heard.dropped_chars > 0) return b;
       }
       return null;
     }, null, { timeout: 100_000, polling: 100 }).catch((e) => {
