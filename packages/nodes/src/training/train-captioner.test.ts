@@ -1,15 +1,17 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
+import wavefile from 'wavefile';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '@omniflow/runtime-gpu';
 import { LogMel } from '../media/log-mel.js';
 import { loadQwen3Omni } from '../models/qwen3-omni/load.js';
 import { captionText } from '../models/qwen3-omni/captioner.js';
 import { sparseMoe } from '../layers/moe.js';
-import { captionExample, labelledClip } from './caption-data.js';
+import { captionExample, labelledClip, loadCaptionFolder } from './caption-data.js';
+import { generateScene } from './scenes.js';
 import { TINY_CAPTIONER_SIZES } from './captioner-model.js';
 import { shardGradients } from './gradient-stage.js';
 import { trainCaptioner, type TrainCaptionerOptions } from './train-captioner.js';
@@ -121,6 +123,28 @@ describe('trainCaptioner', () => {
     const parallel = await trainCaptioner({ ...base, steps: 1, outDir: join(root, 'w1'), resume: false, workers: 1 });
     parallel.losses.forEach((l, i) => expect(l).toBeCloseTo(inProcess.losses[i]!, 5));
   }, 60_000);
+
+  it('trains on a folder of WAV files with .txt captions (any rate, stereo mixed down); unknown words name the clip', async () => {
+    const dir = join(root, 'folder');
+    mkdirSync(dir, { recursive: true });
+    for (let i = 0; i < 3; i++) {
+      const s = generateScene(21, i);
+      // 22.05 kHz stereo copies of the scene, to go through mixdown and resampling.
+      const n = Math.floor((s.pcm.length * 22050) / 16000);
+      const left = Int16Array.from({ length: n }, (_, j) => Math.round(s.pcm[Math.floor((j * 16000) / 22050)]! * 32767));
+      const wav = new wavefile.WaveFile();
+      wav.fromScratch(2, 22050, '16', [left, left]);
+      writeFileSync(join(dir, `clip-${i}.wav`), wav.toBuffer());
+      writeFileSync(join(dir, `clip-${i}.txt`), `${s.caption}\n`);
+    }
+    const clips = await loadCaptionFolder(dir);
+    expect(clips.map((c) => c.name)).toEqual(['clip-0.wav', 'clip-1.wav', 'clip-2.wav']);
+    expect(Math.abs(clips[0]!.pcm.length - generateScene(21, 0).pcm.length)).toBeLessThan(20);
+    const r = await trainCaptioner({ ...base, steps: 2, outDir: join(root, 'folder-run'), resume: false, data: { kind: 'folder', dir, seed: 0 } });
+    expect(r.finished).toBe(true);
+    writeFileSync(join(dir, 'clip-1.txt'), 'a kettle whistles');
+    await expect(trainCaptioner({ ...base, steps: 2, outDir: join(root, 'folder-run2'), resume: false, data: { kind: 'folder', dir, seed: 0 } })).rejects.toThrow(/caption of clip-1\.wav has words outside the tokenizer's vocabulary/);
+  });
 
   it('refuses to resume with other settings, naming the setting', async () => {
     await expect(trainCaptioner({ ...base, outDir: join(root, 'whole'), batchSize: 4 })).rejects.toThrow(/batchSize = 2, this run asks for 4/);
