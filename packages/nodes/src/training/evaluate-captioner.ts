@@ -48,7 +48,7 @@ export interface CaptionerEvaluation {
  */
 export async function evaluateCaptioner(options: EvaluateCaptionerOptions): Promise<CaptionerEvaluation> {
   const batchSize = options.batchSize ?? 16;
-  const generation = { maxNewTokens: options.maxNewTokens ?? 48, temperature: 0, topK: 0, topP: 1, seed: 0 };
+  const generation = { maxNewTokens: options.maxNewTokens ?? 64, temperature: 0, topK: 0, topP: 1, seed: 0 };
   const captioner = await Qwen3OmniCaptioner.load(options.model);
   try {
     const t0 = performance.now();
