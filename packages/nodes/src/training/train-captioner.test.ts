@@ -15,6 +15,7 @@ import { generateScene } from './scenes.js';
 import { TINY_CAPTIONER_SIZES } from './captioner-model.js';
 import { shardGradients } from './gradient-stage.js';
 import { trainCaptioner, type TrainCaptionerOptions } from './train-captioner.js';
+import { evaluateCaptioner } from './evaluate-captioner.js';
 import { TrainableCaptioner } from './trainable-captioner.js';
 import { registerTfjsGradients } from './tfjs-gradients.js';
 import { registerWasmGradientKernels } from './wasm-gradient-kernels.js';
@@ -108,6 +109,12 @@ describe('trainCaptioner', () => {
       t.embedTokens.dispose();
     }
     mel.dispose();
+
+    // The evaluation path: captions through the batched captioner, scored against the scenes' references.
+    const report = await evaluateCaptioner({ model: out, seed: 5, count: 3, batchSize: 2, maxNewTokens: 6 });
+    expect(report.scores.count).toBe(3);
+    expect(report.errors.length).toBe(3 - Math.round(report.scores.exactMatch * 3));
+    expect(report.errors[0]?.reference).toBe(generateScene(5, report.errors[0]!.index).caption);
   });
 
   it('resumed from a checkpoint, continues the uninterrupted trajectory bit for bit', async () => {
