@@ -29,6 +29,16 @@ export interface QueueConnection {
 }
 
 const prefixOf = (c: QueueConnection) => c.prefix ?? 'bull';
+
+/**
+ * A BullMQ Queue handle. Its connection reports errors as events; unheard, a late 'Connection is closed' (a handle
+ * closed while still connecting) would crash the process. Real failures surface as rejected calls instead.
+ */
+function openQueue<T>(c: QueueConnection): Queue<T> {
+  const queue = new Queue<T>(nameOf(c), { connection: { url: c.url }, prefix: prefixOf(c) });
+  queue.on('error', () => undefined);
+  return queue;
+}
 const nameOf = (c: QueueConnection) => c.name ?? DEFAULT_CAPTION_QUEUE;
 /** Results live beside BullMQ's own keys: one hash field per job id, written once. */
 export const resultsKey = (c: QueueConnection) => `${prefixOf(c)}:${nameOf(c)}:omniflow:results`;
@@ -111,7 +121,7 @@ export async function enqueueCaptionJobs(
   what: { options: CaptionJobOptions; modelDir: string | null; modelId: string },
   opts: EnqueueOptions = {},
 ): Promise<string[]> {
-  const queue = new Queue<CaptionJobData>(nameOf(c), { connection: { url: c.url }, prefix: prefixOf(c) });
+  const queue = openQueue<CaptionJobData>(c);
   try {
     const optionsHash = captionOptionsHash(what.options, what.modelId);
     const jobs = files.map((path) => ({
@@ -152,7 +162,9 @@ export interface CollectOptions {
  */
 export async function collectCaptionResults(c: QueueConnection, jobIds: readonly string[], opts: CollectOptions): Promise<void> {
   const redis = new Redis(c.url, { maxRetriesPerRequest: null });
-  const queue = new Queue<CaptionJobData>(nameOf(c), { connection: { url: c.url }, prefix: prefixOf(c) });
+  redis.on('error', () => undefined);
+  // Opened only if some job needs its state looked up (most runs never do).
+  let queue: Queue<CaptionJobData> | undefined;
   const pending = new Set(jobIds);
   const pollMs = opts.pollMs ?? 500;
   let lastFailedCheck = 0;
@@ -170,6 +182,7 @@ export async function collectCaptionResults(c: QueueConnection, jobIds: readonly
       }
       if (pending.size > 0 && Date.now() - lastFailedCheck > 5000) {
         lastFailedCheck = Date.now();
+        queue ??= openQueue<CaptionJobData>(c);
         for (const id of pending) {
           const job = await queue.getJob(id);
           if (!job) continue;
@@ -184,7 +197,7 @@ export async function collectCaptionResults(c: QueueConnection, jobIds: readonly
       if (pending.size > 0) await sleep(pollMs, opts.signal);
     }
   } finally {
-    await queue.close();
+    await queue?.close();
     redis.disconnect();
   }
 }
@@ -219,6 +232,7 @@ export interface CaptionWorkerOptions {
 export async function startCaptionWorker(c: QueueConnection, opts: CaptionWorkerOptions): Promise<{ close: () => Promise<void>; worker: Worker<CaptionJobData> }> {
   const redis = new Redis(c.url, { maxRetriesPerRequest: null });
   const log = opts.log ?? (() => undefined);
+  redis.on('error', (err: Error) => log({ event: 'error', error: `redis: ${err.message}` }));
   const by = `${hostname()}:${process.pid}`;
   const batchers = new Map<CaptionModel, CaptionBatcher>();
   const batcherFor = (model: CaptionModel, options: CaptionJobOptions): CaptionBatcher => {
@@ -305,8 +319,9 @@ export interface QueueStatus {
  * ```
  */
 export async function captionQueueStatus(c: QueueConnection, windowMinutes = 15): Promise<QueueStatus> {
-  const queue = new Queue(nameOf(c), { connection: { url: c.url }, prefix: prefixOf(c) });
+  const queue = openQueue(c);
   const redis = new Redis(c.url, { maxRetriesPerRequest: null });
+  redis.on('error', () => undefined);
   try {
     const counts = await queue.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'completed', 'failed', 'paused');
     const workers = (await queue.getWorkers()).length;
