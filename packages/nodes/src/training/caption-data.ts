@@ -100,6 +100,11 @@ function shuffled(n: number, rng: SceneRandom): number[] {
 /**
  * A clip as the model trains on it: log-mel features on the host and the caption's token ids. Words the tokenizer
  * does not know are an error (a caption the model could never produce).
+ *
+ * ```ts
+ * const ex = captionExample(labelledClip({ kind: 'scenes', seed: 1 }, 0), model.tokenizer, new LogMel());
+ * ex.frames; // mel frames (100 per second)
+ * ```
  */
 export function captionExample(clip: LabelledClip, tokenizer: Qwen3OmniTokenizer, logMel: LogMel): CaptionExample {
   const features = tf.tidy(() => logMel.features(tf.tensor1d(clip.pcm)));

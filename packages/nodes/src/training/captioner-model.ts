@@ -18,7 +18,13 @@ const SPECIAL_TOKENS = [
 ] as const;
 const ROLE_WORDS = ['user', 'assistant', 'system'] as const;
 
-/** Token → id of the built-in word-level vocabulary. */
+/**
+ * Token → id of the built-in word-level vocabulary: special tokens, role words, then the caption words.
+ *
+ * ```ts
+ * captionerVocabulary().get('<|audio_pad|>'); // 6
+ * ```
+ */
 export function captionerVocabulary(words: readonly string[] = CAPTION_WORDS): Map<string, number> {
   const vocab = new Map<string, number>();
   for (const t of [...SPECIAL_TOKENS, ...ROLE_WORDS, ...words]) {
@@ -213,6 +219,11 @@ export function captionerConfig(s: CaptionerSizes, words: readonly string[] = CA
 /**
  * Random initial weights for every thinker tensor the config implies except the vision tower: N(0, 0.02) matrices
  * and embeddings, ones for norm scales, zeros for biases (transformers' `_init_weights`). Deterministic in `seed`.
+ *
+ * ```ts
+ * const weights = initialCaptionerWeights(captionerConfig(TINY_CAPTIONER_SIZES), 0);
+ * weights['thinker.model.norm.weight'].shape; // [32]
+ * ```
  */
 export function initialCaptionerWeights(config: Record<string, any>, seed: number): Record<string, TensorToWrite> {
   const expected = qwen3OmniExpectedTensors(config as Qwen3OmniConfigLike);

@@ -91,12 +91,24 @@ export function captionEvents(caption: string): string[] {
   return words.split(/ (?:then|with) /).map((p) => p.trim()).filter((p) => p.length > 0);
 }
 
-/** Lower-cased except pitch names, single spaces, no surrounding space or final period. */
+/**
+ * Single spaces, no surrounding space, no final period (what exact match compares).
+ *
+ * ```ts
+ * normaliseCaption(' a rising  chirp. '); // 'a rising chirp'
+ * ```
+ */
 export function normaliseCaption(caption: string): string {
   return caption.trim().replace(/\.$/, '').replace(/\s+/g, ' ');
 }
 
-/** Length of the longest common subsequence of two phrase lists: the events named correctly and in the right order. */
+/**
+ * Length of the longest common subsequence of two phrase lists: the events named correctly and in the right order.
+ *
+ * ```ts
+ * orderedMatches(['a rising chirp', 'pink noise for about one second'], ['pink noise for about one second', 'a rising chirp']); // 1
+ * ```
+ */
 export function orderedMatches(predicted: readonly string[], reference: readonly string[]): number {
   const m = predicted.length, n = reference.length;
   let prev = new Array<number>(n + 1).fill(0);

@@ -213,7 +213,7 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
   }
 }
 
-/** The trained model as a loaded Qwen3OmniModel is not kept; this writes it as a folder (model + optimizer + state), replacing the previous one atomically. */
+/** Writes the checkpoint folder (model in the official layout, optimizer moments, trainer state), replacing the previous one atomically. */
 function saveCheckpoint(dir: string, trainable: TrainableCaptioner, adam: Adam, state: TrainerState): void {
   const tmp = `${dir}.tmp`;
   rmSync(tmp, { recursive: true, force: true });
@@ -258,7 +258,14 @@ function splitEven<T>(items: readonly T[], parts: number): T[][] {
   return out;
 }
 
-/** Loads a trained folder for captioning (a convenience over loadQwen3Omni for the captioner's two modules). */
+/**
+ * Loads a trained folder for captioning (loadQwen3Omni with the captioner's two modules).
+ *
+ * ```ts
+ * const model = await loadCaptioner('runs/my-captioner');
+ * console.log(await captionText(model, pcm16k));
+ * ```
+ */
 export function loadCaptioner(dir: string): Promise<Qwen3OmniModel> {
   return loadQwen3Omni(dir, { modules: ['thinker', 'audio_tower'] });
 }

@@ -89,6 +89,10 @@ export class TrainableCaptioner {
    * captioner runs) plus its caption and <|im_end|> through the text model, and every caption token and the final
    * <|im_end|> is predicted from the rows before it. Returns a scalar tensor (mean over target tokens) — call inside
    * tf.variableGrads — and the number of target tokens.
+   *
+   * ```ts
+   * const { value, grads } = tf.variableGrads(() => trainable.loss(batch).loss, trainable.parameters.map((p) => p.variable));
+   * ```
    */
   loss(batch: readonly CaptionExample[]): { loss: tf.Scalar; tokens: number } {
     if (batch.length === 0) throw new Error('TrainableCaptioner.loss: empty batch');
@@ -142,7 +146,14 @@ export class TrainableCaptioner {
     return { loss, tokens };
   }
 
-  /** Copies the trained embedding into the host table TextModel.embed reads (before captioning with the model). */
+  /**
+   * Copies the trained embedding into the host table TextModel.embed reads (before captioning with the model).
+   *
+   * ```ts
+   * trainable.syncEmbedding();
+   * await captionText(trainable.model, pcm16k);
+   * ```
+   */
   syncEmbedding(): void {
     this.thinker.embedTokens.set(this.embedTokens.dataSync() as Float32Array);
   }
@@ -150,6 +161,10 @@ export class TrainableCaptioner {
   /**
    * The weights in the checkpoint's own names and layouts (PyTorch [out, in] Linears, [out, in, kh, kw] convs,
    * separate q/k/v and gate/up projections), ready for writeSafetensors.
+   *
+   * ```ts
+   * writeSafetensors('model.safetensors', trainable.exportWeights(), { format: 'pt' });
+   * ```
    */
   exportWeights(): Record<string, TensorToWrite> {
     const out: Record<string, TensorToWrite> = {};
