@@ -36,7 +36,7 @@ describe.skipIf(!existsSync(CHROMIUM))('assistant page in headless Chromium', ()
       pts += (samples.length / 24_000) * 1e6;
       return p;
     }), wav);
-    model = await loadQwen3Omni(fixtureDir(), { tokenizer: fixtureTokenizer(), modules: ['thinker', 'audio_tower', 'talker', 'code2wav'] });
+    model = await loadQwen3Omni(fixtureDir(), { tokenizer: fixtureTokenizer(), modules: ['thinker', 'audio_tower', 'visual', 'talker', 'code2wav'] });
     server = await startAssistantServer({
       model, port: 0, staticDir: fileURLToPath(new URL('../../../examples/assistant', import.meta.url)),
       maxOutputTokens: 24, respond: { seed: 0, maxFrames: 80 },
@@ -58,7 +58,7 @@ describe.skipIf(!existsSync(CHROMIUM))('assistant page in headless Chromium', ()
     if (scratch) rmSync(scratch, { recursive: true, force: true });
   });
 
-  it('speaks, gets audio back, is interrupted mid-answer: playback stops and the context keeps only what was heard', async () => {
+  it('speaks, gets audio back, is interrupted mid-answer: playback stops and the context keeps only what was heard; the camera joins turns', async () => {
     const page = await (await browser.newContext()).newPage();
     const logs: string[] = [];
     page.on('console', (m) => logs.push(m.text()));
@@ -114,5 +114,22 @@ describe.skipIf(!existsSync(CHROMIUM))('assistant page in headless Chromium', ()
     const report = s.events.find((e: any) => e.type === 'omniflow.metrics' && e.response_id === barge.responseId);
     expect(report.latency.barge_in_ms).toBeGreaterThan(0);
     expect(s.events.some((e: any) => e.type === 'error')).toBe(false);
+
+    // Camera on (Chromium's fake camera): frames go up and the next user turn carries the latest one.
+    await page.click('#camera');
+    await page.waitForFunction(() => (globalThis as any).assistant.events.some((e: any) => e.type === 'session.updated' && e.session.video), null, { timeout: 10_000 });
+    await page.evaluate(() => {
+      const a = (globalThis as any).assistant;
+      a.poll = setInterval(() => a.ws.send(JSON.stringify({ type: 'omniflow.conversation.get' })), 500);
+    });
+    const withImage = await page.waitForFunction(() => {
+      for (const e of (globalThis as any).assistant.events) {
+        const item = e.type === 'omniflow.conversation' && e.items.find((i: any) => i.role === 'user' && i.text.startsWith('[image]'));
+        if (item) return item;
+      }
+      return null;
+    }, null, { timeout: 60_000, polling: 250 });
+    await page.evaluate(() => clearInterval((globalThis as any).assistant.poll));
+    expect((await withImage.jsonValue() as { text: string }).text).toMatch(/^\[image\] \[audio \d\.\d\d s\]$/);
   }, 150_000);
 });

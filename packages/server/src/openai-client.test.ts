@@ -68,6 +68,10 @@ describe('the openai package realtime client against the omniflow server', () =>
     const transcript = events.filter((e) => e.type === 'response.output_audio_transcript.delta').map((e) => e.delta).join('');
     expect(response.output[0].content[0].transcript).toBe(transcript);
     expect(events.some((e) => e.type === 'client-error' || e.type === 'error')).toBe(false);
+    // omniflow's extra session field is refused clearly where the checkpoint cannot serve it (loaded without vision).
+    const refused = next('error');
+    rt.send({ type: 'session.update', session: { type: 'realtime', video: true } as any });
+    expect((await refused).error.message).toBe('session.update: video needs a checkpoint loaded with its vision encoder (thinker.visual)');
     rt.close();
   });
 

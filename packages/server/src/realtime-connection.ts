@@ -331,6 +331,7 @@ export class RealtimeConnection {
     }
     const max = s.max_output_tokens ?? s.max_response_output_tokens;
     if (max !== undefined) settings.maxOutputTokens = max === 'inf' ? this.options.maxOutputTokens : Math.min(max, this.options.maxOutputTokens);
+    if (s.video && !this.options.model.visionEncoder) throw new Error('session.update: video needs a checkpoint loaded with its vision encoder (thinker.visual)');
     if (s.video !== undefined) settings.video = s.video;
   }
 
