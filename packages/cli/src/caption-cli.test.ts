@@ -91,7 +91,7 @@ describe('omniflow caption', () => {
     expect(new Set(after.map((r) => r.by)).size).toBe(2);
   }, 180_000);
 
-  it('refuses bad options, missing models and empty inputs with exit code 2 and a message naming them', async () => {
+  it('refuses bad options, missing models, empty inputs and an unreachable Redis with exit code 2 and a message naming them', async () => {
     const run = async (args: string[]) => {
       let stderr = '';
       const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => ((stderr += String(chunk)), true));
@@ -107,6 +107,8 @@ describe('omniflow caption', () => {
     expect(noModel).toEqual({ code: 2, stderr: expect.stringContaining(`model folder ${join(root, 'no-such-model')}: no such folder`) });
     const noInput = await run(['caption', join(root, 'empty-*.wav'), '--model', model, '--out', join(root, 'y.jsonl')]);
     expect(noInput).toEqual({ code: 2, stderr: expect.stringContaining('no input files') });
+    const noRedis = await run(['status', '--queue', 'redis://127.0.0.1:1']);
+    expect(noRedis).toEqual({ code: 2, stderr: expect.stringContaining('cannot reach Redis at redis://127.0.0.1:1: connect ECONNREFUSED') });
     const badFlag = await run(['caption', join(root, 'media'), '--concurrency', 'many']);
     expect(badFlag).toEqual({ code: 2, stderr: expect.stringContaining("--concurrency must be an integer >= 1, got 'many'") });
   });

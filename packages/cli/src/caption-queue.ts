@@ -60,12 +60,14 @@ export function captionJobId(path: string, optionsHash: string): string {
  */
 export async function checkRedis(url: string): Promise<void> {
   const probe = new Redis(url, { lazyConnect: true, connectTimeout: 5000, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false });
-  probe.on('error', () => undefined);
+  // The socket's own error (ECONNREFUSED, ENOTFOUND, auth) says more than the 'Connection is closed' that follows.
+  let first: Error | undefined;
+  probe.on('error', (err: Error) => (first ??= err));
   try {
     await probe.connect();
     await probe.ping();
   } catch (err) {
-    throw new Error(`cannot reach Redis at ${redactUrl(url)}: ${(err as Error).message}`, { cause: err });
+    throw new Error(`cannot reach Redis at ${redactUrl(url)}: ${(first ?? (err as Error)).message}`, { cause: err });
   } finally {
     probe.disconnect();
   }
