@@ -46,9 +46,10 @@ export interface NodeContext {
   hold(): () => void;
   /**
    * Like RxJS `mergeMap(fn, concurrency)`, but lossless backpressure-aware inside a graph: while
-   * `concurrency` calls are in flight the node holds its input, so nothing piles up inside it. Calls for
-   * packets of an interrupted turn are aborted (`signal`) and their input packets disposed if nothing
-   * was emitted for them yet. Each call gets its own AbortSignal when `fn` declares the second
+   * `concurrency` calls are in flight the node holds its input, so nothing piles up inside it. A call
+   * started in a turn that is then interrupted is aborted (`signal`), whatever its value is (a packet, or
+   * a node's own turn object), unless the value is a packet marked `uninterruptible`; input packets of an
+   * aborted call are disposed if nothing was emitted for them yet. Each call gets its own AbortSignal when `fn` declares the second
    * parameter; otherwise it is handed the turn's signal and nothing is allocated for it.
    */
   mapAsync<A, B>(fn: (value: A, signal: AbortSignal) => ObservableInput<B>, options?: { concurrency?: number }): OperatorFunction<A, B>;
@@ -95,6 +96,11 @@ export class TurnState {
 }
 
 const noMetrics: MetricsHooks = { count: () => undefined, observe: () => undefined };
+
+/** True when `value` is a packet marked to survive interrupts. */
+function isUninterruptible(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && (value as { uninterruptible?: unknown }).uninterruptible === true;
+}
 
 /** True when `value` is a packet of a turn older than `epoch` that an interrupt may discard. */
 export function isStale(value: unknown, epoch: number): boolean {
@@ -195,6 +201,8 @@ export class RunContext implements NodeContext {
       new Observable<B>((subscriber) => {
         interface Job {
           value: A;
+          /** Turn epoch when the job started: an interrupt past it aborts the job, whatever `value` is. */
+          turn: number;
           /** Only when `fn` declares the signal parameter. */
           controller: AbortController | undefined;
           emitted: boolean;
@@ -224,7 +232,7 @@ export class RunContext implements NodeContext {
         };
 
         const turnSub = this.turns$.subscribe((epoch) => {
-          for (const job of [...active]) if (isStale(job.value, epoch)) abort(job);
+          for (const job of [...active]) if (job.turn < epoch && !isUninterruptible(job.value)) abort(job);
         });
         const outer = source.subscribe({
           next: (value) => {
@@ -234,7 +242,7 @@ export class RunContext implements NodeContext {
             }
             // An AbortController per call only when fn takes the signal: it is the costliest allocation here.
             const controller = wantsSignal ? new AbortController() : undefined;
-            const job: Job = { value, controller, emitted: false, done: false };
+            const job: Job = { value, turn: this.turn, controller, emitted: false, done: false };
             active.add(job);
             if (active.size >= concurrency && !release) release = this.hold();
             let inner$: Observable<B>;

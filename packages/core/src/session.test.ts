@@ -62,6 +62,29 @@ describe('turns and interruption (virtual time)', () => {
     expect((interrupt as { fenced: number }).fenced).toBe(3); // inputs 4, 5, 6 were waiting (3 was in flight)
   });
 
+  it('aborts a call over a node-built value (not a packet) when its turn is interrupted', () => {
+    // A node that gathers a turn into its own object and answers it asynchronously, as speech nodes do.
+    const signals: AbortSignal[] = [];
+    const answer = defineNode({
+      type: 'answer',
+      inputs: { in: ports.any() },
+      outputs: { out: ports.any() },
+      operator: (_p, ctx) => (in$) =>
+        in$.pipe(
+          map((p: Packet) => ({ question: p.kind === 'text' ? p.text : '', turn: p.turn })),
+          ctx.mapAsync((job, signal) => {
+            signals.push(signal);
+            return timer(50_000).pipe(map(() => textPacket({ text: `answer to ${job.question}`, turn: job.turn })));
+          }),
+        ),
+    });
+    const g = graph('own-object').add('answer', answer).input('in', 'answer.in').output('out', 'answer.out');
+    const r = runGraphVirtual(g, { mode: 'realtime', inputs: { in: [[0, textPacket({ text: 'q' })], [100_000, 'complete']] }, interrupts: [10_000] });
+    expect(signals).toHaveLength(1);
+    expect(signals[0].aborted).toBe(true);
+    expect(r.outputs.out).toEqual([]);
+  });
+
   it('records time to first output per kind and per turn', () => {
     const g = graph('ttfo').add('work', slowStep, { ms: 7 }).input('in', 'work.in').output('out', 'work.out');
     const r = runGraphVirtual(g, {
