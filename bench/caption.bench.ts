@@ -1,8 +1,8 @@
 /**
  * Caption job throughput on the tiny fixture checkpoint (random weights, so every caption runs to maxNewTokens),
  * with the CLI's default options:
- * - one process, files captioned one at a time (concurrency 1, batch 1) vs batched across files (concurrency 8,
- *   batch 16) — the baseline and the batched run use the same files and options in the same process;
+ * - one process, files captioned one at a time (concurrency 1, batch 1) vs batched across files (16 files in
+ *   flight, 8 segments per batch) — the baseline and the batched run use the same files and options in the same process;
  * - the BullMQ queue with one worker process vs two (needs redis-server; a private one is started on a free loopback
  *   port, or OMNIFLOW_TEST_REDIS_URL is used), timed from enqueue to the last result, workers warm.
  * Reported: files per minute and audio hours per hour (= × real time). Noisy when other processes share the CPUs.
@@ -18,7 +18,7 @@ import { fixtureModelFolder } from '../packages/cli/src/testing/fixture-model.js
 import { testRedis } from '../packages/cli/src/testing/redis-server.js';
 import { startCli, waitFor } from '../packages/cli/src/testing/run-cli.js';
 
-const FILES = 8;
+const FILES = 16;
 const QUEUE_FILES = 16; // enough that each of two workers still fills its batches
 const SECONDS = 12;
 // The CLI's defaults (30 s segments, up to 64 new tokens, greedy): what `omniflow caption` does out of the box.
@@ -59,7 +59,8 @@ export async function run(): Promise<object> {
     };
     await local('warmup', 2, 4); // first-use costs (wasm kernels, page faults) out of the measured runs
     const oneAtATime = await local('one-at-a-time', 1, 1);
-    const batched = await local('batched', 8, 16);
+    // More files in flight than a batch holds, so the next files decode while a batch runs.
+    const batched = await local('batched', 16, 8);
     model.dispose();
 
     const queue = await queueRuns(root, modelDir, all, QUEUE_FILES * SECONDS);

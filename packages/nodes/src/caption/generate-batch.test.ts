@@ -41,14 +41,14 @@ const one = async (p: ThinkerPrompt, maxNewTokens: number, sampler: Sampler, sto
 const asBatch = (sampler: () => Sampler) => prompts.map((p) => ({ inputIds: p.prompt.ids, inputsEmbeds: p.inputsEmbeds, positions: p.positions, ropeDelta: p.ropeDelta, sampler: sampler() }));
 
 describe('generateBatch', () => {
-  it('gives every prompt the tokens generate() gives it alone (greedy), in fewer decode forwards, without leaking tensors', async () => {
+  it.each(['each', 'grouped'] as const)('gives every prompt the tokens generate() gives it alone (greedy), in fewer decode forwards, without leaking tensors (prefill %s)', async (prefill) => {
     const lengths = prompts.map((p) => p.prompt.ids.length);
     expect(new Set(lengths).size).toBe(lengths.length);
     const reference = [];
     for (const p of prompts) reference.push(await one(p, 12, new Sampler({ greedy: true }), []));
     const before = tf.memory().numTensors;
     const stats = { decodeSteps: 0, prefillMs: 0, decodeMs: 0 };
-    const batched = await generateBatch(model.thinker, asBatch(() => new Sampler({ greedy: true })), { maxNewTokens: 12, stopTokens: [] }, stats);
+    const batched = await generateBatch(model.thinker, asBatch(() => new Sampler({ greedy: true })), { maxNewTokens: 12, stopTokens: [], prefill }, stats);
     expect(tf.memory().numTensors).toBe(before);
     expect(batched).toEqual(reference);
     expect(batched.every((t) => t.length === 12)).toBe(true);

@@ -22,6 +22,12 @@ export interface BatchPrompt {
 
 export interface GenerateBatchOptions {
   readonly maxNewTokens: number;
+  /**
+   * How prompts are prefilled: 'each' runs the text model's own forward per prompt (fastest on the wasm and cpu
+   * backends, where a bigger matrix does not make an op cheaper per row), 'grouped' one padded forward per group of
+   * similar-length prompts (fewer, larger ops for accelerators). Default: 'each' on wasm/cpu, else 'grouped'.
+   */
+  readonly prefill?: 'each' | 'grouped';
   /** Ids that end a sequence; the stop token is not returned. */
   readonly stopTokens: readonly number[];
   readonly signal?: AbortSignal;
@@ -37,9 +43,9 @@ export interface GenerateBatchStats {
 }
 
 /**
- * Generates for many prompts at once, with ONE forward per step for the whole batch: the prompts are left-padded to
- * the longest and prefilled together (causal attention with the padding masked out), then every decode step runs all
- * unfinished sequences as one [B, hidden] matrix through projections, norms, MoE and the head, attending over the
+ * Generates for many prompts at once, with ONE forward per decode step for the whole batch: the prompts are prefilled
+ * (one by one, or in padded groups of similar length — see `prefill`), their KV caches left-padded to the longest
+ * with the padding masked out, then every decode step runs all unfinished sequences as one [B, hidden] matrix through projections, norms, MoE and the head, attending over the
  * shared left-padded KV cache [B, kv_heads, T, head_dim]. On the wasm backend a forward costs about the same for 1
  * row or 16 (per-op overhead dominates), which is where batching captions across files gains its speed. Per-row maths
  * is the same as `generate`'s (masked keys get exactly zero weight), so greedy results match it token for token.
@@ -68,14 +74,15 @@ export async function generateBatch(model: TextModel, prompts: readonly BatchPro
   try {
     // Prefill in groups of similar length: padding a short prompt to a long one costs attention work that grows
     // with the square of the length, while one more forward per group only costs per-op overhead.
-    const groups = lengthGroups(lengths);
-    const parts: Array<ReturnType<typeof prefillStep>> = [];
+    const mode = options.prefill ?? (['wasm', 'cpu'].includes(tf.getBackend()) ? 'each' : 'grouped');
+    const groups = mode === 'each' ? prompts.map((_, b) => [b]) : lengthGroups(lengths);
+    const parts: PrefillResult[] = [];
     let logits: tf.Tensor2D;
     const t0 = performance.now();
     try {
       for (const g of groups) {
         await betweenSteps(options.signal);
-        parts.push(prefillStep(model, g.map((b) => prompts[b])));
+        parts.push(mode === 'each' ? prefillOne(model, prompts[g[0]]) : prefillStep(model, g.map((b) => prompts[b])));
       }
       const first = joinGroups(parts);
       kv = first.kv;
@@ -152,8 +159,38 @@ function lengthGroups(lengths: readonly number[]): number[][] {
   return groups;
 }
 
+/** What a prefill of B prompts hands the decode loop. */
+interface PrefillResult {
+  /** [B, vocab] of each prompt's last row. */
+  readonly logits: tf.Tensor2D;
+  /** Per layer [B, kv_heads, S, head_dim]. */
+  readonly kv: Array<{ k: tf.Tensor4D; v: tf.Tensor4D }>;
+  /** [B, 1, 1, S]: 0 for prompt columns, float32 min for padding. */
+  readonly mask: tf.Tensor4D;
+}
+
+/** One prompt through the text model's own forward, its KV cache read back as a batch of one. */
+function prefillOne(model: TextModel, p: BatchPrompt): PrefillResult {
+  const S = p.inputIds.length;
+  const cache = model.createCache({ capacity: S + 1 });
+  try {
+    const r = model.forward(p.inputsEmbeds, { positions: p.positions, cache, logits: 'last' });
+    r.lastHiddenState.dispose();
+    const kv = tf.tidy(() =>
+      model.layers.map((_, l) => {
+        const buf = cache.buffers(l);
+        const size: [number, number, number] = [buf.k.shape[0], S, buf.k.shape[2]];
+        return { k: tf.expandDims(tf.slice(buf.k, [0, 0, 0], size), 0) as tf.Tensor4D, v: tf.expandDims(tf.slice(buf.v, [0, 0, 0], size), 0) as tf.Tensor4D };
+      }),
+    );
+    return { logits: r.logits!, kv, mask: tf.zeros([1, 1, 1, S]) as tf.Tensor4D };
+  } finally {
+    cache.dispose();
+  }
+}
+
 /** Stacks prefill groups into one batch: K/V and masks left-padded (and masked) to the longest group. */
-function joinGroups(parts: ReadonlyArray<ReturnType<typeof prefillStep>>) {
+function joinGroups(parts: readonly PrefillResult[]): PrefillResult {
   return tf.tidy(() => {
     const S = Math.max(...parts.map((p) => p.mask.shape[3]));
     const padKV = (t: tf.Tensor4D) => (t.shape[2] < S ? tf.concat([tf.zeros([t.shape[0], t.shape[1], S - t.shape[2], t.shape[3]]), t], 2) : t);
@@ -174,7 +211,7 @@ function joinGroups(parts: ReadonlyArray<ReturnType<typeof prefillStep>>) {
  * attention causal within each prompt and blind to its padding. Returns the logits of each prompt's last row
  * [B, vocab], the per-layer K/V [B, kv_heads, Smax, head_dim] and the decode mask [B, 1, 1, Smax] of the padding.
  */
-function prefillStep(model: TextModel, prompts: readonly BatchPrompt[]) {
+function prefillStep(model: TextModel, prompts: readonly BatchPrompt[]): PrefillResult {
   const c = model.config;
   const B = prompts.length;
   const hidden = model.hidden;
@@ -220,7 +257,7 @@ function prefillStep(model: TextModel, prompts: readonly BatchPrompt[]) {
     }
     const lastRows = tf.gather(h, tf.tensor1d(prompts.map((_, b) => b * S + S - 1), 'int32'));
     const logits = linear(rmsNorm(lastRows, model.norm), model.lmHead!) as tf.Tensor2D;
-    return { logits, kv, mask: tf.tensor4d(decodeMask, [B, 1, 1, S]) };
+    return { logits, kv, mask: tf.tensor4d(decodeMask, [B, 1, 1, S]) as tf.Tensor4D };
   });
 }
 
