@@ -20,7 +20,7 @@ import { startCli, waitFor } from '../packages/cli/src/testing/run-cli.js';
 
 const FILES = 16;
 const QUEUE_FILES = 16; // enough that each of two workers still fills its batches
-const SECONDS = 12;
+const SECONDS = 60; // minute-long recordings: two 30 s segments and a summary each
 // The CLI's defaults (30 s segments, up to 64 new tokens, greedy): what `omniflow caption` does out of the box.
 const options = parseCaptionOptions();
 
