@@ -51,8 +51,15 @@ export async function run(): Promise<object> {
         const s = await captionFiles(files, store, { model, options, concurrency, batchSize });
         if (s.captioned !== FILES) throw new Error(`caption bench: ${name} captioned ${s.captioned} of ${FILES} files`);
         const st = (model as unknown as { stats: Record<string, number> }).stats;
-        const split = Object.fromEntries(['featuresMs', 'encoderMs', 'promptMs', 'prefillMs', 'decodeMs'].map((k) => [k, Math.round(st[k] - (before[k] ?? 0))]));
-        return { ...rate(FILES, s.audioSeconds, s.wallSeconds), modelCalls: s.batches, meanBatch: +(s.requests / s.batches).toFixed(1), modelTime: split };
+        const ms = (k: string) => Math.round(st[k] - (before[k] ?? 0));
+        const stages = ['featuresMs', 'encoderMs', 'promptMs', 'prefillMs', 'decodeMs'];
+        const split = Object.fromEntries(stages.map((k) => [k, ms(k)]));
+        // Inside model calls but in no stage: sampling, detokenizing, tensor bookkeeping. Outside them: decoding the
+        // files, batching waits, writing results — time the model sits idle.
+        const inCalls = ms('callMs');
+        const otherInCallsMs = inCalls - stages.reduce((a, k) => a + split[k], 0);
+        const outsideCallsMs = Math.round(s.wallSeconds * 1000 - inCalls);
+        return { ...rate(FILES, s.audioSeconds, s.wallSeconds), modelCalls: s.batches, meanBatch: +(s.requests / s.batches).toFixed(1), modelTime: { ...split, otherInCallsMs, outsideCallsMs } };
       } finally {
         store.close();
       }

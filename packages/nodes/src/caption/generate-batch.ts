@@ -33,6 +33,13 @@ export interface GenerateBatchOptions {
   readonly signal?: AbortSignal;
 }
 
+/**
+ * The batch KV cache, per layer: keys TRANSPOSED [B, kv_heads, head_dim, T] and values [B, kv_heads, T, head_dim].
+ * Keys are stored transposed so scores are a plain matMul(q, Kᵀ): the wasm backend's transposeB path is about 5x
+ * slower, and transposing the whole cache every step would cost a copy of it.
+ */
+type KV = Array<{ k: tf.Tensor4D; v: tf.Tensor4D }>;
+
 const NEG = -3.4028234663852886e38; // float32 minimum, as the reference masks: exp() of it is exactly 0
 
 /** Counters `generateBatch` adds to when given: decode steps (one forward each for the whole batch) and time spent. */
@@ -69,7 +76,7 @@ export async function generateBatch(model: TextModel, prompts: readonly BatchPro
   const lengths = prompts.map((p) => p.inputIds.length);
   if (prompts.length === 0) return out;
 
-  let kv: Array<{ k: tf.Tensor4D; v: tf.Tensor4D }> = [];
+  let kv: KV = [];
   let mask: tf.Tensor4D | undefined;
   try {
     // Prefill in groups of similar length: padding a short prompt to a long one costs attention work that grows
@@ -163,8 +170,8 @@ function lengthGroups(lengths: readonly number[]): number[][] {
 interface PrefillResult {
   /** [B, vocab] of each prompt's last row. */
   readonly logits: tf.Tensor2D;
-  /** Per layer [B, kv_heads, S, head_dim]. */
-  readonly kv: Array<{ k: tf.Tensor4D; v: tf.Tensor4D }>;
+  /** Per layer: keys [B, kv_heads, head_dim, S] (transposed, see KV), values [B, kv_heads, S, head_dim]. */
+  readonly kv: KV;
   /** [B, 1, 1, S]: 0 for prompt columns, float32 min for padding. */
   readonly mask: tf.Tensor4D;
 }
@@ -180,7 +187,8 @@ function prefillOne(model: TextModel, p: BatchPrompt): PrefillResult {
       model.layers.map((_, l) => {
         const buf = cache.buffers(l);
         const size: [number, number, number] = [buf.k.shape[0], S, buf.k.shape[2]];
-        return { k: tf.expandDims(tf.slice(buf.k, [0, 0, 0], size), 0) as tf.Tensor4D, v: tf.expandDims(tf.slice(buf.v, [0, 0, 0], size), 0) as tf.Tensor4D };
+        const k = tf.transpose(tf.slice(buf.k, [0, 0, 0], size), [0, 2, 1]); // keys are kept transposed (see KV)
+        return { k: tf.expandDims(k, 0) as tf.Tensor4D, v: tf.expandDims(tf.slice(buf.v, [0, 0, 0], size), 0) as tf.Tensor4D };
       }),
     );
     return { logits: r.logits!, kv, mask: tf.zeros([1, 1, 1, S]) as tf.Tensor4D };
@@ -193,12 +201,14 @@ function prefillOne(model: TextModel, p: BatchPrompt): PrefillResult {
 function joinGroups(parts: readonly PrefillResult[]): PrefillResult {
   return tf.tidy(() => {
     const S = Math.max(...parts.map((p) => p.mask.shape[3]));
-    const padKV = (t: tf.Tensor4D) => (t.shape[2] < S ? tf.concat([tf.zeros([t.shape[0], t.shape[1], S - t.shape[2], t.shape[3]]), t], 2) : t);
+    // Keys [B, Hkv, D, S] pad along axis 3, values [B, Hkv, S, D] along axis 2.
+    const padK = (t: tf.Tensor4D) => (t.shape[3] < S ? tf.concat([tf.zeros([t.shape[0], t.shape[1], t.shape[2], S - t.shape[3]]), t], 3) : t);
+    const padV = (t: tf.Tensor4D) => (t.shape[2] < S ? tf.concat([tf.zeros([t.shape[0], t.shape[1], S - t.shape[2], t.shape[3]]), t], 2) : t);
     const padMask = (m: tf.Tensor4D) => (m.shape[3] < S ? tf.concat([tf.fill([m.shape[0], 1, 1, S - m.shape[3]], NEG), m], 3) : m);
     const layers = parts[0].kv.length;
     const kv = Array.from({ length: layers }, (_, l) => ({
-      k: (parts.length === 1 ? tf.clone(parts[0].kv[l].k) : tf.concat(parts.map((p) => padKV(p.kv[l].k)), 0)) as tf.Tensor4D,
-      v: (parts.length === 1 ? tf.clone(parts[0].kv[l].v) : tf.concat(parts.map((p) => padKV(p.kv[l].v)), 0)) as tf.Tensor4D,
+      k: (parts.length === 1 ? tf.clone(parts[0].kv[l].k) : tf.concat(parts.map((p) => padK(p.kv[l].k)), 0)) as tf.Tensor4D,
+      v: (parts.length === 1 ? tf.clone(parts[0].kv[l].v) : tf.concat(parts.map((p) => padV(p.kv[l].v)), 0)) as tf.Tensor4D,
     }));
     const mask = (parts.length === 1 ? tf.clone(parts[0].mask) : tf.concat(parts.map((p) => padMask(p.mask)), 0)) as tf.Tensor4D;
     const logits = (parts.length === 1 ? tf.clone(parts[0].logits) : tf.concat(parts.map((p) => p.logits), 0)) as tf.Tensor2D;
@@ -233,9 +243,9 @@ function prefillStep(model: TextModel, prompts: readonly BatchPrompt[]): Prefill
     const section = c.rope.mropeSection;
     const tables = section ? mropeTables(pos, c.head_dim, c.rope.theta, section, c.rope.interleaved) : ropeTables(pos[0], c.head_dim, c.rope.theta);
     const [cos, sin] = ropeTensors(tables); // [N, 1, head_dim]
-    const mask = tf.tensor4d(m, [B, 1, S, S]);
+    const masks = tf.unstack(tf.tensor3d(m, [B, S, S])); // [S, S] per prompt
     let h = tf.concat(prompts.map((p, b) => (pads[b] ? tf.concat([tf.zeros([pads[b], hidden]), p.inputsEmbeds], 0) : p.inputsEmbeds)), 0) as tf.Tensor2D;
-    const kv: Array<{ k: tf.Tensor4D; v: tf.Tensor4D }> = [];
+    const kv: KV = [];
     for (const layer of model.layers) {
       const a = layer.self_attn;
       const { numHeads: H, numKvHeads: Hkv, headDim: D } = a;
@@ -243,14 +253,20 @@ function prefillStep(model: TextModel, prompts: readonly BatchPrompt[]): Prefill
       const q = applyRope(rmsNorm(tf.reshape(linear(xn, a.q_proj), [N, H, D]), a.q_norm), cos, sin);
       const k = applyRope(rmsNorm(tf.reshape(linear(xn, a.k_proj), [N, Hkv, D]), a.k_norm), cos, sin);
       const v = tf.reshape(linear(xn, a.v_proj), [N, Hkv, D]);
-      const K = tf.keep(tf.transpose(tf.reshape(k, [B, S, Hkv, D]), [0, 2, 1, 3]) as tf.Tensor4D);
+      const Kt = tf.keep(tf.transpose(tf.reshape(k, [B, S, Hkv, D]), [0, 2, 3, 1]) as tf.Tensor4D); // [B, Hkv, D, S]
       const Vv = tf.keep(tf.transpose(tf.reshape(v, [B, S, Hkv, D]), [0, 2, 1, 3]) as tf.Tensor4D);
-      kv.push({ k: K, v: Vv });
-      // Head h reads KV head floor(h / groups): [B, H, S, D] -> [B, Hkv, groups·S, D].
-      const qg = tf.reshape(tf.transpose(tf.reshape(tf.mul(q, 1 / Math.sqrt(D)), [B, S, H, D]), [0, 2, 1, 3]), [B, Hkv, (H / Hkv) * S, D]);
-      const scores = tf.reshape(tf.add(tf.reshape(tf.matMul(qg, K, false, true), [B, H, S, S]), mask), [B, Hkv, (H / Hkv) * S, S]);
-      const ctx = tf.matMul(tf.softmax(scores, -1), Vv); // [B, Hkv, groups·S, D]
-      const merged = tf.reshape(tf.transpose(tf.reshape(ctx, [B, H, S, D]), [0, 2, 1, 3]), [N, H * D]);
+      kv.push({ k: Kt, v: Vv });
+      // Attention as one 2-D matmul pair per (prompt, KV head): the wasm backend runs batched (rank > 2) matmuls in a
+      // naive loop some 20x slower than its 2-D kernel. Head h reads KV head floor(h / groups), so the `groups`
+      // query heads of a KV head are stacked as rows [groups·S, D].
+      const qs = tf.unstack(tf.reshape(tf.transpose(tf.reshape(tf.mul(q, 1 / Math.sqrt(D)), [B, S, H, D]), [0, 2, 1, 3]), [B * Hkv, (H / Hkv) * S, D]));
+      const ks = tf.unstack(tf.reshape(Kt, [B * Hkv, D, S]));
+      const vs = tf.unstack(tf.reshape(Vv, [B * Hkv, S, D]));
+      const ctx = qs.map((qh, i) => {
+        const scores = tf.reshape(tf.add(tf.reshape(tf.matMul(qh, ks[i]), [H / Hkv, S, S]), masks[Math.floor(i / Hkv)]), [(H / Hkv) * S, S]);
+        return tf.matMul(tf.softmax(scores, -1), vs[i]); // [groups·S, D]
+      });
+      const merged = tf.reshape(tf.transpose(tf.reshape(tf.stack(ctx), [B, H, S, D]), [0, 2, 1, 3]), [N, H * D]);
       const r = tf.add(h, linear(merged, a.o_proj)) as tf.Tensor2D;
       const x2 = rmsNorm(r, layer.post_attention_layernorm) as tf.Tensor2D;
       h = tf.add(r, 'router' in layer.mlp ? sparseMoe(x2, layer.mlp).output : swiGlu(x2, layer.mlp)) as tf.Tensor2D;
@@ -262,7 +278,7 @@ function prefillStep(model: TextModel, prompts: readonly BatchPrompt[]): Prefill
 }
 
 /** One decode step over B rows: returns logits [B, vocab], the caches with the new column, and the widened mask. */
-function decodeStep(model: TextModel, ids: number[], positions: number[], kv: ReadonlyArray<{ k: tf.Tensor4D; v: tf.Tensor4D }>, mask: tf.Tensor4D) {
+function decodeStep(model: TextModel, ids: number[], positions: number[], kv: KV, mask: tf.Tensor4D) {
   const c = model.config;
   const B = ids.length;
   const x0 = model.embed(ids);
@@ -272,7 +288,7 @@ function decodeStep(model: TextModel, ids: number[], positions: number[], kv: Re
       const tables = section ? mropeTables([positions, positions, positions], c.head_dim, c.rope.theta, section, c.rope.interleaved) : ropeTables(positions, c.head_dim, c.rope.theta);
       const [cos, sin] = ropeTensors(tables); // [B, 1, head_dim]: one position per row
       const nextMask = tf.concat([mask, tf.zeros([B, 1, 1, 1])], 3) as tf.Tensor4D;
-      const next: Array<{ k: tf.Tensor4D; v: tf.Tensor4D }> = [];
+      const next: KV = [];
       let h = x0 as tf.Tensor2D;
       model.layers.forEach((layer, l) => {
         const a = layer.self_attn;
@@ -282,12 +298,12 @@ function decodeStep(model: TextModel, ids: number[], positions: number[], kv: Re
         const q = applyRope(rmsNorm(tf.reshape(linear(xn, a.q_proj), [B, H, D]), a.q_norm), cos, sin);
         const k = applyRope(rmsNorm(tf.reshape(linear(xn, a.k_proj), [B, Hkv, D]), a.k_norm), cos, sin);
         const v = tf.reshape(linear(xn, a.v_proj), [B, Hkv, D]);
-        const K = tf.keep(tf.concat([kv[l].k, tf.reshape(k, [B, Hkv, 1, D])], 2) as tf.Tensor4D);
+        const Kt = tf.keep(tf.concat([kv[l].k, tf.reshape(k, [B, Hkv, D, 1])], 3) as tf.Tensor4D);
         const Vv = tf.keep(tf.concat([kv[l].v, tf.reshape(v, [B, Hkv, 1, D])], 2) as tf.Tensor4D);
-        next.push({ k: K, v: Vv });
+        next.push({ k: Kt, v: Vv });
         // Head h reads KV head floor(h / groups): [B, H, D] -> [B, Hkv, groups, D].
         const qg = tf.reshape(tf.mul(q, 1 / Math.sqrt(D)), [B, Hkv, groups, D]);
-        const scores = tf.add(tf.matMul(qg, K, false, true), nextMask); // [B, Hkv, groups, T]
+        const scores = tf.add(tf.matMul(qg, Kt), nextMask); // [B, Hkv, groups, T]
         const ctx = tf.matMul(tf.softmax(scores, -1), Vv); // [B, Hkv, groups, D]
         const attn = linear(tf.reshape(ctx, [B, H * D]), a.o_proj) as tf.Tensor2D;
         const r = tf.add(h, attn) as tf.Tensor2D;
