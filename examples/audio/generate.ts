@@ -7,17 +7,14 @@ import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import wavefile from 'wavefile';
 import { generateScene } from '@omniflow/nodes';
-
-const DEMO_SEED = 7;
-/** Scene indices of seed 7 written as scene-01 … scene-05. */
-const DEMO_INDICES = [1, 2, 24, 26, 28];
+import { DEMO_INDICES, DEMO_SEED, demoFileName } from './scenes.js';
 
 for (const [k, index] of DEMO_INDICES.entries()) {
   const s = generateScene(DEMO_SEED, index);
   const pcm = Int16Array.from(s.pcm, (v) => Math.max(-32768, Math.min(32767, Math.round(v * 32767))));
   const wav = new wavefile.WaveFile();
   wav.fromScratch(1, s.sampleRate, '16', pcm);
-  const name = `scene-${String(k + 1).padStart(2, '0')}.wav`;
+  const name = demoFileName(k);
   writeFileSync(fileURLToPath(new URL(name, import.meta.url)), wav.toBuffer());
   console.log(`${name}  ${(s.pcm.length / s.sampleRate).toFixed(2)} s  ${s.caption}`);
 }
