@@ -1,8 +1,9 @@
-import { PassThrough } from 'node:stream';
 import { audioPacket, samplesToMicros, type AudioPacket, type Micros } from '@omniflow/core';
 import { fixedChunks } from './byte-chunks.js';
-import { FfmpegProcess, MediaError, type MediaInput } from './ffmpeg-process.js';
-import type { MediaInfo } from './media-info.js';
+import type { MediaInput } from './ffmpeg-process.js';
+import { mediaDecode, type MediaDecode } from './media-decode.js';
+
+export type { MediaDecode } from './media-decode.js';
 
 export interface DecodeAudioOptions {
   /** Output sample rate in Hz (ffmpeg resamples). Default 16 000. */
@@ -22,16 +23,6 @@ export interface DecodeAudioOptions {
   readonly turn?: number;
   /** pts of the first sample, microseconds. Default 0. */
   readonly startPts?: Micros;
-}
-
-/** A single-use, pull-based decode: iterate it once; `info` and `pid` describe the ffmpeg behind it. */
-export interface MediaDecode<P> extends AsyncIterable<P> {
-  /** Streams ffmpeg reported (inputs and the output it produces); settles when decoding starts or ends. */
-  readonly info: Promise<MediaInfo>;
-  /** Process id of the running ffmpeg (undefined before the first pull and after it exited). */
-  readonly pid: number | undefined;
-  /** Stops ffmpeg (also done automatically when the iteration ends early). */
-  close(): void;
 }
 
 const positive = (name: string, v: number | undefined, integer: boolean): void => {
@@ -59,42 +50,19 @@ export function decodeAudio(input: MediaInput, options: DecodeAudioOptions = {})
   positive('chunkMs', chunkMs, false);
   positive('highWaterMark', options.highWaterMark, true);
   const chunkFrames = Math.max(1, Math.round((sampleRate * chunkMs) / 1000));
-  let proc: FfmpegProcess | undefined;
-  let resolveInfo!: (i: MediaInfo) => void;
-  const info = new Promise<MediaInfo>((r) => (resolveInfo = r));
-  let started = false;
-
-  async function* packets(): AsyncGenerator<AudioPacket> {
-    if (started) throw new Error('decodeAudio: this decode was already iterated; call decodeAudio() again to decode again');
-    started = true;
-    // autoDestroy off: a PassThrough that closes itself at end of data makes fluent-ffmpeg report 'Output stream
-    // closed' when ffmpeg's exit lags the close by over 20 ms (it does on a busy machine); `finally` destroys it.
-    const out = new PassThrough({ highWaterMark: options.highWaterMark ?? 64 * 1024, autoDestroy: false });
-    try {
-      proc = FfmpegProcess.start({
-        input,
-        expect: 'audio',
-        ffmpegPath: options.ffmpegPath,
-        inputOptions: [...(options.inputFormat ? ['-f', options.inputFormat] : []), ...(options.inputOptions ?? [])],
-        // -flush_packets 1: write each packet at once instead of filling a 32 KB buffer first (half a second of
-        // 16 kHz audio held back from a live source).
-        outputOptions: ['-map', '0:a:0', '-vn', '-sn', '-dn', '-ac', String(channels), '-ar', String(sampleRate), '-acodec', 'pcm_f32le', '-flush_packets', '1', '-f', 'f32le'],
-        output: out,
-      });
-    } catch (err) {
-      resolveInfo({ inputs: [], outputs: [] });
-      throw err;
-    }
-    const p = proc;
-    p.stderr.onOutputStream(() => resolveInfo(p.stderr.info));
-    // Surface ffmpeg's own failure even if it ends stdout first; a rejected `done` must never go unhandled.
-    const failed = p.done.then(
-      () => undefined,
-      (e: MediaError) => e,
-    );
-    void failed.then(() => resolveInfo(p.stderr.info));
-    let frames = 0;
-    try {
+  return mediaDecode(
+    'decodeAudio',
+    input,
+    options,
+    'audio',
+    // -flush_packets 1: write each packet at once instead of filling a 32 KB buffer first (half a second of
+    // 16 kHz audio held back from a live source).
+    ['-map', '0:a:0', '-vn', '-sn', '-dn', '-ac', String(channels), '-ar', String(sampleRate), '-acodec', 'pcm_f32le', '-flush_packets', '1', '-f', 'f32le'],
+    async function* ({ proc, out, reportInfo }) {
+      proc.stderr.onOutputStream(reportInfo);
+      // Errors are raised by mediaDecode; here `done` only settles info when ffmpeg exits before any stream line.
+      void proc.done.then(reportInfo, reportInfo);
+      let frames = 0;
       for await (const bytes of fixedChunks(out, chunkFrames * channels * 4)) {
         const samples = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 2);
         yield audioPacket({
@@ -107,24 +75,6 @@ export function decodeAudio(input: MediaInput, options: DecodeAudioOptions = {})
         });
         frames += samples.length / channels;
       }
-      const err = await failed;
-      if (err) throw err;
-    } finally {
-      p.kill();
-      out.destroy();
-    }
-  }
-
-  const iterable = packets();
-  return {
-    [Symbol.asyncIterator]: () => iterable,
-    info,
-    get pid() {
-      return proc?.running ? proc.pid : undefined;
     },
-    close() {
-      proc?.kill();
-      void iterable.return(undefined);
-    },
-  };
+  );
 }

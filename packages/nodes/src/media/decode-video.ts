@@ -1,9 +1,8 @@
-import { PassThrough } from 'node:stream';
 import { videoPacket, MICROS_PER_SECOND, type Micros, type VideoPacket } from '@omniflow/core';
 import { fixedChunks } from './byte-chunks.js';
-import type { MediaDecode } from './decode-audio.js';
-import { FfmpegProcess, MediaError, type MediaInput } from './ffmpeg-process.js';
-import type { MediaInfo, MediaStreamInfo } from './media-info.js';
+import { MediaError, type MediaInput } from './ffmpeg-process.js';
+import { mediaDecode, type MediaDecode } from './media-decode.js';
+import type { MediaStreamInfo } from './media-info.js';
 
 export interface DecodeVideoOptions {
   /** Sample frames at this rate (ffmpeg's `fps` filter). Default: the stream's own rate. */
@@ -49,83 +48,40 @@ export function decodeVideo(input: MediaInput, options: DecodeVideoOptions = {})
     // Longer side clamped to maxSize; -2 keeps the aspect with an even size. Commas inside '' are not filter separators.
     filters.push(`scale=w='if(gte(iw,ih),min(iw,${maxSize}),-2)':h='if(gte(iw,ih),-2,min(ih,${maxSize}))':flags=${flags}`);
   }
-  let proc: FfmpegProcess | undefined;
-  let resolveInfo!: (i: MediaInfo) => void;
-  const info = new Promise<MediaInfo>((r) => (resolveInfo = r));
-  let started = false;
-
-  async function* frames(): AsyncGenerator<VideoPacket> {
-    if (started) throw new Error('decodeVideo: this decode was already iterated; call decodeVideo() again to decode again');
-    started = true;
-    // autoDestroy off: a PassThrough that closes itself at end of data makes fluent-ffmpeg report 'Output stream
-    // closed' when ffmpeg's exit lags the close by over 20 ms (it does on a busy machine); `finally` destroys it.
-    const out = new PassThrough({ highWaterMark: options.highWaterMark ?? 64 * 1024, autoDestroy: false });
-    try {
-      proc = FfmpegProcess.start({
-        input,
-        expect: 'video',
-        ffmpegPath: options.ffmpegPath,
-        inputOptions: [...(options.inputFormat ? ['-f', options.inputFormat] : []), ...(options.inputOptions ?? [])],
-        outputOptions: ['-map', '0:v:0', '-an', '-sn', '-dn', ...(filters.length ? ['-vf', filters.join(',')] : []), '-pix_fmt', 'rgb24', '-flush_packets', '1', '-f', 'rawvideo'],
-        output: out,
+  return mediaDecode(
+    'decodeVideo',
+    input,
+    options,
+    'video',
+    ['-map', '0:v:0', '-an', '-sn', '-dn', ...(filters.length ? ['-vf', filters.join(',')] : []), '-pix_fmt', 'rgb24', '-flush_packets', '1', '-f', 'rawvideo'],
+    async function* ({ proc, out, reportInfo }) {
+      // ffmpeg prints the output header (with the frame size) before it writes the first frame.
+      const s = await new Promise<MediaStreamInfo | undefined>((resolve) => {
+        proc.stderr.onOutputStream((stream) => stream.type === 'video' && resolve(stream));
+        void proc.done.then(() => resolve(undefined), () => resolve(undefined));
       });
-    } catch (err) {
-      resolveInfo({ inputs: [], outputs: [] });
-      throw err;
-    }
-    const p = proc;
-    // ffmpeg prints the output header (with the frame size) before it writes the first frame.
-    const stream = new Promise<MediaStreamInfo | undefined>((resolve) => {
-      p.stderr.onOutputStream((s) => s.type === 'video' && resolve(s));
-      void p.done.then(() => resolve(undefined), () => resolve(undefined));
-    });
-    const failed = p.done.then(
-      () => undefined,
-      (e: MediaError) => e,
-    );
-    try {
-      const s = await stream;
-      resolveInfo(p.stderr.info);
-      if (s) {
-        if (!s.width || !s.height) throw new MediaError('ffmpeg-failed', `decodeVideo: could not read the output frame size from ffmpeg's stream line for ${JSON.stringify(String(input))}`);
-        const rate = fps ?? s.fps;
-        if (!rate) throw new MediaError('ffmpeg-failed', `decodeVideo: the input has no frame rate; pass options.fps`);
-        const frameBytes = s.width * s.height * 3;
-        let index = 0;
-        for await (const data of fixedChunks(out, frameBytes)) {
-          if (data.length < frameBytes) break; // a torn last frame (ffmpeg killed mid-write) is not a frame
-          yield videoPacket({
-            data,
-            width: s.width,
-            height: s.height,
-            format: 'rgb24',
-            index,
-            pts: (options.startPts ?? 0) + (index * MICROS_PER_SECOND) / rate,
-            duration: MICROS_PER_SECOND / rate,
-            session: options.session,
-            turn: options.turn,
-          });
-          index++;
-        }
+      reportInfo();
+      if (!s) return;
+      if (!s.width || !s.height) throw new MediaError('ffmpeg-failed', `decodeVideo: could not read the output frame size from ffmpeg's stream line for ${JSON.stringify(String(input))}`);
+      const rate = fps ?? s.fps;
+      if (!rate) throw new MediaError('ffmpeg-failed', `decodeVideo: the input has no frame rate; pass options.fps`);
+      const frameBytes = s.width * s.height * 3;
+      let index = 0;
+      for await (const data of fixedChunks(out, frameBytes)) {
+        if (data.length < frameBytes) break; // a torn last frame (ffmpeg killed mid-write) is not a frame
+        yield videoPacket({
+          data,
+          width: s.width,
+          height: s.height,
+          format: 'rgb24',
+          index,
+          pts: (options.startPts ?? 0) + (index * MICROS_PER_SECOND) / rate,
+          duration: MICROS_PER_SECOND / rate,
+          session: options.session,
+          turn: options.turn,
+        });
+        index++;
       }
-      const err = await failed;
-      if (err) throw err;
-    } finally {
-      p.kill();
-      out.destroy();
-    }
-  }
-
-  const iterable = frames();
-  return {
-    [Symbol.asyncIterator]: () => iterable,
-    info,
-    get pid() {
-      return proc?.running ? proc.pid : undefined;
     },
-    close() {
-      proc?.kill();
-      void iterable.return(undefined);
-    },
-  };
+  );
 }
