@@ -9,6 +9,7 @@ import {
   type ChatTemplateTokens,
   type ContentPart,
   type MultimodalPrompt,
+  type MultimodalTokenIds,
   type PlaceholderOptions,
 } from './chat-template.js';
 import { StreamingDetokenizer } from './detokenizer.js';
@@ -19,16 +20,9 @@ import { StreamingDetokenizer } from './detokenizer.js';
  */
 
 /** Ids of the tokens the prompt format and generation rely on. */
-export interface Qwen3OmniSpecialTokenIds {
+export interface Qwen3OmniSpecialTokenIds extends MultimodalTokenIds {
   readonly imStart: number;
   readonly imEnd: number;
-  readonly audioStart: number;
-  readonly audioEnd: number;
-  readonly audioPad: number;
-  readonly visionStart: number;
-  readonly visionEnd: number;
-  readonly imagePad: number;
-  readonly videoPad: number;
 }
 
 /** The released token strings, used to find ids when no config gives them. */
