@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { captionOptionsHash, parseCaptionOptions, type CaptionModel, type CaptionJobOptions } from '@omniflow/nodes';
 import { captionFiles } from './caption-run.js';
 import { CaptionStore, type CaptionRecord } from './caption-store.js';
@@ -8,6 +8,7 @@ import { expandInputs } from './inputs.js';
 import { captionModelId, loadCaptionModel } from './caption-model-loader.js';
 import { CaptionProgress } from './progress.js';
 import { addCaptionerTrainingCommands } from './commands/captioner-training.js';
+import { int, num } from './option-parsers.js';
 
 /** Exit codes: every file captioned; some file failed; the command could not run (usage, setup). */
 export const EXIT_OK = 0;
@@ -16,17 +17,6 @@ export const EXIT_USAGE = 2;
 
 /** An error the user made (options, paths, unreachable services): printed without a stack trace, exit 2. */
 class UsageError extends Error {}
-
-const int = (name: string, min: number) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got '${v}'`);
-  return n;
-};
-const num = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number, got '${v}'`);
-  return n;
-};
 
 interface CaptionFlags {
   out: string;

@@ -1,27 +1,17 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import cliProgress from 'cli-progress';
-import { InvalidArgumentError, type Command } from 'commander';
+import type { Command } from 'commander';
 import {
   BUILTIN_CAPTIONER_SIZES, TINY_CAPTIONER_SIZES, builtinCaptionerDir, evaluateCaptioner, trainCaptioner,
   type CaptionDataSource, type TrainStepReport,
 } from '@omniflow/nodes';
+import { int, num } from '../option-parsers.js';
 
 /*
  * `omniflow train-captioner` and `omniflow eval-captioner`: train (or fine-tune) a Qwen3-Omni-layout captioner on
  * generated scenes or a folder of WAV + .txt pairs, and score one on fresh scenes. docs/train-a-captioner.md.
  */
-
-const int = (name: string, min: number) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}, got '${v}'`);
-  return n;
-};
-const num = (name: string) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a non-negative number, got '${v}'`);
-  return n;
-};
 
 interface TrainFlags {
   out: string;
@@ -73,11 +63,11 @@ export function addCaptionerTrainingCommands(program: Command, setExit: (code: n
     .option('--init-seed <n>', 'seed of the random initial weights', int('--init-seed', 0), 0)
     .option('--steps <n>', 'optimizer steps', int('--steps', 1), 1200)
     .option('--batch-size <n>', 'clips per step', int('--batch-size', 1), 12)
-    .option('--lr <x>', 'peak learning rate', num('--lr'), 2e-3)
+    .option('--lr <x>', 'peak learning rate', num('--lr', { nonNegative: true }), 2e-3)
     .option('--warmup <n>', 'linear warmup steps', int('--warmup', 0), 60)
-    .option('--min-lr-ratio <x>', 'final learning rate as a fraction of the peak (cosine decay)', num('--min-lr-ratio'), 0.05)
-    .option('--clip <x>', 'clip the global gradient norm to this (0: off)', num('--clip'), 1)
-    .option('--weight-decay <x>', 'AdamW decoupled weight decay on matrices', num('--weight-decay'), 0.01)
+    .option('--min-lr-ratio <x>', 'final learning rate as a fraction of the peak (cosine decay)', num('--min-lr-ratio', { nonNegative: true }), 0.05)
+    .option('--clip <x>', 'clip the global gradient norm to this (0: off)', num('--clip', { nonNegative: true }), 1)
+    .option('--weight-decay <x>', 'AdamW decoupled weight decay on matrices', num('--weight-decay', { nonNegative: true }), 0.01)
     .option('--checkpoint-every <n>', 'steps between checkpoints', int('--checkpoint-every', 1), 50)
     .option('--workers <n>', 'gradient worker threads beside the main thread (data parallel)', int('--workers', 0), 1)
     .option('--stop-at <step>', 'stop (with a checkpoint) after this step; run again to continue', int('--stop-at', 1))
