@@ -50,7 +50,12 @@ export function measureTriadBandwidth(options: { megabytes?: number; repeats?: n
  * triad(aOffset, bOffset, cOffset, n): a = b + 0.5 * c over n floats (n a multiple of 4, offsets 16-byte
  * aligned), hand-assembled: v128.load b, v128.load c, f32x4.mul by splat(0.5), f32x4.add, v128.store a.
  */
-function wasmTriad(): { triad: (a: number, b: number, c: number, n: number) => void; memory: WebAssembly.Memory } {
+interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
+
+function wasmTriad(): { triad: (a: number, b: number, c: number, n: number) => void; memory: WasmMemory } {
   const section = (id: number, body: number[]) => [id, ...leb(body.length), ...body];
   const body = [
     0x02, 0x01, 0x7f, 0x01, 0x7b, // locals: i (i32), k (v128)
@@ -74,8 +79,10 @@ function wasmTriad(): { triad: (a: number, b: number, c: number, n: number) => v
     ...section(7, [0x02, 0x05, ...Buffer.from('triad'), 0x00, 0x00, 0x06, ...Buffer.from('memory'), 0x02, 0x00]),
     ...section(10, [0x01, ...leb(body.length), ...body]),
   ]);
-  const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes));
-  return instance.exports as unknown as { triad: (a: number, b: number, c: number, n: number) => void; memory: WebAssembly.Memory };
+  // The WebAssembly global is in every Node; its types live in the DOM lib, which this repo does not load.
+  const wasm = (globalThis as unknown as { WebAssembly: { Instance: new (m: unknown) => { exports: unknown }; Module: new (b: Uint8Array) => unknown } }).WebAssembly;
+  const instance = new wasm.Instance(new wasm.Module(bytes));
+  return instance.exports as { triad: (a: number, b: number, c: number, n: number) => void; memory: WasmMemory };
 }
 
 function leb(x: number): number[] {

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { firstValueFrom, lastValueFrom, of, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { controlPacket, tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
+import { controlPacket, tensorPacket, type ControlPacket, type TensorPacket } from '@omniflow/core';
 import { SafetensorsFile, fixtureDir, fixturePath, initBackend } from '@omniflow/runtime-gpu';
 import { audioEncoder } from './audio-encoder.node.js';
 
@@ -41,12 +41,12 @@ describe('audioEncoder node', () => {
     const before = tf.memory().numTensors;
     const t = cases.read('audio_enc.input_features');
     const whole = tf.tensor2d(t.data as Float32Array, t.shape as [number, number]);
-    const pieces = (turn: number, pts: number): Packet[] =>
+    const pieces = (turn: number, pts: number): Array<TensorPacket | ControlPacket> =>
       [[0, 30], [30, 50], [80, 70]].map(([at, n]) =>
         tensorPacket({ session: 's', turn, pts: pts + at * 10_000, name: 'input_features', tensor: tf.slice(whole, [0, at], [-1, n]) }),
       );
-    const input: Packet[] = [...pieces(0, 0), controlPacket({ session: 's', turn: 0, signal: 'turn-end' }), ...pieces(1, 5_000_000)];
-    const out = (await lastValueFrom(of(...input).pipe(audioEncoder({ model: fixtureDir(), mode: 'stream' }), toArray()))) as TensorPacket<tf.Tensor>[];
+    const input: Array<TensorPacket | ControlPacket> = [...pieces(0, 0), controlPacket({ session: 's', turn: 0, signal: 'turn-end' }), ...pieces(1, 5_000_000)];
+    const out = (await lastValueFrom(of(...input).pipe(audioEncoder({ model: fixtureDir(), mode: 'stream' }), toArray()))) as unknown as TensorPacket<tf.Tensor>[];
     expect(out.map((p) => [p.name, p.turn, p.pts])).toEqual([['audio_embeds', 0, 0], ['audio_embeds', 1, 5_000_000]]);
     const want = cases.read('audio_enc.last_hidden_state').data;
     for (const p of out) {

@@ -65,7 +65,7 @@ describe('visionEncoder node', () => {
   it('borrows the encoder of a loaded model, and says when the model has none', async () => {
     const px = cases.read('vision.pixel_values');
     const packet = () =>
-      tensorPacket({ name: 'pixel_values', tensor: tf.tensor2d(px.data as Float32Array, px.shape as [number, number]), extras: { grid_thw: tf.tensor1d([1, 4, 6], 'int32') } });
+      tensorPacket({ name: 'pixel_values', tensor: tf.tensor2d(px.data as Float32Array, px.shape as [number, number]) as tf.Tensor, extras: { grid_thw: tf.tensor1d([1, 4, 6], 'int32') as tf.Tensor } });
     const out = (await firstValueFrom(of(packet()).pipe(visionEncoder({ model: { visionEncoder: vit } })))) as TensorPacket<tf.Tensor>;
     expect(out.tensor.shape).toEqual([6, 32]);
     for (const t of [out.tensor, ...Object.values(out.extras!)]) t.dispose();
