@@ -1,4 +1,5 @@
 import { audioPacket, samplesToMicros, type AudioPacket, type Micros } from '@omniflow/core';
+import { FrameSplitter } from './vad.js';
 
 export interface RechunkerOptions {
   /** Frames (samples per channel) per output packet. */
@@ -20,8 +21,7 @@ export interface RechunkerOptions {
 export class Rechunker {
   readonly frames: number;
   private readonly tail: 'pad' | 'keep' | 'drop';
-  private buffer = new Float32Array(0);
-  private filled = 0;
+  private splitter?: FrameSplitter;
   private format?: { sampleRate: number; channels: number; session: string; turn: number };
   private startPts: Micros = 0;
   private emitted = 0;
@@ -36,42 +36,35 @@ export class Rechunker {
     if (!this.format) {
       this.format = { sampleRate: p.sampleRate, channels: p.channels, session: p.session, turn: p.turn };
       this.startPts = p.pts;
-      this.buffer = new Float32Array(this.frames * p.channels);
+      this.splitter = new FrameSplitter(this.frames, p.channels);
     } else if (p.sampleRate !== this.format.sampleRate || p.channels !== this.format.channels) {
       throw new Error(`Rechunker: packet at pts ${p.pts} is ${p.sampleRate} Hz ${p.channels} ch, the stream is ${this.format.sampleRate} Hz ${this.format.channels} ch`);
     }
     const out: AudioPacket[] = [];
-    let offset = 0;
-    while (offset < p.samples.length) {
-      const n = Math.min(this.buffer.length - this.filled, p.samples.length - offset);
-      this.buffer.set(p.samples.subarray(offset, offset + n), this.filled);
-      this.filled += n;
-      offset += n;
-      if (this.filled === this.buffer.length) out.push(this.take(this.buffer.length));
-    }
+    // The splitter reuses its frame array: copy each one into the packet that owns it.
+    this.splitter!.push(p, (frame) => out.push(this.packet(frame.slice())));
     return out;
   }
 
   /** Emits what is left according to `tail`. */
   flush(): AudioPacket[] {
-    if (!this.format || this.filled === 0) return [];
-    if (this.tail === 'drop') {
-      this.filled = 0;
-      return [];
-    }
+    const rest = this.splitter?.remainder();
+    if (!rest) return [];
+    this.splitter!.clearRemainder();
+    if (this.tail === 'drop') return [];
     if (this.tail === 'pad') {
-      this.buffer.fill(0, this.filled);
-      return [this.take(this.buffer.length)];
+      const padded = new Float32Array(this.frames * this.format!.channels);
+      padded.set(rest);
+      return [this.packet(padded)];
     }
-    return [this.take(this.filled)];
+    return [this.packet(rest)];
   }
 
-  private take(length: number): AudioPacket {
+  /** pts count the samples emitted so far, so the output is one contiguous run whatever the input pts say. */
+  private packet(samples: Float32Array): AudioPacket {
     const f = this.format!;
-    const samples = this.buffer.slice(0, length);
     const p = audioPacket({ samples, sampleRate: f.sampleRate, channels: f.channels, session: f.session, turn: f.turn, pts: this.startPts + samplesToMicros(this.emitted, f.sampleRate) });
-    this.emitted += length / f.channels;
-    this.filled = 0;
+    this.emitted += samples.length / f.channels;
     return p;
   }
 }

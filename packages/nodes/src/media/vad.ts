@@ -69,6 +69,10 @@ export class FrameSplitter {
   remainder(): Float32Array | undefined {
     return this.filled ? this.buffer.slice(0, this.filled) : undefined;
   }
+  /** Drops the partial frame, so the next push starts a fresh one (frame indices go on counting). */
+  clearRemainder(): void {
+    this.filled = 0;
+  }
 }
 
 /**
