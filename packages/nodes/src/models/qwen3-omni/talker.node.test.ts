@@ -2,19 +2,18 @@ import * as tf from '@tensorflow/tfjs-core';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { graph, runGraphVirtual, tensorPacket, textPacket, type AudioPacket, type CodesPacket, type ControlPacket, type TensorPacket, type TextPacket } from '@omniflow/core';
-import { Checkpoint, SafetensorsFile, fixtureDir, fixturePath, initBackend } from '@omniflow/runtime-gpu';
-import { readQwen3OmniConfig, type Qwen3OmniConfig } from './config.js';
-import { Talker, TalkerGeneration } from './talker.js';
+import { Checkpoint, SafetensorsFile, initBackend } from '@omniflow/runtime-gpu';
+import type { Qwen3OmniConfig } from './config.js';
+import { TalkerGeneration } from './talker.js';
 import { buildTalkerPrompt, talkerTokenIds } from './talker-input.js';
-import { CodecHead, GREEDY } from './codec-head.js';
-import { CodePredictor } from './code-predictor.js';
-import { Sampler } from './sampler.js';
+import { GREEDY } from './codec-head.js';
 import { Code2Wav } from './code2wav.js';
 import { talker, type TalkerParts } from './talker.node.js';
 import { code2wav } from './code2wav.node.js';
 import { codecHead } from './codec-head.node.js';
 import { codePredictor } from './code-predictor.node.js';
 import { fixtureTokenizer } from './fixture-tokenizer/fixture-tokenizer.js';
+import { loadTalkerFixture, type TalkerFixture } from './testing.js';
 
 /*
  * The talker and code2wav nodes on the fixture checkpoint, fed the thinker rows of case 7 the way the thinker node
@@ -27,29 +26,22 @@ describe('talker and code2wav nodes', () => {
   let parts: TalkerParts;
   let c2w: Code2Wav;
   let start: number;
+  let fixture: TalkerFixture;
   const tokenizer = fixtureTokenizer();
 
   beforeAll(async () => {
     await initBackend();
     start = tf.memory().numTensors;
-    config = readQwen3OmniConfig(fixtureDir()).config;
-    ckpt = Checkpoint.open(fixturePath('model.safetensors'));
-    cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
-    parts = { talker: Talker.load(ckpt, config), codecHead: CodecHead.load(ckpt, config.talker_config!), codePredictor: CodePredictor.load(ckpt, config.talker_config!.code_predictor_config) };
+    fixture = loadTalkerFixture();
+    ({ config, ckpt, cases, parts } = fixture);
     c2w = Code2Wav.load(ckpt, config.code2wav_config!);
-    const z = tf.zeros([1, 24]) as tf.Tensor2D; // allocate the predictor's reusable cache outside the leak checks
-    parts.codePredictor.predict(z, z, new Sampler(GREEDY)).embeddingSum.dispose();
-    z.dispose();
   });
 
   afterAll(() => {
-    parts.talker.dispose();
-    parts.codecHead.dispose();
-    parts.codePredictor.dispose();
+    fixture.dispose();
     c2w.dispose();
     expect(tf.memory().numTensors).toBe(start);
-    ckpt.close();
-    cases.close();
+    fixture.close();
   });
 
   /** Case 7's thinker rows as thinker-node packets: prompt rows, then one per fed answer token, then final text. */

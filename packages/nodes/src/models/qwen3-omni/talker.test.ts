@@ -1,12 +1,13 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Checkpoint, SafetensorsFile, fixtureDir, fixturePath, initBackend } from '@omniflow/runtime-gpu';
-import { readQwen3OmniConfig, type Qwen3OmniConfig } from './config.js';
+import { Checkpoint, SafetensorsFile, initBackend } from '@omniflow/runtime-gpu';
+import type { Qwen3OmniConfig } from './config.js';
 import { Talker, TalkerGeneration, type CodecFrame } from './talker.js';
 import { CodecHead, GREEDY } from './codec-head.js';
 import { Sampler } from './sampler.js';
 import { CodePredictor } from './code-predictor.js';
 import { buildTalkerPrompt, talkerTokenIds, userTurnIndices } from './talker-input.js';
+import { loadTalkerFixture, type TalkerFixture } from './testing.js';
 
 const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
   expect(a.length).toBe(b.length);
@@ -26,36 +27,27 @@ describe('talker, codec head and code predictor (fixture case 7)', () => {
   let embeds: tf.Tensor2D;
   let hidden: tf.Tensor2D;
   let start: number;
+  let fixture: TalkerFixture;
   const ref = (name: string) => cases.read(`talker.${name}`);
 
   beforeAll(async () => {
     await initBackend();
     start = tf.memory().numTensors;
-    config = readQwen3OmniConfig(fixtureDir()).config;
-    ckpt = Checkpoint.open(fixturePath('model.safetensors'));
-    cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
-    talker = Talker.load(ckpt, config);
-    head = CodecHead.load(ckpt, config.talker_config!);
-    predictor = CodePredictor.load(ckpt, config.talker_config!.code_predictor_config);
+    fixture = loadTalkerFixture();
+    ({ config, ckpt, cases } = fixture);
+    ({ talker, codecHead: head, codePredictor: predictor } = fixture.parts);
     // Case 7 voices the thinker generation of case 5: its token ids are that case's sequences.
     ids = cases.read('thinker.sequences').data as Int32Array;
     const e = ref('thinker_embed'), h = ref('thinker_hidden');
     embeds = tf.tensor2d(e.data as Float32Array, [e.shape[1], e.shape[2]]);
     hidden = tf.tensor2d(h.data as Float32Array, [h.shape[1], h.shape[2]]);
-    // The predictor's reusable per-frame KV cache is allocated on first use; do that here so tests count leaks only.
-    const z = tf.zeros([1, 24]) as tf.Tensor2D;
-    predictor.predict(z, z, new Sampler(GREEDY)).embeddingSum.dispose();
-    z.dispose();
   });
 
   afterAll(() => {
     tf.dispose([embeds, hidden]);
-    talker.dispose();
-    head.dispose();
-    predictor.dispose();
+    fixture.dispose();
     expect(tf.memory().numTensors).toBe(start);
-    ckpt.close();
-    cases.close();
+    fixture.close();
   });
 
   it('reads every talker tensor', () => {
