@@ -1,6 +1,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { decodeAudio } from '../media/decode-audio.js';
 import { MediaError } from '../media/ffmpeg-process.js';
+import { Rechunker } from '../media/rechunk.js';
 import { CAPTION_SAMPLE_RATE } from './caption-model.js';
 
 /** Why a file could not be captioned; `reason` is stable for scripts, `message` is for people. */
@@ -59,9 +60,9 @@ export async function* audioFileSegments(path: string, options: AudioFileSegment
   const segmentSamples = Math.round(segmentSeconds * CAPTION_SAMPLE_RATE);
   const maxSamples = Math.round(maxSeconds * CAPTION_SAMPLE_RATE);
   const minTailSamples = Math.min(CAPTION_SAMPLE_RATE, Math.floor(segmentSamples / 2));
-  let current = new Float32Array(segmentSamples);
-  let filled = 0;
+  const segments = new Rechunker({ frames: segmentSamples }); // tail 'keep': flush() gives the short rest
   let total = 0;
+  let cut = 0; // samples already in full segments
   let index = 0;
   let held: AudioSegment | undefined; // the last full segment, kept back until we know the tail is long enough
   const make = (pcm: Float32Array, startSample: number): AudioSegment => ({
@@ -73,25 +74,16 @@ export async function* audioFileSegments(path: string, options: AudioFileSegment
 
   try {
     for await (const packet of decode) {
-      const samples = packet.samples;
-      if (total + samples.length > maxSamples) {
+      if (total + packet.samples.length > maxSamples) {
         throw new AudioFileError(path, 'too-long', `longer than the ${maxSeconds} s limit (maxDurationSeconds)`);
       }
-      let at = 0;
-      while (at < samples.length) {
-        const n = Math.min(segmentSamples - filled, samples.length - at);
-        current.set(samples.subarray(at, at + n), filled);
-        filled += n;
-        at += n;
-        if (filled === segmentSamples) {
-          const seg = make(current, total + at - segmentSamples);
-          current = new Float32Array(segmentSamples);
-          filled = 0;
-          if (held) yield held;
-          held = seg;
-        }
+      total += packet.samples.length;
+      for (const full of segments.push(packet)) {
+        const seg = make(full.samples, cut);
+        cut += full.samples.length;
+        if (held) yield held;
+        held = seg;
       }
-      total += samples.length;
     }
   } catch (err) {
     throw err instanceof MediaError ? fromMediaError(path, err) : err;
@@ -99,7 +91,8 @@ export async function* audioFileSegments(path: string, options: AudioFileSegment
     decode.close();
   }
   if (total === 0) throw new AudioFileError(path, 'no-audio', 'the audio stream decodes to no samples');
-  const tail = current.subarray(0, filled);
+  const tail = segments.flush()[0]?.samples ?? new Float32Array(0);
+  const filled = tail.length;
   if (held && filled > 0 && filled < minTailSamples) {
     const merged = new Float32Array(held.pcm.length + filled);
     merged.set(held.pcm);
@@ -108,7 +101,7 @@ export async function* audioFileSegments(path: string, options: AudioFileSegment
     yield make(merged, total - merged.length);
   } else {
     if (held) yield held;
-    if (filled > 0) yield make(tail.slice(), total - filled);
+    if (filled > 0) yield make(tail, total - filled);
   }
 }
 
