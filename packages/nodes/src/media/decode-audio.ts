@@ -1,28 +1,17 @@
-import { audioPacket, samplesToMicros, type AudioPacket, type Micros } from '@omniflow/core';
+import { audioPacket, samplesToMicros, type AudioPacket } from '@omniflow/core';
 import { fixedChunks } from './byte-chunks.js';
 import type { MediaInput } from './ffmpeg-process.js';
-import { mediaDecode, type MediaDecode } from './media-decode.js';
+import { mediaDecode, type DecodeInputOptions, type MediaDecode } from './media-decode.js';
 
 export type { MediaDecode } from './media-decode.js';
 
-export interface DecodeAudioOptions {
+export interface DecodeAudioOptions extends DecodeInputOptions {
   /** Output sample rate in Hz (ffmpeg resamples). Default 16 000. */
   readonly sampleRate?: number;
   /** Output channels (ffmpeg downmixes/upmixes). Default 1. */
   readonly channels?: number;
   /** Packet length in milliseconds; the last packet may be shorter. Default 100. */
   readonly chunkMs?: number;
-  /** Container/codec of the input when ffmpeg cannot guess it (`-f`), e.g. for raw PCM on a pipe. */
-  readonly inputFormat?: string;
-  /** Extra options before `-i` (e.g. `['-ar', '8000', '-ac', '2']` for raw input). */
-  readonly inputOptions?: readonly string[];
-  readonly ffmpegPath?: string;
-  /** Bytes ffmpeg may run ahead of the consumer before it is paused. Default 64 KiB. */
-  readonly highWaterMark?: number;
-  readonly session?: string;
-  readonly turn?: number;
-  /** pts of the first sample, microseconds. Default 0. */
-  readonly startPts?: Micros;
 }
 
 const positive = (name: string, v: number | undefined, integer: boolean): void => {

@@ -1,10 +1,10 @@
-import { videoPacket, MICROS_PER_SECOND, type Micros, type VideoPacket } from '@omniflow/core';
+import { videoPacket, MICROS_PER_SECOND, type VideoPacket } from '@omniflow/core';
 import { fixedChunks } from './byte-chunks.js';
 import { MediaError, type MediaInput } from './ffmpeg-process.js';
-import { mediaDecode, type MediaDecode } from './media-decode.js';
+import { mediaDecode, type DecodeInputOptions, type MediaDecode } from './media-decode.js';
 import type { MediaStreamInfo } from './media-info.js';
 
-export interface DecodeVideoOptions {
+export interface DecodeVideoOptions extends DecodeInputOptions {
   /** Sample frames at this rate (ffmpeg's `fps` filter). Default: the stream's own rate. */
   readonly fps?: number;
   /** Scale down (never up) so that the longer side is at most this many pixels, keeping the aspect (even sizes). */
@@ -13,14 +13,6 @@ export interface DecodeVideoOptions {
   readonly size?: { readonly width: number; readonly height: number };
   /** ffmpeg scaler used for resizing. Default `bicubic` (what the Qwen2-VL processor uses). */
   readonly scaler?: 'bicubic' | 'bilinear' | 'area' | 'lanczos' | 'neighbor';
-  readonly inputFormat?: string;
-  readonly inputOptions?: readonly string[];
-  readonly ffmpegPath?: string;
-  /** Bytes buffered on our side before ffmpeg is paused (plus the OS pipe). Default 64 KiB. */
-  readonly highWaterMark?: number;
-  readonly session?: string;
-  readonly turn?: number;
-  readonly startPts?: Micros;
 }
 
 /**

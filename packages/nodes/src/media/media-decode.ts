@@ -1,4 +1,5 @@
 import { PassThrough } from 'node:stream';
+import type { Micros } from '@omniflow/core';
 import { FfmpegProcess, MediaError, type MediaInput } from './ffmpeg-process.js';
 import type { MediaInfo } from './media-info.js';
 
@@ -12,15 +13,19 @@ export interface MediaDecode<P> extends AsyncIterable<P> {
   close(): void;
 }
 
-/** The ffmpeg options decodeAudio and decodeVideo share. */
+/** The options decodeAudio and decodeVideo share: how ffmpeg reads the input, and the packets' stamps. */
 export interface DecodeInputOptions {
-  /** Container/codec of the input when ffmpeg cannot guess it (`-f`). */
+  /** Container/codec of the input when ffmpeg cannot guess it (`-f`), e.g. for raw PCM on a pipe. */
   readonly inputFormat?: string;
-  /** Extra options before `-i`. */
+  /** Extra options before `-i` (e.g. `['-ar', '8000', '-ac', '2']` for raw input). */
   readonly inputOptions?: readonly string[];
   readonly ffmpegPath?: string;
-  /** Bytes buffered on our side before ffmpeg is paused (plus the OS pipe). Default 64 KiB. */
+  /** Bytes ffmpeg may run ahead of the consumer before it is paused (plus the OS pipe). Default 64 KiB. */
   readonly highWaterMark?: number;
+  readonly session?: string;
+  readonly turn?: number;
+  /** pts of the first packet, microseconds. Default 0. */
+  readonly startPts?: Micros;
 }
 
 /** What a decode's packet loop reads from: the running ffmpeg and its raw output. */
