@@ -9,8 +9,12 @@ const packages = ['core', 'runtime-gpu', 'nodes', 'cli', 'server'];
 export default defineConfig(
   packages.map((name) => ({
     name,
-    // nodes also ships Code2WavPipeline's worker module, which worker threads load by file name.
-    entry: { index: `packages/${name}/src/index.ts`, ...(name === 'nodes' ? { 'code2wav-worker': 'packages/nodes/src/models/qwen3-omni/code2wav-worker.ts' } : {}) },
+    // nodes also ships the worker modules of Code2WavPipeline and of the captioner's log-mel, which worker threads
+    // load by file name.
+    entry: {
+      index: `packages/${name}/src/index.ts`,
+      ...(name === 'nodes' ? { 'code2wav-worker': 'packages/nodes/src/models/qwen3-omni/code2wav-worker.ts', 'log-mel-worker': 'packages/nodes/src/caption/log-mel-worker.ts' } : {}),
+    },
     outDir: `packages/${name}/dist`,
     format: ['esm'],
     dts: { compilerOptions: { customConditions: ['source'] } },

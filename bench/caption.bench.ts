@@ -54,12 +54,20 @@ export async function run(): Promise<object> {
         const ms = (k: string) => Math.round(st[k] - (before[k] ?? 0));
         const stages = ['featuresMs', 'encoderMs', 'promptMs', 'prefillMs', 'decodeMs'];
         const split = Object.fromEntries(stages.map((k) => [k, ms(k)]));
-        // Inside model calls but in no stage: sampling, detokenizing, tensor bookkeeping. Outside them: decoding the
-        // files, batching waits, writing results — time the model sits idle.
+        // featuresMs is log-mel on the main thread plus waits for the worker's (clipsWithWorkerFeatures). Inside model
+        // calls but in no stage: sampling, detokenizing, tensor bookkeeping. Outside them: decoding the files, batching
+        // waits, writing results — time the model sits idle.
         const inCalls = ms('callMs');
         const otherInCallsMs = inCalls - stages.reduce((a, k) => a + split[k], 0);
         const outsideCallsMs = Math.round(s.wallSeconds * 1000 - inCalls);
-        return { ...rate(FILES, s.audioSeconds, s.wallSeconds), modelCalls: s.batches, meanBatch: +(s.requests / s.batches).toFixed(1), modelTime: { ...split, otherInCallsMs, outsideCallsMs } };
+        return {
+          ...rate(FILES, s.audioSeconds, s.wallSeconds),
+          modelCalls: s.batches,
+          meanBatch: +(s.requests / s.batches).toFixed(1),
+          decodeSteps: ms('decodeSteps'),
+          clipsWithWorkerFeatures: ms('workerFeatures'),
+          modelTime: { ...split, otherInCallsMs, outsideCallsMs },
+        };
       } finally {
         store.close();
       }

@@ -159,6 +159,19 @@ export class WorkerStage {
     return this.pending.size;
   }
 
+  /**
+   * Whether the worker keeps the process alive (it does after `start`). A stage kept around between bursts of work
+   * can be unref'd while idle and ref'd while calls are in flight, so a program that never closes it still exits.
+   *
+   * ```ts
+   * stage.keepAlive(false); // idle: the process may exit
+   * ```
+   */
+  keepAlive(on: boolean): void {
+    if (on) this.worker.ref();
+    else this.worker.unref();
+  }
+
   /** Stops the worker (its tensors go with it). */
   async close(): Promise<void> {
     this.failure ??= new Error(`worker stage ${this.module} is closed`);

@@ -67,6 +67,7 @@ export class CaptionBatcher {
   }
 
   caption(request: CaptionRequest): Promise<string> {
+    this.model.prefetch?.(request);
     return new Promise<string>((resolve, reject) => {
       this.queue.push({ request, resolve, reject });
       this.schedule();

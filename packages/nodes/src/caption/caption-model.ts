@@ -35,5 +35,10 @@ export interface CaptionModel {
   /** Names the weights (folder name and a content hash) so outputs can say which model wrote them. */
   readonly id: string;
   caption(requests: readonly CaptionRequest[], generation: CaptionGeneration): Promise<string[]>;
+  /**
+   * Optional: told about a request as soon as it is queued, before its batch runs, so work that depends on the
+   * request alone (audio features) can start early, e.g. on another thread. Must not change what `caption` returns.
+   */
+  prefetch?(request: CaptionRequest): void;
   dispose(): void;
 }

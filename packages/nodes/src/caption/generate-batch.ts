@@ -234,16 +234,23 @@ function prefillStep(model: TextModel, prompts: readonly BatchPrompt[]): Prefill
     prompts.forEach((p, b) => a.set(Array.from(p.positions[axis]), b * S + pads[b]));
     return a;
   }) as unknown as MropePositions;
-  // Query i of prompt b sees keys pads[b]..i; a padding query sees none (its row is never read).
-  const m = new Float32Array(B * S * S).fill(NEG);
-  for (let b = 0; b < B; b++) for (let i = pads[b]; i < S; i++) m.fill(0, (b * S + i) * S + pads[b], (b * S + i) * S + i + 1);
+  // Query i of prompt b sees keys pads[b]..i; a padding query sees none (its row is never read). One [S, S] mask per
+  // distinct padding (prompts of the same length share one).
+  const maskOf = new Map<number, Float32Array>();
+  for (const pad of pads) {
+    if (maskOf.has(pad)) continue;
+    const m = new Float32Array(S * S).fill(NEG);
+    for (let i = pad; i < S; i++) m.fill(0, i * S + pad, i * S + i + 1);
+    maskOf.set(pad, m);
+  }
   const decodeMask = new Float32Array(B * S);
   pads.forEach((pad, b) => decodeMask.fill(NEG, b * S, b * S + pad));
   return tf.tidy(() => {
     const section = c.rope.mropeSection;
     const tables = section ? mropeTables(pos, c.head_dim, c.rope.theta, section, c.rope.interleaved) : ropeTables(pos[0], c.head_dim, c.rope.theta);
     const [cos, sin] = ropeTensors(tables); // [N, 1, head_dim]
-    const masks = tf.unstack(tf.tensor3d(m, [B, S, S])); // [S, S] per prompt
+    const byPad = new Map([...maskOf].map(([pad, m]) => [pad, tf.tensor2d(m, [S, S])]));
+    const masks = pads.map((pad) => byPad.get(pad)!); // [S, S] per prompt
     let h = tf.concat(prompts.map((p, b) => (pads[b] ? tf.concat([tf.zeros([pads[b], hidden]), p.inputsEmbeds], 0) : p.inputsEmbeds)), 0) as tf.Tensor2D;
     const kv: KV = [];
     for (const layer of model.layers) {
@@ -326,7 +333,12 @@ function disposeKV(list: ReadonlyArray<{ k: tf.Tensor; v: tf.Tensor }>): void {
   }
 }
 
+/**
+ * Lets the event loop run between forwards (a few µs when nothing is pending): an abort can land, and I/O waiting on
+ * this thread goes on while a batch generates — caption jobs' ffmpeg decoders are paused until their pipes are read,
+ * so without this the next files would only decode while the model sits idle between batches.
+ */
 async function betweenSteps(signal: AbortSignal | undefined): Promise<void> {
-  if (signal) await new Promise<void>((resolve) => setImmediate(resolve));
+  await new Promise<void>((resolve) => setImmediate(resolve));
   if (signal?.aborted) throw signal.reason ?? new DOMException('generation aborted', 'AbortError');
 }

@@ -170,37 +170,26 @@ export class LogMel {
    * backend column slices and reversals run element by element, so folding in tensors would cost more than the DFT.
    */
   logMelOfWindows(signal: Float32Array, start: number, n: number): tf.Tensor2D {
-    return this.logMelOfWindowRuns([{ signal, start, n }]);
-  }
-
-  /**
-   * `logMelOfWindows` of several runs of windows (e.g. several clips) at once, rows run after run →
-   * [Σ n, nMels]: one DFT and filter matmul for all of them. Each row depends only on its own window, so the
-   * rows are the same as one call per run.
-   *
-   * ```ts
-   * const raw = mel.logMelOfWindowRuns([{ signal: a, start: 0, n: 100 }, { signal: b, start: 0, n: 50 }]); // [150, 128]
-   * ```
-   */
-  logMelOfWindowRuns(runs: ReadonlyArray<{ readonly signal: Float32Array; readonly start: number; readonly n: number }>): tf.Tensor2D {
     const { nFft, hopLength, nBins } = this.options;
-    let total = 0;
-    for (const { signal, start, n } of runs) {
-      if (!(Number.isInteger(n) && n >= 0) || start < 0 || start + (n - 1) * hopLength + nFft > signal.length) {
-        throw new RangeError(`LogMel.logMelOfWindows: ${n} windows of ${nFft} from ${start} (hop ${hopLength}) exceed the ${signal.length} samples given`);
-      }
-      total += n;
+    if (!(Number.isInteger(n) && n >= 0) || start < 0 || start + (n - 1) * hopLength + nFft > signal.length) {
+      throw new RangeError(`LogMel.logMelOfWindows: ${n} windows of ${nFft} from ${start} (hop ${hopLength}) exceed the ${signal.length} samples given`);
     }
     const half = nFft / 2;
-    const even = new Float32Array(total * nBins);
-    const odd = new Float32Array(total * (half - 1));
-    let row = 0;
-    for (const { signal, start, n } of runs) {
-      for (let w = 0; w < n; w++, row++) {
-        this.foldWindow(signal, start + w * hopLength, even, row * nBins, odd, row * (half - 1));
+    const even = new Float32Array(n * nBins);
+    const odd = new Float32Array(n * (half - 1));
+    for (let t = 0; t < n; t++) {
+      const o = start + t * hopLength;
+      const e = t * nBins;
+      const d = t * (half - 1);
+      even[e] = signal[o];
+      even[e + half] = signal[o + half];
+      for (let k = 1; k < half; k++) {
+        const a = signal[o + k];
+        const b = signal[o + nFft - k];
+        even[e + k] = a + b;
+        odd[d + k - 1] = a - b;
       }
     }
-    const n = total;
     return tf.tidy(() => {
       const re = tf.matMul(tf.tensor2d(even, [n, nBins]), this.cosBasis);
       const im = tf.matMul(tf.tensor2d(odd, [n, half - 1]), this.sinBasis);
@@ -209,66 +198,30 @@ export class LogMel {
     });
   }
 
-  /** The window at signal[o …] folded for the symmetric DFT (see `foldedDftBasis`) into even[e …] and odd[d …]. */
-  private foldWindow(signal: Float32Array, o: number, even: Float32Array, e: number, odd: Float32Array, d: number): void {
-    const { nFft } = this.options;
-    const half = nFft / 2;
-    even[e] = signal[o];
-    even[e + half] = signal[o + half];
-    for (let k = 1; k < half; k++) {
-      const a = signal[o + k];
-      const b = signal[o + nFft - k];
-      even[e + k] = a + b;
-      odd[d + k - 1] = a - b;
-    }
-  }
-
   /**
    * The kernel: mono pcm [L] at `sampleRate` → features [nMels, floor(L / hop)], exactly the extractor's batch
    * output for one clip (the floor at max − 8 uses the whole clip's max). Needs L > nFft / 2 (reflect padding).
    * A tensor input is read back to host memory for the framing (a copy on the wasm and cpu backends).
    */
   features(pcm: tf.Tensor1D | Float32Array): tf.Tensor2D {
+    const { nFft, hopLength } = this.options;
     if (!(pcm instanceof Float32Array) && pcm.rank !== 1) throw new Error(`LogMel.features: pcm must be rank 1 [samples], got [${pcm.shape.join(', ')}]`);
     const x = pcm instanceof Float32Array ? pcm : (pcm.dataSync() as Float32Array);
-    return this.featuresOfClips([x]).features;
-  }
-
-  /**
-   * `features` of several clips in one pass: one DFT and filter matmul over the frames of all of them, each clip
-   * floored at its own max (as if extracted alone). Returns their features side by side along time,
-   * [nMels, Σ frames] — the audio encoder's packed `input_features` — and the frames of each clip. Equal to
-   * concatenating `features` of each clip.
-   *
-   * ```ts
-   * const { features, frames } = mel.featuresOfClips([pcmA, pcmB]); // features [128, framesA + framesB]
-   * ```
-   */
-  featuresOfClips(clips: readonly Float32Array[]): { features: tf.Tensor2D; frames: number[] } {
-    const { nFft, hopLength } = this.options;
-    if (clips.length === 0) throw new Error('LogMel.featuresOfClips: no clips given');
+    const L = x.length;
     const pad = nFft / 2;
-    const runs = clips.map((x, c) => {
-      const L = x.length;
-      if (L <= pad) throw new Error(`LogMel.features: need more than ${pad} samples for reflect padding, got ${L}${clips.length > 1 ? ` (clip ${c})` : ''}`);
-      // torch.stft(center=True, pad_mode='reflect'): x[pad..1] | x | x[L-2..L-1-pad].
-      const padded = new Float32Array(L + nFft);
-      padded.set(x, pad);
-      for (let i = 1; i <= pad; i++) {
-        padded[pad - i] = x[i];
-        padded[pad + L - 1 + i] = x[L - 1 - i];
-      }
-      return { signal: padded, start: 0, n: logMelFrameCount(L, hopLength) };
+    if (L <= pad) throw new Error(`LogMel.features: need more than ${pad} samples for reflect padding, got ${L}`);
+    // torch.stft(center=True, pad_mode='reflect'): x[pad..1] | x | x[L-2..L-1-pad].
+    const padded = new Float32Array(L + nFft);
+    padded.set(x, pad);
+    for (let i = 1; i <= pad; i++) {
+      padded[pad - i] = x[i];
+      padded[pad + L - 1 + i] = x[L - 1 - i];
+    }
+    const T = logMelFrameCount(L, hopLength);
+    return tf.tidy(() => {
+      const raw = this.logMelOfWindows(padded, 0, T);
+      return tf.transpose(normalizeLogMel(raw, tf.max(raw) as tf.Scalar)) as tf.Tensor2D;
     });
-    const frames = runs.map((r) => r.n);
-    const features = tf.tidy(() => {
-      const raw = this.logMelOfWindowRuns(runs);
-      if (runs.length === 1) return tf.transpose(normalizeLogMel(raw, tf.max(raw) as tf.Scalar)) as tf.Tensor2D;
-      // The dynamic-range floor is per clip: each clip's rows against its own max.
-      const parts = tf.split(raw, frames, 0).map((r) => normalizeLogMel(r, tf.max(r) as tf.Scalar));
-      return tf.transpose(tf.concat(parts, 0)) as tf.Tensor2D;
-    });
-    return { features, frames };
   }
 
   dispose(): void {
