@@ -6,15 +6,17 @@ import { defineConfig } from 'tsup';
 // packages through the `source` condition, so no package waits for another's dist/.
 const packages = ['core', 'runtime-gpu', 'nodes', 'cli', 'server'];
 
+const nodesWorkerEntries = {
+  'code2wav-worker': 'packages/nodes/src/models/qwen3-omni/code2wav-worker.ts', // Code2WavPipeline
+  'log-mel-worker': 'packages/nodes/src/caption/log-mel-worker.ts', // the captioner's feature prefetch
+  'gradient-stage': 'packages/nodes/src/training/gradient-stage.ts', // train-captioner --workers
+};
+
 export default defineConfig(
   packages.map((name) => ({
     name,
-    // nodes also ships the worker modules of Code2WavPipeline and of the captioner's log-mel, which worker threads
-    // load by file name.
-    entry: {
-      index: `packages/${name}/src/index.ts`,
-      ...(name === 'nodes' ? { 'code2wav-worker': 'packages/nodes/src/models/qwen3-omni/code2wav-worker.ts', 'log-mel-worker': 'packages/nodes/src/caption/log-mel-worker.ts' } : {}),
-    },
+    // nodes also ships the modules its worker threads load by file name, next to index.js.
+    entry: { index: `packages/${name}/src/index.ts`, ...(name === 'nodes' ? nodesWorkerEntries : {}) },
     outDir: `packages/${name}/dist`,
     format: ['esm'],
     dts: { compilerOptions: { customConditions: ['source'] } },
