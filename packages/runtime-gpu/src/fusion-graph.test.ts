@@ -2,16 +2,11 @@ import * as tf from '@tensorflow/tfjs-core';
 import { tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from './backend.js';
-import { tensorFuser } from './fusion.js';
+import { fuseChain, tensorFuser } from './fusion.js';
 import { leakCheck } from './ownership.js';
 import { audioChunks, kernelChainGraph } from './testing/kernel-chain.js';
 
 let chain: ReturnType<typeof kernelChainGraph>;
-beforeAll(async () => {
-  await initBackend();
-  chain = kernelChainGraph(16);
-});
-afterAll(() => chain.dispose());
 
 /** Runs the graph over `n` chunks and returns the outputs as plain arrays (tensors disposed). */
 async function runGraph(n: number, options: { fuse?: boolean }): Promise<number[][]> {
@@ -30,12 +25,26 @@ async function runGraph(n: number, options: { fuse?: boolean }): Promise<number[
   return out;
 }
 
-describe('tensorFuser in a compiled graph', () => {
+describe.each(['wasm', 'cpu'] as const)('tensorFuser in a compiled graph (%s)', (backend) => {
+  beforeAll(async () => {
+    await initBackend({ backend });
+    chain = kernelChainGraph(16);
+  });
+  afterAll(async () => {
+    chain.dispose();
+    await initBackend({ backend: 'wasm' });
+  });
+
   it('plans the four kernel nodes as one stage, and turns off per graph or per node', () => {
     const plan = chain.graph.plan({ fuser: tensorFuser() });
     expect(plan.stages.map((s) => s.id)).toEqual(['gain+proj+bias+relu']);
     expect(plan.text()).toContain('fused [gain:gain -> proj:proj -> bias:bias -> relu:relu]');
     expect(chain.graph.plan({ fuser: tensorFuser(), fuse: false }).stages.map((s) => s.id)).toEqual(['gain', 'proj', 'bias', 'relu']);
+  });
+
+  it('folds the gain into the fused linear op: one step for the four nodes', () => {
+    const kernels = chain.graph.plan({ fuser: tensorFuser() }).stages[0].members.map((n) => ({ id: n.id, type: n.def.type, kernel: n.def.spec.kernel!(n.params) }));
+    expect(fuseChain(kernels).description).toBe('[gain+proj+bias+relu: linear(alpha 0.5, bias, relu)]');
   });
 
   it('gives the same outputs fused and unfused, with no tensor left behind', async () => {
@@ -48,6 +57,6 @@ describe('tensorFuser in a compiled graph', () => {
     fused.forEach((row, i) => row.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - unfused[i][j])))));
     expect(worst).toBeLessThan(1e-6);
     expect(fused.flat().filter((v) => v > 0).length).toBeGreaterThan(10);
-    leaks.check('graph runs');
+    leaks.check(`graph runs on ${backend}`);
   });
 });

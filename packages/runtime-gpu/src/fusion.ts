@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Packet, TensorHandle } from '@omniflow/core';
 import { Observable, type OperatorFunction } from 'rxjs';
-import { fusableOpOf, fusedLinear, type FusableOp } from './kernels.js';
+import { fusableOpOf, fusedLinear, type FusableOp, type LinearEpilogue } from './kernels.js';
 import { forwardTensor } from './ownership.js';
 
 /** One node of a chain the graph planner found fusable (core's `FusableNode`). */
@@ -14,13 +14,13 @@ export interface KernelNode {
 /** One step of a fused stage: one node's kernel, or several nodes merged into one backend op. */
 export interface FusedStep {
   readonly nodes: readonly string[];
-  /** 'kernel' or the merged backend op, e.g. 'fused.matMul(bias, relu)'. */
+  /** 'kernel', or the merged op, e.g. 'linear(alpha 0.5, bias, relu)' (see fusedLinear). */
   readonly op: string;
   readonly run: (x: tf.Tensor) => tf.Tensor;
 }
 
 export interface TensorFuserOptions {
-  /** Merge matMul + bias + activation kernels into one tf.fused.matMul (default true). */
+  /** Merge scale + matMul + bias + activation kernels into one fusedLinear op (default true). */
   readonly fuseOps?: boolean;
   /** Fuse only chains of at least this many nodes (default 2). */
   readonly minChain?: number;
@@ -30,46 +30,72 @@ export interface TensorFuserOptions {
 export type FusedOperator = OperatorFunction<Packet, Packet> & { readonly steps: readonly FusedStep[]; readonly description: string };
 
 /**
- * Plans the steps of a chain: runs of matMul → biasAdd? → activation? (kernels made with
- * matMulKernel, biasAddKernel, activationKernel) become one tf.fused.matMul; every other kernel is
- * its own step.
+ * Plans the steps of a chain. A run of `scale* → matMul → scale* → biasAdd? → activation?` (kernels
+ * made with scaleKernel, matMulKernel, biasAddKernel, activationKernel) becomes ONE step,
+ * {@link fusedLinear}: the constant scales multiply into its `alpha`, bias and activation become its
+ * epilogue. Every other kernel is its own step. A lone matMul stays its node's own kernel.
+ *
+ * ```ts
+ * planFusedSteps(chain).map((s) => s.op); // ['linear(alpha 0.5, bias, relu)'] for gain → proj → bias → relu
+ * ```
  */
 export function planFusedSteps(chain: readonly KernelNode[], fuseOps = true): FusedStep[] {
   const steps: FusedStep[] = [];
-  for (let i = 0; i < chain.length; i++) {
-    const op = fuseOps ? fusableOpOf(chain[i].kernel) : undefined;
-    if (op?.op === 'matMul') {
-      const nodes = [chain[i].id];
-      let bias: Extract<FusableOp, { op: 'biasAdd' }> | undefined;
-      let act: Extract<FusableOp, { op: 'activation' }> | undefined;
-      const next = () => (i + 1 < chain.length ? fusableOpOf(chain[i + 1].kernel) : undefined);
-      const n1 = next();
-      if (n1?.op === 'biasAdd' && n1.bias.shape[0] === op.weight.shape[1]) {
-        bias = n1;
-        nodes.push(chain[++i].id);
-      }
-      const n2 = next();
-      if (n2?.op === 'activation') {
-        act = n2;
-        nodes.push(chain[++i].id);
-      }
-      if (nodes.length > 1) {
-        const what = [bias && 'bias', act && act.activation].filter(Boolean).join(', ');
-        steps.push({ nodes, op: `fused.matMul(${what})`, run: (x) => fusedLinear(x, op.weight, bias?.bias, act) });
-        continue;
-      }
+  for (let i = 0; i < chain.length; ) {
+    const linear = fuseOps ? linearRunAt(chain, i) : undefined;
+    if (linear) {
+      steps.push(linear.step);
+      i += linear.step.nodes.length;
+      continue;
     }
     const kernel = chain[i].kernel;
     steps.push({ nodes: [chain[i].id], op: 'kernel', run: (x) => kernel(x as unknown as TensorHandle) as unknown as tf.Tensor });
+    i++;
   }
   return steps;
+}
+
+/** The fused linear step that starts at chain[i], if a matMul and at least one neighbour merge there. */
+function linearRunAt(chain: readonly KernelNode[], i: number): { step: FusedStep } | undefined {
+  const opAt = (j: number) => (j < chain.length ? fusableOpOf(chain[j].kernel) : undefined);
+  let j = i, alpha = 1;
+  // A constant gain commutes with the matMul, (f·x)·W = f·(x·W), so scales on either side fold into alpha.
+  const foldScales = () => {
+    for (let op = opAt(j); op?.op === 'scale'; op = opAt(++j)) alpha *= op.factor;
+  };
+  foldScales();
+  const matMul = opAt(j);
+  if (matMul?.op !== 'matMul') return undefined;
+  j++;
+  foldScales();
+  let bias: tf.Tensor1D | undefined, activation: Extract<FusableOp, { op: 'activation' }> | undefined;
+  const b = opAt(j);
+  if (b?.op === 'biasAdd' && b.bias.rank === 1 && b.bias.shape[0] === matMul.weight.shape[1]) {
+    bias = b.bias;
+    j++;
+  }
+  const a = opAt(j);
+  if (a?.op === 'activation') {
+    activation = a;
+    j++;
+  }
+  if (j - i < 2) return undefined;
+  const epilogue: LinearEpilogue = {
+    ...(alpha !== 1 ? { alpha } : {}),
+    ...(bias ? { bias } : {}),
+    ...(activation ? { activation: activation.activation, ...(activation.alpha !== undefined ? { leakyreluAlpha: activation.alpha } : {}) } : {}),
+  };
+  const what = [alpha !== 1 && `alpha ${alpha}`, bias && 'bias', activation?.activation].filter(Boolean).join(', ');
+  const weight = matMul.weight;
+  return { step: { nodes: chain.slice(i, j).map((c) => c.id), op: `linear(${what})`, run: (x) => fusedLinear(x, weight, epilogue) } };
 }
 
 /**
  * The runtime's fuser for core's graph compiler (`compile(g, { fuser: tensorFuser() })`): a chain of
  * kernel nodes becomes ONE stage that, per tensor packet, runs every kernel inside one tf.tidy with
  * no download to the host between them, disposes the input tensor and forwards the output in the
- * same packet envelope. matMul + bias + activation kernels become one tf.fused.matMul. Other packets
+ * same packet envelope. scale + matMul + bias + activation kernels become one fusedLinear op (see
+ * planFusedSteps). Other packets
  * (control, …) pass straight through. Fusion never changes results beyond float rounding of the
  * merged op; fused-vs-unfused is tested.
  *

@@ -4,8 +4,12 @@ import type { TensorHandle } from '@omniflow/core';
 /** Activations the backends' fused matMul implements (tf.fused.matMul). */
 export type FusableActivation = 'relu' | 'relu6' | 'sigmoid' | 'elu' | 'leakyrelu';
 
-/** What a fusable kernel computes, so the fuser can merge matMul + bias + activation into one op. */
+/**
+ * What a fusable kernel computes, so the fuser can merge scale → matMul → bias → activation into one
+ * op: a constant scale next to the matMul becomes the op's `alpha`, bias and activation its epilogue.
+ */
 export type FusableOp =
+  | { readonly op: 'scale'; readonly factor: number }
   | { readonly op: 'matMul'; readonly weight: tf.Tensor2D }
   | { readonly op: 'biasAdd'; readonly bias: tf.Tensor1D }
   | { readonly op: 'activation'; readonly activation: FusableActivation; readonly alpha?: number };
@@ -30,6 +34,19 @@ function overLastAxis(x: tf.Tensor, inF: number, outF: number, f: (x2: tf.Tensor
   if (x.rank === 2) return f(x as tf.Tensor2D);
   const lead = x.shape.slice(0, -1);
   return tf.reshape(f(tf.reshape(x, [-1, inF]) as tf.Tensor2D), [...lead, outF]);
+}
+
+/**
+ * `x · factor`, a constant gain. Next to a matMul the fuser folds it into the matMul's `alpha`, so it
+ * costs no op of its own.
+ *
+ * ```ts
+ * const gain = defineNode({ type: 'gain', ...io, params: z.object({ factor: z.number() }), kernel: ({ factor }) => scaleKernel(factor) });
+ * ```
+ */
+export function scaleKernel(factor: number): DescribedKernel {
+  if (!Number.isFinite(factor)) throw new Error(`scaleKernel: factor must be a finite number, got ${factor}`);
+  return described((x) => tf.mul(x, factor), { op: 'scale', factor });
 }
 
 /**
@@ -63,20 +80,39 @@ export function activationKernel(activation: FusableActivation, alpha = 0.2): De
   return described(fns[activation], { op: 'activation', activation, ...(activation === 'leakyrelu' ? { alpha } : {}) });
 }
 
+/** What {@link fusedLinear} does around the matMul: `y = activation(alpha · x·W + bias)`. */
+export interface LinearEpilogue {
+  /** Scalar on x·W (default 1): a constant gain folded in from a neighbouring scale kernel. */
+  readonly alpha?: number;
+  /** Added over the last axis, `[out]`. */
+  readonly bias?: tf.Tensor1D;
+  readonly activation?: FusableActivation;
+  /** Slope of `leakyrelu` below zero (default 0.2). */
+  readonly leakyreluAlpha?: number;
+}
+
 /**
- * One fused backend op for matMul [+ bias] [+ activation]. It calls the backend's `_FusedMatMul`
- * kernel directly: `tf.fused.matMul` wraps it for gradients (customGrad), which costs about a third
- * of a small matmul on wasm and buys nothing at inference.
+ * `activation(alpha · x·W + bias)` over the last axis of x, W already `[in, out]`, as one backend op
+ * where the backend has one: the backend's `_FusedMatMul` kernel, called directly (`tf.fused.matMul`
+ * wraps it for gradients with customGrad, which costs about a third of a small matmul on wasm and
+ * buys nothing at inference). `_FusedMatMul` has no alpha, so alpha ≠ 1 costs one `tf.mul` on x
+ * first, the order the unfused chain computes it in.
+ *
+ * ```ts
+ * const y = fusedLinear(x, w, { alpha: 0.5, bias: b, activation: 'relu' }); // x [1, 320], w [320, 256] → y [1, 256]
+ * ```
  */
-export function fusedLinear(x: tf.Tensor, weight: tf.Tensor2D, bias?: tf.Tensor1D, activation?: { activation: FusableActivation; alpha?: number }): tf.Tensor {
+export function fusedLinear(x: tf.Tensor, weight: tf.Tensor2D, epilogue: LinearEpilogue = {}): tf.Tensor {
+  const { alpha = 1, bias, activation = 'linear', leakyreluAlpha = 0.2 } = epilogue;
   const [inF, outF] = weight.shape;
-  return overLastAxis(x, inF, outF, (x2) => {
-    const a = tf.reshape(x2, [1, x2.shape[0], inF]);
+  return tf.tidy(() => overLastAxis(x, inF, outF, (x2) => {
+    const scaled = alpha === 1 ? x2 : tf.mul(x2, alpha);
+    const a = tf.reshape(scaled, [1, x2.shape[0], inF]);
     const b = tf.reshape(weight, [1, inF, outF]);
     const inputs: Record<string, tf.Tensor> = { a, b };
     if (bias) inputs.bias = bias;
-    const attrs = { transposeA: false, transposeB: false, activation: activation?.activation ?? 'linear', leakyreluAlpha: activation?.alpha ?? 0.2 };
+    const attrs = { transposeA: false, transposeB: false, activation, leakyreluAlpha };
     const y = tf.engine().runKernel(tf._FusedMatMul, inputs as unknown as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap) as tf.Tensor;
     return tf.reshape(y, [x2.shape[0], outF]) as tf.Tensor2D;
-  });
+  }));
 }

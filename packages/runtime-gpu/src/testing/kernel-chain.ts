@@ -1,11 +1,11 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { defineNode, graph, ports, type TensorHandle } from '@omniflow/core';
+import { defineNode, graph, ports } from '@omniflow/core';
 import { z } from 'zod';
-import { activationKernel, biasAddKernel, matMulKernel } from '../kernels.js';
+import { activationKernel, biasAddKernel, matMulKernel, scaleKernel } from '../kernels.js';
 
 /**
  * A graph of four small kernel nodes over 20 ms audio chunks ([1, 320] at 16 kHz), for the fusion
- * tests and benchmark: gain → proj (320→width) → bias → relu. Weights are deterministic.
+ * tests and benchmark: gain (a constant scale) → proj (320→width) → bias → relu. Weights are deterministic.
  */
 export function kernelChainGraph(width = 256) {
   const weight = tf.tensor2d(Float32Array.from({ length: 320 * width }, (_, i) => Math.sin(i * 0.37) * 0.06), [320, width]);
@@ -16,7 +16,7 @@ export function kernelChainGraph(width = 256) {
     inputs: tensorIn,
     outputs: tensorOut,
     params: z.object({ factor: z.number().default(0.5) }),
-    kernel: ({ factor }) => (x: TensorHandle) => tf.mul(x as tf.Tensor, factor) as unknown as TensorHandle,
+    kernel: ({ factor }) => scaleKernel(factor),
   });
   const proj = defineNode({ type: 'proj', inputs: tensorIn, outputs: tensorOut, kernel: () => matMulKernel(weight) });
   const addBias = defineNode({ type: 'bias', inputs: tensorIn, outputs: tensorOut, kernel: () => biasAddKernel(bias) });
