@@ -103,13 +103,20 @@ export function causalDepthwiseConv1d(x: tf.Tensor3D, conv: CausalDepthwiseConv1
  *   next input's first; trimming leaves (L-1)·s samples, and output block j needs inputs j and j+1 (one
  *   input of look-ahead).
  *
- * It runs as one matmul [L, in] x [in, k·out] plus an overlap-add of the two halves: on wasm this is about
- * 10x faster than conv2dTranspose (notes/code2wav-on-wasm.md).
+ * Both run as one matmul. For k = 2s, output block j is x[j]·W[:, :, 0:s] + x[j-1]·W[:, :, s:2s]: a two-tap
+ * polyphase conv, so the rows [x[j-1], x[j]] (2·in wide) are multiplied by the two kernel halves stacked,
+ * [2·in, s·out], giving s samples per row. On wasm this is about 10x faster than conv2dTranspose and 2x faster
+ * than one matmul to k·out columns followed by an overlap-add of the halves (notes/code2wav-on-wasm.md).
  */
 export interface CausalTransConv1d {
-  /** [in, k·out], column t·out + o holds the PyTorch weight [i, o, t]. */
+  /**
+   * k = s: [in, s·out], column t·out + o holds the PyTorch weight [i, o, t].
+   * k = 2s: [2·in, s·out], row i holds W[i, o, s + t] (the tap on the previous input), row in + i holds W[i, o, t].
+   */
   readonly weight: tf.Tensor2D;
   readonly bias: tf.Tensor1D;
+  /** The bias repeated for each of the s samples of a row, [s·out]. */
+  readonly phaseBias: tf.Tensor1D;
   readonly kernelSize: number;
   readonly stride: number;
   readonly inChannels: number;
@@ -131,10 +138,16 @@ export function loadCausalTransConv1d(
     throw new Error(`${prefix}: causal transposed conv with kernel ${kernelSize} and stride ${stride} is not supported (kernel must be stride or 2·stride)`);
   }
   const w = ckpt.get(`${prefix}.conv.weight`, [inChannels, outChannels, kernelSize]).data as Float32Array;
-  const weight = tf.tidy(() =>
-    tf.reshape(tf.transpose(tf.tensor3d(w, [inChannels, outChannels, kernelSize]), [0, 2, 1]), [inChannels, kernelSize * outChannels]) as tf.Tensor2D);
+  const s = stride, out = outChannels;
+  const weight = tf.tidy(() => {
+    const perTap = tf.transpose(tf.tensor3d(w, [inChannels, outChannels, kernelSize]), [0, 2, 1]); // [in, k, out]
+    if (kernelSize === s) return tf.reshape(perTap, [inChannels, s * out]) as tf.Tensor2D;
+    const [current, previous] = tf.split(perTap, 2, 1); // taps 0..s-1 act on x[j], taps s..2s-1 on x[j-1]
+    return tf.concat([tf.reshape(previous, [inChannels, s * out]), tf.reshape(current, [inChannels, s * out])], 0) as tf.Tensor2D;
+  });
   const bias = tf.tensor1d(ckpt.get(`${prefix}.conv.bias`, [outChannels]).data as Float32Array);
-  return { weight, bias, kernelSize, stride, inChannels, outChannels };
+  const phaseBias = tf.tidy(() => tf.tile(bias, [s]) as tf.Tensor1D);
+  return { weight, bias, phaseBias, kernelSize, stride, inChannels, outChannels };
 }
 
 /**
@@ -144,25 +157,19 @@ export function loadCausalTransConv1d(
 export function causalTransConv1d(x: tf.Tensor3D, conv: CausalTransConv1d, state?: StreamState, name = ''): tf.Tensor3D {
   return tf.tidy(() => {
     const length = x.shape[1];
-    const s = conv.stride, out = conv.outChannels;
-    const y = tf.matMul(tf.reshape(x, [length, conv.inChannels]), conv.weight); // [L, k·out]
-    if (conv.kernelSize === s) return tf.reshape(tf.add(tf.reshape(y, [length * s, out]), conv.bias), [1, length * s, out]);
-    const halves = tf.reshape(y, [length, 2, s, out]);
-    const first = tf.reshape(tf.slice(halves, [0, 0, 0, 0], [length, 1, s, out]), [length, s, out]);
-    const second = tf.reshape(tf.slice(halves, [0, 1, 0, 0], [length, 1, s, out]), [length, s, out]);
-    const pending = state?.get(name) as tf.Tensor3D | undefined; // previous chunk's last second half, [1, s, out]
-    if (!pending && length === 1) {
-      state?.set(name, second);
-      return tf.zeros([1, 0, out]) as tf.Tensor3D; // a lone first input only fills the trimmed block
-    }
-    // Block j = first[j] + second[j-1]; block 0 has no predecessor and is the one the reference trims.
-    const earlier = tf.slice(second, [0, 0, 0], [length - 1, s, out]);
-    const blocks = pending
-      ? tf.add(first, tf.concat([pending, earlier], 0))
-      : tf.add(tf.slice(first, [1, 0, 0], [length - 1, s, out]), earlier);
-    state?.set(name, tf.slice(second, [length - 1, 0, 0], [1, s, out]));
-    const n = blocks.shape[0];
-    return tf.reshape(tf.add(tf.reshape(blocks, [n * s, out]), conv.bias), [1, n * s, out]);
+    const s = conv.stride, inC = conv.inChannels, out = conv.outChannels;
+    const rows = tf.reshape(x, [length, inC]) as tf.Tensor2D;
+    if (conv.kernelSize === s) return tf.reshape(tf.fused.matMul({ a: rows, b: conv.weight, bias: conv.phaseBias }), [1, length * s, out]);
+    const previous = state?.get(name) as tf.Tensor2D | undefined; // the previous chunk's last input, [1, in]
+    state?.set(name, tf.slice(rows, [length - 1, 0], [1, inC]));
+    // Block j pairs x[j-1] with x[j]; the first input has no predecessor here unless the state holds one (the block
+    // the reference trims).
+    const before = previous ? (length > 1 ? tf.concat([previous, tf.slice(rows, [0, 0], [length - 1, inC])], 0) : previous) : tf.slice(rows, [0, 0], [length - 1, inC]);
+    const n = before.shape[0];
+    if (n === 0) return tf.zeros([1, 0, out]) as tf.Tensor3D; // a lone first input only fills the trimmed block
+    const after = previous ? rows : tf.slice(rows, [1, 0], [n, inC]);
+    const y = tf.fused.matMul({ a: tf.concat([before, after], 1) as tf.Tensor2D, b: conv.weight, bias: conv.phaseBias }); // [n, s·out]
+    return tf.reshape(y, [1, n * s, out]);
   });
 }
 
@@ -171,16 +178,17 @@ export function causalTransConv1d(x: tf.Tensor3D, conv: CausalTransConv1d, state
  * trims from the right), [1, s, out]; undefined when nothing is pending.
  */
 export function causalTransConv1dTail(conv: CausalTransConv1d, state: StreamState, name: string): tf.Tensor3D | undefined {
-  const pending = state.get(name);
-  if (!pending || conv.kernelSize === conv.stride) return undefined;
-  return tf.tidy(() => tf.add(pending, conv.bias) as tf.Tensor3D);
+  const last = state.get(name) as tf.Tensor2D | undefined;
+  if (!last || conv.kernelSize === conv.stride) return undefined;
+  return tf.tidy(() => {
+    const onPrevious = tf.slice(conv.weight, [0, 0], [conv.inChannels, conv.stride * conv.outChannels]) as tf.Tensor2D;
+    return tf.reshape(tf.fused.matMul({ a: last, b: onPrevious, bias: conv.phaseBias }), [1, conv.stride, conv.outChannels]);
+  });
 }
 
-export function disposeConv(conv: { filter?: tf.Tensor; pointwise?: tf.Tensor; weight?: tf.Tensor; bias: tf.Tensor }): void {
-  conv.filter?.dispose();
-  conv.pointwise?.dispose();
-  conv.weight?.dispose();
-  conv.bias.dispose();
+/** Disposes every tensor of a conv (filter, pointwise, weight, biases). */
+export function disposeConv(conv: object): void {
+  for (const v of Object.values(conv)) if (v instanceof tf.Tensor) v.dispose();
 }
 
 /** concat(previous left context or zeros, x) along time, staging the new left context. */
