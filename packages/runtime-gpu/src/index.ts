@@ -9,3 +9,4 @@ export * from './worker-stage.js';
 export * from './fusion.js';
 export * from './kernels.js';
 export * from './batching.js';
+export * from './simd/index.js';

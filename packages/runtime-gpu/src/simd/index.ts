@@ -1,0 +1,4 @@
+export * from './wasm-emitter.js';
+export * from './matmul-module.js';
+export * from './bf16.js';
+export * from './mat-mul-small.js';

@@ -1,0 +1,247 @@
+import { type Code, type Local, WasmModuleBuilder, type WasmMemoryLike } from './wasm-emitter.js';
+
+/*
+ * The small-M matmul kernels, assembled at startup over a memory they import (tfjs-wasm's heap), so they read and
+ * write tensors where they lie:
+ *
+ *   y[R, N] = epilogue(alpha · x[R, K] · W[K, N] + b[N])      for a fixed R (rows) per exported function
+ *
+ * Decoding multiplies one to a few rows by a large weight, so the time is reading W once from memory. The loop order
+ * keeps W reads sequential: for each block of columns (its y rows stay in L1), for each group of `kUnroll` rows of W
+ * read side by side (several sequential streams keep more loads in flight than one), add
+ * x[m, k+j] · W[k+j, n:n+4] into y[m, n:n+4] for every row m — each W vector loaded once serves all R rows. x values
+ * sit splatted in locals for the whole pass over the columns.
+ *
+ * bf16 weights are packed two per i32 (element 2i in the low half, 2i+1 in the high half — the order the bytes have in
+ * memory); a 16-byte load holds 8 of them and is widened in registers: i32x4.extend_{low,high}_i16x8_u then shl 16
+ * puts each bf16 in the top half of an f32.
+ */
+
+/** What the epilogue applies after `alpha · x·W + b`. Codes are part of the kernel ABI; append, never renumber. */
+export const EPILOGUE = { none: 0, relu: 1 } as const;
+export type Epilogue = keyof typeof EPILOGUE;
+
+/** Weight formats a kernel reads. */
+export type WeightFormat = 'f32' | 'bf16';
+
+/** Shape of the generated loops (measured choices are in DEFAULT_VARIANT). */
+export interface MatMulVariant {
+  /** Largest row count with its own function; more rows run in blocks of this many (W is read once per block). */
+  readonly maxRows: number;
+  /** Rows of W read side by side per pass over the columns, by the function's row count (index R-1). */
+  readonly kUnroll: readonly number[];
+  /** Vectors (4 f32 columns, or 8 bf16 columns) per inner-loop iteration. */
+  readonly nUnroll: number;
+  /** Columns per block: the R×colBlock slab of y is what stays in L1 while W streams past. */
+  readonly colBlock: number;
+}
+
+/**
+ * Measured on this repo's 2-core AMD EPYC (Zen 3) box with `bench/runtime.bench.ts`-style timings of
+ * [1..8, 4096]·[4096, 4096]; see docs/runtime.md "SIMD kernels".
+ */
+export const DEFAULT_VARIANT: MatMulVariant = { maxRows: 4, kUnroll: [8, 4, 2, 2], nUnroll: 2, colBlock: 2048 };
+
+/** Signature of every exported kernel: pointers are byte offsets into the imported memory; `bias` 0 means none. */
+export type MatMulFn = (x: number, w: number, bias: number, y: number, K: number, N: number, alpha: number, epilogue: number) => void;
+
+/** An instantiated kernel module: `f32[R]` / `bf16[R]` handle exactly R rows (index 0 unused). */
+export interface MatMulModule {
+  readonly f32: readonly MatMulFn[];
+  readonly bf16: readonly MatMulFn[];
+  readonly variant: MatMulVariant;
+  readonly bytes: number;
+}
+
+/**
+ * Assembles and instantiates the kernels over `memory`.
+ *
+ * ```ts
+ * const mod = buildMatMulModule((tf.backend() as any).wasm.asm.memory);
+ * mod.f32[1](xOffset, wOffset, 0, yOffset, K, N, 1, EPILOGUE.none); // y[1, N] = x[1, K] · W[K, N]
+ * ```
+ */
+export function buildMatMulModule(memory: WasmMemoryLike, variant: MatMulVariant = DEFAULT_VARIANT): MatMulModule {
+  const colBlock = variant.colBlock;
+  if (colBlock % 16 !== 0 || colBlock <= 0) throw new Error(`buildMatMulModule: colBlock ${colBlock} must be a positive multiple of 16`);
+  if (variant.kUnroll.length < variant.maxRows) throw new Error(`buildMatMulModule: kUnroll needs ${variant.maxRows} entries, got ${variant.kUnroll.length}`);
+  const m = new WasmModuleBuilder().importMemory('env', 'memory', { initial: 1 });
+  for (const format of ['f32', 'bf16'] as const) {
+    for (let rows = 1; rows <= variant.maxRows; rows++) {
+      m.func(`${format}_r${rows}`, { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'], results: [] }, (c, p) =>
+        emitMatMul(c, p, format, { rows, kUnroll: variant.kUnroll[rows - 1]!, nUnroll: variant.nUnroll, colBlock }),
+      );
+    }
+  }
+  const bytes = m.encode();
+  const exports = m.instantiate({ env: { memory } });
+  const list = (format: WeightFormat) => [undefined, ...Array.from({ length: variant.maxRows }, (_, r) => exports[`${format}_r${r + 1}`])] as MatMulFn[];
+  return { f32: list('f32'), bf16: list('bf16'), variant, bytes: bytes.length };
+}
+
+interface Shape {
+  rows: number;
+  kUnroll: number;
+  nUnroll: number;
+  colBlock: number;
+}
+
+function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): void {
+  const [x, w, b, y, K, N, alpha, act] = params as [Local, Local, Local, Local, Local, Local, Local, Local];
+  const R = s.rows;
+  const bf16 = format === 'bf16';
+  const vw = bf16 ? 8 : 4; // columns per vector unit
+  const wElem = bf16 ? 2 : 4; // bytes of W per column
+  const i32 = () => c.local('i32');
+  const [nb, nEnd, k, n, pw, py, limit, kEnd, wRow, yRow, xRow, o, oLimit, xk] = Array.from({ length: 14 }, i32);
+  const xRowOff = Array.from({ length: R }, (_, r) => (r === 0 ? undefined : i32()));
+  const yRowOff = Array.from({ length: R }, (_, r) => (r === 0 ? undefined : i32()));
+  const wRowOff = Array.from({ length: s.kUnroll }, (_, j) => (j === 0 ? undefined : i32()));
+  const splat = Array.from({ length: R }, () => Array.from({ length: s.kUnroll }, () => c.local('v128')));
+  const acc = Array.from({ length: R * 2 }, () => c.local('v128'));
+  const wv = c.local('v128');
+  const v = c.local('v128');
+  const alpha4 = c.local('v128');
+  const zero4 = c.local('v128');
+  const fa = c.local('f32'), fb = c.local('f32');
+  const wi = c.local('i32');
+
+  // Strides (bytes) and per-row offsets, once.
+  c.localGet(N).i32Const(wElem).i32Mul().localSet(wRow);
+  c.localGet(N).i32Const(4).i32Mul().localSet(yRow);
+  c.localGet(K).i32Const(4).i32Mul().localSet(xRow);
+  for (let r = 1; r < R; r++) {
+    c.localGet(yRow).i32Const(r).i32Mul().localSet(yRowOff[r]!);
+    c.localGet(xRow).i32Const(r).i32Mul().localSet(xRowOff[r]!);
+  }
+  for (let j = 1; j < s.kUnroll; j++) c.localGet(wRow).i32Const(j).i32Mul().localSet(wRowOff[j]!);
+  c.localGet(alpha).f32x4Splat().localSet(alpha4);
+
+  /** Pushes the address of y row r at byte pointer `ptr`. */
+  const yAt = (ptr: Local, r: number) => (r > 0 ? c.localGet(ptr).localGet(yRowOff[r]!).i32Add() : c.localGet(ptr));
+  /** Pushes the address of W row k+j at the current column. */
+  const wAt = (j: number) => (j > 0 ? c.localGet(pw).localGet(wRowOff[j]!).i32Add() : c.localGet(pw));
+
+  /** Runs `vector(ptrOffsetBytes)` over y[nb:nEnd) 4 floats at a time and `scalar()` over the rest, pointer `o`. */
+  const overBlock = (vector: () => void, scalar: () => void) => {
+    c.localGet(nEnd).i32Const(4).i32Mul().localSet(oLimit);
+    c.for(o, () => c.localGet(nb).i32Const(4).i32Mul(), () => c.localGet(oLimit).i32Const(12).i32Sub(), 16, vector);
+    c.for(o, () => c.localGet(o), () => c.localGet(oLimit), 4, scalar);
+  };
+
+  /** One pass over the block's columns adding x[:, k..k+ku) · W[k..k+ku, :] into y. */
+  const kGroup = (ku: number) => {
+    // Splat x[r, k+j] for every row r and j < ku.
+    c.localGet(x).localGet(k).i32Const(4).i32Mul().i32Add().localSet(xk);
+    for (let r = 0; r < R; r++) {
+      for (let j = 0; j < ku; j++) {
+        c.localGet(xk);
+        if (r > 0) c.localGet(xRowOff[r]!).i32Add();
+        c.v128Load32Splat(j * 4).localSet(splat[r]![j]!);
+      }
+    }
+    c.localGet(w).localGet(k).localGet(wRow).i32Mul().i32Add().localGet(nb).i32Const(wElem).i32Mul().i32Add().localSet(pw);
+    c.localGet(y).localGet(nb).i32Const(4).i32Mul().i32Add().localSet(py);
+
+    const vectorBody = (units: number) => () => {
+      for (let u = 0; u < units; u++) {
+        if (!bf16) {
+          for (let r = 0; r < R; r++) yAt(py, r).v128Load(16 * u).localSet(acc[r]!);
+          for (let j = 0; j < ku; j++) {
+            wAt(j);
+            c.v128Load(16 * u).localSet(wv);
+            for (let r = 0; r < R; r++) c.localGet(acc[r]!).localGet(splat[r]![j]!).localGet(wv).f32x4Mul().f32x4Add().localSet(acc[r]!);
+          }
+          for (let r = 0; r < R; r++) yAt(py, r).localGet(acc[r]!).v128Store(16 * u);
+        } else {
+          for (let r = 0; r < R; r++) {
+            yAt(py, r).v128Load(32 * u).localSet(acc[2 * r]!);
+            yAt(py, r).v128Load(32 * u + 16).localSet(acc[2 * r + 1]!);
+          }
+          for (let j = 0; j < ku; j++) {
+            wAt(j);
+            c.v128Load(16 * u).localTee(v);
+            c.i32x4ExtendLowI16x8U().i32Const(16).i32x4Shl().localSet(wv); // columns 0..3 of the 8
+            c.localGet(v).i32x4ExtendHighI16x8U().i32Const(16).i32x4Shl().localSet(v); // columns 4..7
+            for (let r = 0; r < R; r++) {
+              c.localGet(acc[2 * r]!).localGet(splat[r]![j]!).localGet(wv).f32x4Mul().f32x4Add().localSet(acc[2 * r]!);
+              c.localGet(acc[2 * r + 1]!).localGet(splat[r]![j]!).localGet(v).f32x4Mul().f32x4Add().localSet(acc[2 * r + 1]!);
+            }
+          }
+          for (let r = 0; r < R; r++) {
+            yAt(py, r).localGet(acc[2 * r]!).v128Store(32 * u);
+            yAt(py, r).localGet(acc[2 * r + 1]!).v128Store(32 * u + 16);
+          }
+        }
+      }
+      c.localGet(pw).i32Const(16 * units).i32Add().localSet(pw);
+      c.localGet(py).i32Const(16 * units * (vw / 4)).i32Add().localSet(py);
+    };
+    // n runs over columns; pw/py advance with it.
+    c.localGet(nEnd).i32Const(vw * s.nUnroll - 1).i32Sub().localSet(limit);
+    c.for(n, () => c.localGet(nb), () => c.localGet(limit), vw * s.nUnroll, vectorBody(s.nUnroll));
+    if (s.nUnroll > 1) {
+      c.localGet(nEnd).i32Const(vw - 1).i32Sub().localSet(limit);
+      c.for(n, () => c.localGet(n), () => c.localGet(limit), vw, vectorBody(1));
+    }
+    // Tail columns one by one (f32) or by pairs (bf16: N is even, so pairs never straddle).
+    c.for(n, () => c.localGet(n), () => c.localGet(nEnd), bf16 ? 2 : 1, () => {
+      for (let r = 0; r < R; r++) {
+        yAt(py, r).f32Load(0).localSet(fa);
+        if (bf16) yAt(py, r).f32Load(4).localSet(fb);
+        for (let j = 0; j < ku; j++) {
+          if (!bf16) {
+            c.localGet(fa).localGet(splat[r]![j]!).f32x4ExtractLane(0);
+            wAt(j).f32Load(0).f32Mul().f32Add().localSet(fa);
+          } else {
+            wAt(j).i32Load(0).localSet(wi);
+            c.localGet(fa).localGet(splat[r]![j]!).f32x4ExtractLane(0);
+            c.localGet(wi).i32Const(16).i32Shl().f32ReinterpretI32().f32Mul().f32Add().localSet(fa);
+            c.localGet(fb).localGet(splat[r]![j]!).f32x4ExtractLane(0);
+            c.localGet(wi).i32Const(0xffff0000).i32And().f32ReinterpretI32().f32Mul().f32Add().localSet(fb);
+          }
+        }
+        yAt(py, r).localGet(fa).f32Store(0);
+        if (bf16) yAt(py, r).localGet(fb).f32Store(4);
+      }
+      c.localGet(pw).i32Const(4).i32Add().localSet(pw);
+      c.localGet(py).i32Const(bf16 ? 8 : 4).i32Add().localSet(py);
+    });
+  };
+
+  // for each column block [nb, nEnd)
+  c.for(nb, () => c.i32Const(0), () => c.localGet(N), s.colBlock, () => {
+    c.localGet(nb).i32Const(s.colBlock).i32Add().localGet(N);
+    c.localGet(nb).i32Const(s.colBlock).i32Add().localGet(N).i32LtS().select().localSet(nEnd);
+
+    // y[:, block] = 0
+    for (let r = 0; r < R; r++) {
+      overBlock(
+        () => yAt(y, r).localGet(o).i32Add().localGet(zero4).v128Store(0),
+        () => yAt(y, r).localGet(o).i32Add().f32Const(0).f32Store(0),
+      );
+    }
+    // k in groups of kUnroll, then the rest one row at a time
+    c.localGet(K).i32Const(s.kUnroll - 1).i32Sub().localSet(kEnd);
+    c.for(k, () => c.i32Const(0), () => c.localGet(kEnd), s.kUnroll, () => kGroup(s.kUnroll));
+    if (s.kUnroll > 1) c.for(k, () => c.localGet(k), () => c.localGet(K), 1, () => kGroup(1));
+
+    // epilogue: y = act(alpha · y + b)
+    for (let r = 0; r < R; r++) {
+      overBlock(
+        () => {
+          yAt(y, r).localGet(o).i32Add().v128Load(0).localGet(alpha4).f32x4Mul().localSet(v);
+          c.localGet(b).if(() => c.localGet(v).localGet(b).localGet(o).i32Add().v128Load(0).f32x4Add().localSet(v));
+          c.localGet(act).i32Const(EPILOGUE.relu).i32Eq().if(() => c.localGet(v).localGet(zero4).f32x4Pmax().localSet(v));
+          yAt(y, r).localGet(o).i32Add().localGet(v).v128Store(0);
+        },
+        () => {
+          yAt(y, r).localGet(o).i32Add().f32Load(0).localGet(alpha).f32Mul().localSet(fa);
+          c.localGet(b).if(() => c.localGet(fa).localGet(b).localGet(o).i32Add().f32Load(0).f32Add().localSet(fa));
+          c.localGet(act).i32Const(EPILOGUE.relu).i32Eq().if(() => c.localGet(fa).f32Const(0).f32Max().localSet(fa));
+          yAt(y, r).localGet(o).i32Add().localGet(fa).f32Store(0);
+        },
+      );
+    }
+  });
+}
