@@ -6,6 +6,7 @@ import { initBackend } from './backend.js';
 import { fuseChain, tensorFuser, type KernelNode } from './fusion.js';
 import { activationKernel, biasAddKernel, fusableOpOf, matMulKernel, scaleKernel } from './kernels.js';
 import { leakCheck } from './ownership.js';
+import { OMNIFLOW_MATMUL, SIMD_MATMUL_MAX_ROWS } from './simd/mat-mul-small.js';
 
 let weight: tf.Tensor2D, bias: tf.Tensor1D;
 let chain: KernelNode[];
@@ -166,6 +167,28 @@ describe.each(['wasm', 'cpu'] as const)('folding constant gains into the fused l
     }
     dispose();
     leaks.check(`gain-folded fused stage on ${backend}`);
+  });
+
+  it('runs the merged step as one SIMD kernel call on wasm for a few rows, and as exact tfjs ops otherwise', async () => {
+    const leaks = leakCheck();
+    const { nodes, dispose } = gainChain();
+    const [step] = fuseChain(nodes).steps;
+    const kernelsFor = async (shape: number[]) => {
+      const x = tf.ones(shape);
+      const info = await tf.profile(() => step.run(x));
+      (info.result as tf.Tensor).dispose();
+      x.dispose();
+      return info.kernels.map((k) => k.name);
+    };
+    if (backend === 'wasm') {
+      expect(await kernelsFor([1, 16])).toEqual([OMNIFLOW_MATMUL]); // gain, matMul, gain, bias and relu in one call
+      expect(await kernelsFor([SIMD_MATMUL_MAX_ROWS, 16])).toEqual([OMNIFLOW_MATMUL]);
+      expect(await kernelsFor([SIMD_MATMUL_MAX_ROWS + 1, 16])).toEqual(['Multiply', 'Reshape', 'Reshape', '_FusedMatMul', 'Reshape']); // many rows: XNNPACK's GEMM
+    } else {
+      expect(await kernelsFor([1, 16])).toEqual(['Multiply', 'Reshape', 'Reshape', '_FusedMatMul', 'Reshape']);
+    }
+    dispose();
+    leaks.check(`kernel path on ${backend}`);
   });
 
   it('folds only gains that touch a matMul, and multiplies several of them', () => {

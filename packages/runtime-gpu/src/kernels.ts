@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { TensorHandle } from '@omniflow/core';
+import { matMulSmall, SIMD_MATMUL_MAX_ROWS } from './simd/mat-mul-small.js';
 
 /** Activations the backends' fused matMul implements (tf.fused.matMul). */
 export type FusableActivation = 'relu' | 'relu6' | 'sigmoid' | 'elu' | 'leakyrelu';
@@ -50,8 +51,9 @@ export function scaleKernel(factor: number): DescribedKernel {
 }
 
 /**
- * `x · W` over the last axis, W already `[in, out]` (see LINEAR_IN_OUT). Fusable with a following
- * bias and activation.
+ * `x · W` over the last axis, W already `[in, out]` (see LINEAR_IN_OUT), through matMulSmall: the
+ * SIMD kernel for a few rows on wasm, tf.matMul otherwise. Fusable with neighbouring scales and a
+ * following bias and activation.
  *
  * ```ts
  * const k = matMulKernel(w); // kernel: (p) => matMulKernel(weights.get(p.layer))
@@ -59,7 +61,7 @@ export function scaleKernel(factor: number): DescribedKernel {
  */
 export function matMulKernel(weight: tf.Tensor2D): DescribedKernel {
   const [inF, outF] = weight.shape;
-  return described((x) => overLastAxis(x, inF, outF, (x2) => tf.matMul(x2, weight)), { op: 'matMul', weight });
+  return described((x) => overLastAxis(x, inF, outF, (x2) => matMulSmall(x2, weight) as tf.Tensor2D), { op: 'matMul', weight });
 }
 
 /** `x + b` over the last axis. */
@@ -91,12 +93,17 @@ export interface LinearEpilogue {
   readonly leakyreluAlpha?: number;
 }
 
+/** Activations omniflow's SIMD matmul kernel applies in its epilogue. */
+const SIMD_EPILOGUES: ReadonlySet<string> = new Set(['linear', 'relu']);
+
 /**
- * `activation(alpha · x·W + bias)` over the last axis of x, W already `[in, out]`, as one backend op
- * where the backend has one: the backend's `_FusedMatMul` kernel, called directly (`tf.fused.matMul`
- * wraps it for gradients with customGrad, which costs about a third of a small matmul on wasm and
- * buys nothing at inference). `_FusedMatMul` has no alpha, so alpha ≠ 1 costs one `tf.mul` on x
- * first, the order the unfused chain computes it in.
+ * `activation(alpha · x·W + bias)` over the last axis of x, W already `[in, out]`, as ONE backend op:
+ * - on wasm, for at most SIMD_MATMUL_MAX_ROWS rows and a linear or relu epilogue, omniflow's SIMD
+ *   kernel (matMulSmall): one pass over W with alpha, bias and relu applied to each output block;
+ * - otherwise the backend's `_FusedMatMul` kernel, called directly (`tf.fused.matMul` wraps it for
+ *   gradients with customGrad, which costs about a third of a small matmul on wasm and buys nothing
+ *   at inference). It has no alpha, so alpha ≠ 1 costs one `tf.mul` on x first, the order the
+ *   unfused chain computes it in.
  *
  * ```ts
  * const y = fusedLinear(x, w, { alpha: 0.5, bias: b, activation: 'relu' }); // x [1, 320], w [320, 256] → y [1, 256]
@@ -106,6 +113,9 @@ export function fusedLinear(x: tf.Tensor, weight: tf.Tensor2D, epilogue: LinearE
   const { alpha = 1, bias, activation = 'linear', leakyreluAlpha = 0.2 } = epilogue;
   const [inF, outF] = weight.shape;
   return tf.tidy(() => overLastAxis(x, inF, outF, (x2) => {
+    if (x2.shape[0] <= SIMD_MATMUL_MAX_ROWS && SIMD_EPILOGUES.has(activation) && tf.getBackend() === 'wasm') {
+      return matMulSmall(x2, weight, { alpha, ...(bias ? { bias } : {}), activation: activation as 'linear' | 'relu' }) as tf.Tensor2D;
+    }
     const scaled = alpha === 1 ? x2 : tf.mul(x2, alpha);
     const a = tf.reshape(scaled, [1, x2.shape[0], inF]);
     const b = tf.reshape(weight, [1, inF, outF]);
