@@ -21,7 +21,7 @@ describe('Code2WavPipeline (two worker threads)', () => {
     const cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
     codes = cases.read('code2wav.codes').data as Int32Array;
     cases.close();
-    pipe = await Code2WavPipeline.start({ checkpoint: fixtureDir() }, { split: 1, groups: 4 });
+    pipe = await Code2WavPipeline.start({ checkpoint: fixtureDir() }, { split: 3, groups: 4 });
   }, 60_000);
 
   afterAll(async () => {

@@ -83,9 +83,9 @@ export class Code2WavStream {
 export type Code2WavPipelineSource = { checkpoint: string } | { randomConfig: unknown };
 
 /**
- * Streaming Code2Wav on two worker threads, so it can use both cores: the decoder is cut at a block, the front worker
- * runs embedding → transformer → upsampling → the first `split` decoder blocks, the back worker the rest. Pushes
- * pipeline: while the back half finishes frame n the front half works on frame n+1. Output equals Code2WavStream's.
+ * Streaming Code2Wav on two worker threads, so it can use both cores: the front worker runs embedding → transformer →
+ * upsampling → the first `split` decoder steps (Code2Wav.decoderSteps; default Code2Wav.pipelineSplit), the back worker
+ * the rest. Pushes pipeline: while the back half finishes frame n the front half works on frame n+1. Output equals Code2WavStream's.
  * Each push costs one postMessage round trip per half (~0.1 ms), negligible beside a frame.
  *
  * ```ts
@@ -101,7 +101,7 @@ export class Code2WavPipeline {
   /** Starts both workers and loads the weights in each (the module path defaults to this package's worker module). */
   static async start(source: Code2WavPipelineSource, options: { split?: number; groups?: number; module?: string | URL } = {}): Promise<Code2WavPipeline> {
     const module = options.module ?? new URL(import.meta.url.endsWith('.ts') ? './code2wav-worker.ts' : './code2wav-worker.js', import.meta.url);
-    const setup = { ...source, split: options.split ?? 2 };
+    const setup = { ...source, split: options.split };
     const [front, back] = await Promise.all([
       WorkerStage.start({ module, export: 'front', setup }),
       WorkerStage.start({ module, export: 'back', setup }),

@@ -7,8 +7,8 @@ import { code2WavConfigSchema, readQwen3OmniConfig } from './config.js';
 /*
  * One half of a streaming Code2Wav on a worker thread (the stage module behind Code2WavPipeline). The wasm backend is
  * single-threaded in Node, so the decoder is cut in two at a decoder block: the `front` worker runs the embedding, the
- * transformer, the upsampling and the first blocks; the `back` worker the remaining blocks and the output. Each keeps
- * the streaming state of its own layers.
+ * transformer, the upsampling and the first decoder steps (Code2Wav.decoderSteps); the `back` worker the remaining steps
+ * and the output. Each keeps the streaming state of its own layers.
  */
 
 export interface Code2WavWorkerSetup {
@@ -16,8 +16,8 @@ export interface Code2WavWorkerSetup {
   checkpoint?: string;
   /** …or a raw code2wav_config to build random weights from (benchmarks). */
   randomConfig?: unknown;
-  /** Decoder blocks run by the front half; the back half runs the rest. */
-  split: number;
+  /** Decoder steps (Code2Wav.decoderSteps) run by the front half (default Code2Wav.pipelineSplit); the back half runs the rest. */
+  split?: number;
 }
 
 let model: Code2Wav | undefined;
@@ -71,10 +71,11 @@ export function setup(options: Code2WavWorkerSetup): void {
   } else {
     model = Code2Wav.load(randomCheckpoint(), code2WavConfigSchema.parse(options.randomConfig));
   }
-  if (!Number.isInteger(options.split) || options.split < 0 || options.split > model.decoderBlocks) {
-    throw new Error(`code2wav worker: split ${options.split} is outside [0, ${model.decoderBlocks}]`);
+  const wanted = options.split ?? Code2Wav.pipelineSplit(model.config);
+  if (!Number.isInteger(wanted) || wanted < 0 || wanted > model.decoderSteps) {
+    throw new Error(`code2wav worker: split ${wanted} is outside the decoder steps [0, ${model.decoderSteps}]`);
   }
-  split = options.split;
+  split = wanted;
 }
 
 /** Runs `fn` against the stream state: commit on success, roll back on error. */
@@ -118,6 +119,6 @@ export function back(inputs: Record<string, tf.Tensor>): tf.Tensor {
   if (inputs.reset) return reset();
   const h = inputs.h as tf.Tensor3D;
   const wav = step(() =>
-    inputs.flush ? m.decoderTailPart(h.shape[1] ? h : undefined, state, { from: split, to: m.decoderBlocks }) : m.decoderPart(h, state, { from: split, to: m.decoderBlocks }));
+    inputs.flush ? m.decoderTailPart(h.shape[1] ? h : undefined, state, { from: split, to: m.decoderSteps }) : m.decoderPart(h, state, { from: split, to: m.decoderSteps }));
   return wav ? tf.reshape(wav, [-1]) : tf.zeros([0]);
 }

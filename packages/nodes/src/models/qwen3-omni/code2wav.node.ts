@@ -64,7 +64,7 @@ async function openPipeline(dir: string): Promise<Code2WavResource> {
   const { config } = readQwen3OmniConfig(dir);
   const c = config.code2wav_config;
   if (!c) throw new Error(`code2wav: ${dir}/config.json has no code2wav_config`);
-  const pipe = await Code2WavPipeline.start({ checkpoint: dir }, { split: Math.ceil(c.upsample_rates.length / 2), groups: c.num_quantizers });
+  const pipe = await Code2WavPipeline.start({ checkpoint: dir }, { split: Code2Wav.pipelineSplit(c), groups: c.num_quantizers });
   return { owned: true, pipeline: { pipe, groups: c.num_quantizers } };
 }
 

@@ -4,6 +4,7 @@ import { Checkpoint, SafetensorsFile, fixtureDir, fixturePath, initBackend } fro
 import { readQwen3OmniConfig } from './config.js';
 import { Code2Wav } from './code2wav.js';
 import { Code2WavStream } from './code2wav-stream.js';
+import { StreamState } from '../../layers/stream-state.js';
 
 const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
   expect(a.length).toBe(b.length);
@@ -138,6 +139,38 @@ describe('Code2Wav (fixture case 8)', () => {
     for (let f = 1; f < frames; f++) stream.push(chunk1(codes, frames, f), 1);
     expect(tf.memory().numTensors).toBe(afterOne); // state tensors replaced, never accumulated
     stream.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('a decoder cut at any step (two states, as the two-thread pipeline runs it) equals the whole stream, tail included', () => {
+    const before = tf.memory().numTensors;
+    const whole = new Code2WavStream(c2w);
+    const want = [...Array.from({ length: frames }, (_, f) => [...whole.push(chunk1(codes, frames, f), 1)]).flat(), ...whole.flush()];
+    expect(c2w.decoderSteps).toBe(2 + 4 * c2w.config.upsample_rates.length);
+    for (let split = 0; split <= c2w.decoderSteps; split++) {
+      const front = new StreamState(), back = new StreamState();
+      const got: number[] = [];
+      for (let f = 0; f < frames; f++) {
+        const wav = tf.tidy(() => {
+          const x = c2w.upsample(c2w.preTransformer(c2w.embed(chunk1(codes, frames, f), 1), front, f), front);
+          return c2w.decoderPart(c2w.decoderPart(x, front, { from: 0, to: split }), back, { from: split, to: c2w.decoderSteps });
+        });
+        got.push(...wav.dataSync());
+        wav.dispose();
+        front.commit();
+        back.commit();
+      }
+      const midTail = c2w.decoderTailPart(undefined, front, { from: 0, to: split });
+      const tail = c2w.decoderTailPart(midTail, back, { from: split, to: c2w.decoderSteps });
+      got.push(...(tail?.dataSync() ?? []));
+      tf.dispose([midTail!, tail!].filter(Boolean));
+      front.dispose();
+      back.dispose();
+      expect(got.length).toBe(want.length);
+      expect(maxAbsDiff(got, want)).toBeLessThan(1e-6);
+    }
+    expect(() => tf.tidy(() => c2w.decoderPart(tf.zeros([1, 1, 1]) as tf.Tensor3D, undefined, { from: 3, to: 99 })))
+      .toThrow(new RegExp(`decoder steps \\[3, 99\\) are not a range within \\[0, ${c2w.decoderSteps}\\]`));
     expect(tf.memory().numTensors).toBe(before);
   });
 

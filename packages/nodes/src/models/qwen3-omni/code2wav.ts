@@ -81,6 +81,15 @@ export class Code2Wav {
     this.invFreq = new Float32Array(this.headDim / 2).map((_, j) => 1 / Math.fround(Math.pow(c.rope_theta, Math.fround((2 * j) / this.headDim))));
   }
 
+  /**
+   * Where a two-thread decoder (Code2WavPipeline) is cut by default, in decoder steps: after decoder.0 and the first
+   * half of the blocks, so the front thread runs the memory-bound transformer and the wide early convs, the back thread
+   * the long late ones (for the release, step 9: blocks 1–2 in front).
+   */
+  static pipelineSplit(config: Code2WavConfig): number {
+    return 1 + (1 + RESIDUAL_DILATIONS.length) * Math.ceil(config.upsample_rates.length / 2);
+  }
+
   /** Loads every `code2wav.*` tensor, checking its shape against `config`. */
   static load(ckpt: Checkpoint, config: Code2WavConfig, prefix = 'code2wav'): Code2Wav {
     const c = config;
@@ -241,27 +250,28 @@ export class Code2Wav {
 
   /** Stage 4: the causal conv decoder, [1, L, hidden] -> [1, N, 1], clamped to [-1, 1] unless `clamp` is false. */
   decoder(x: tf.Tensor3D, state?: StreamState, clamp = true): tf.Tensor3D {
-    return this.decoderPart(x, state, { from: 0, to: this.blocks.length, clamp });
-  }
-
-  /** Number of decoder blocks (upsample_rates.length): the unit a split decoder is cut in. */
-  get decoderBlocks(): number {
-    return this.blocks.length;
+    return this.decoderPart(x, state, { from: 0, to: this.decoderSteps, clamp });
   }
 
   /**
-   * Part of the decoder, so it can be split across threads: `decoder.0` when `from` is 0, blocks [from, to), and the
-   * output layers (SnakeBeta, conv, clamp) when `to` is the last block. decoderPart(0, k) then decoderPart(k, n) is
-   * the whole decoder.
+   * The decoder as a sequence of steps, the unit a split decoder is cut at: `decoder.0`; then per block its upsampling
+   * (SnakeBeta + transposed conv) and its three residual units; then the output layers (SnakeBeta, conv, clamp).
+   * 2 + 4·upsample_rates.length steps (18 for the release).
+   */
+  get decoderSteps(): number {
+    return 2 + this.blocks.length * (1 + RESIDUAL_DILATIONS.length);
+  }
+
+  /**
+   * Decoder steps [from, to) (see decoderSteps), so the decoder can be split across threads: decoderPart(0, k) then
+   * decoderPart(k, decoderSteps) is the whole decoder. `clamp` applies when the output step is included.
    */
   decoderPart(x: tf.Tensor3D, state: StreamState | undefined, range: { from: number; to: number; clamp?: boolean }): tf.Tensor3D {
+    this.checkSteps(range);
     return tf.tidy(() => {
-      let h = range.from === 0 ? causalConv1d(x, this.decoderIn, state, 'decoder.0') : x;
-      for (let b = range.from; b < range.to; b++) {
-        const block = this.blocks[b];
-        h = this.residualUnits(causalTransConv1d(snakeBeta(h, block.snake) as tf.Tensor3D, block.up, state, `decoder.${b + 1}.block.1`), block, b, state);
-      }
-      return range.to === this.blocks.length ? this.output(h, state, range.clamp ?? true) : h;
+      let h = x;
+      for (let step = range.from; step < range.to; step++) h = this.decoderStep(step, h, state, range.clamp ?? true);
+      return h;
     });
   }
 
@@ -271,28 +281,57 @@ export class Code2Wav {
    * was decoded.
    */
   decoderTail(state: StreamState): tf.Tensor3D | undefined {
-    return this.decoderTailPart(undefined, state, { from: 0, to: this.blocks.length });
+    return this.decoderTailPart(undefined, state, { from: 0, to: this.decoderSteps });
   }
 
   /**
-   * The tail of blocks [from, to): `incoming` is the tail of the blocks before `from` (undefined for the first part);
-   * returns this part's tail activation, or the tail samples when `to` is the last block.
+   * The tail of steps [from, to): `incoming` is the tail of the steps before `from` (undefined for the first part);
+   * returns this part's tail activation (undefined when there is none yet), or the tail samples when `to` is the end.
    */
   decoderTailPart(incoming: tf.Tensor3D | undefined, state: StreamState, range: { from: number; to: number }): tf.Tensor3D | undefined {
+    this.checkSteps(range);
     return tf.tidy(() => {
       let h = incoming && incoming.shape[1] > 0 ? incoming : undefined;
-      for (let b = range.from; b < range.to; b++) {
-        const block = this.blocks[b];
-        const name = `decoder.${b + 1}.block.1`;
-        const fresh = h ? causalTransConv1d(snakeBeta(h, block.snake) as tf.Tensor3D, block.up, state, name) : undefined;
-        const tail = causalTransConv1dTail(block.up, state, name);
-        const parts = [fresh, tail].filter((t): t is tf.Tensor3D => t !== undefined && t.shape[1] > 0);
-        if (parts.length === 0) return undefined;
-        h = this.residualUnits(parts.length === 1 ? parts[0] : (tf.concat(parts, 1) as tf.Tensor3D), block, b, state);
+      for (let step = range.from; step < range.to; step++) {
+        const { block, part } = this.stepAt(step);
+        if (block !== undefined && part === 0) {
+          // An upsampling step: whatever arrives, then the block its transposed conv held back for a next input.
+          const b = this.blocks[block], name = `decoder.${block + 1}.block.1`;
+          const fresh = h ? causalTransConv1d(snakeBeta(h, b.snake) as tf.Tensor3D, b.up, state, name) : undefined;
+          const tail = causalTransConv1dTail(b.up, state, name);
+          const parts = [fresh, tail].filter((t): t is tf.Tensor3D => t !== undefined && t.shape[1] > 0);
+          h = parts.length === 0 ? undefined : parts.length === 1 ? parts[0] : (tf.concat(parts, 1) as tf.Tensor3D);
+        } else if (h) {
+          h = this.decoderStep(step, h, state, true);
+        }
       }
-      if (!h) return undefined;
-      return range.to === this.blocks.length ? this.output(h, state, true) : h;
+      return h;
     });
+  }
+
+  /** Which decoder block a step belongs to (undefined for decoder.0 and the output) and its part: 0 upsampling, 1..3 unit. */
+  private stepAt(step: number): { block?: number; part: number } {
+    if (step === 0 || step === this.decoderSteps - 1) return { part: 0 };
+    const perBlock = 1 + RESIDUAL_DILATIONS.length;
+    return { block: Math.floor((step - 1) / perBlock), part: (step - 1) % perBlock };
+  }
+
+  private decoderStep(step: number, h: tf.Tensor3D, state: StreamState | undefined, clamp: boolean): tf.Tensor3D {
+    if (step === 0) return causalConv1d(h, this.decoderIn, state, 'decoder.0');
+    if (step === this.decoderSteps - 1) return this.output(h, state, clamp);
+    const { block, part } = this.stepAt(step);
+    const b = this.blocks[block!];
+    if (part === 0) return causalTransConv1d(snakeBeta(h, b.snake) as tf.Tensor3D, b.up, state, `decoder.${block! + 1}.block.1`);
+    const u = b.units[part - 1], name = `decoder.${block! + 1}.block.${part + 1}`;
+    const y = causalConv1d(snakeBeta(h, u.act1) as tf.Tensor3D, u.conv1, state, `${name}.conv1`);
+    return tf.add(h, causalConv1d(snakeBeta(y, u.act2) as tf.Tensor3D, u.conv2, state, `${name}.conv2`)) as tf.Tensor3D;
+  }
+
+  private checkSteps(range: { from: number; to: number }): void {
+    const n = this.decoderSteps;
+    if (!Number.isInteger(range.from) || !Number.isInteger(range.to) || range.from < 0 || range.to > n || range.from > range.to) {
+      throw new Error(`code2wav: decoder steps [${range.from}, ${range.to}) are not a range within [0, ${n}]`);
+    }
   }
 
   dispose(): void {
@@ -334,16 +373,6 @@ export class Code2Wav {
         throw new Error(`code2wav: code ${codes[i]} at group ${Math.floor(i / frames)}, frame ${i % frames} is outside the codebook [0, ${V})`);
       }
     }
-  }
-
-  private residualUnits(x: tf.Tensor3D, block: DecoderBlock, b: number, state?: StreamState): tf.Tensor3D {
-    let h = x;
-    block.units.forEach((u, i) => {
-      const name = `decoder.${b + 1}.block.${i + 2}`;
-      const y = causalConv1d(snakeBeta(h, u.act1) as tf.Tensor3D, u.conv1, state, `${name}.conv1`);
-      h = tf.add(h, causalConv1d(snakeBeta(y, u.act2) as tf.Tensor3D, u.conv2, state, `${name}.conv2`)) as tf.Tensor3D;
-    });
-    return h;
   }
 
   private output(h: tf.Tensor3D, state: StreamState | undefined, clamp: boolean): tf.Tensor3D {
