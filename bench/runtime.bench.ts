@@ -9,12 +9,14 @@
  * - workers: a chunky stage on two worker threads vs the main thread, and a tiny stage's round trip.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { tensorPacket, type Packet, type TensorPacket } from '@omniflow/core';
+import { tensorPacket, type Packet, type TensorHandle, type TensorPacket } from '@omniflow/core';
 import {
   cachedAttention,
   Checkpoint,
   fuseChain,
   initBackend,
+  type FusedStep,
+  type KernelNode,
   KVCache,
   tensorBatchStage,
   tensorFuser,
@@ -63,15 +65,18 @@ async function fusion() {
     fusedRuns.push(await once(true));
   }
   const stage = chain.graph.plan({ fuser: tensorFuser() }).stages[0];
-  const steps = fuseChain(stage.members.map((n) => ({ id: n.id, type: n.def.type, kernel: n.def.spec.kernel!(n.params) }))).description;
+  const kernels = stage.members.map((n) => ({ id: n.id, type: n.def.type, kernel: n.def.spec.kernel!(n.params) }));
+  const fusedOp = fuseChain(kernels);
+  const breakdown = kernelBreakdown(kernels, fusedOp.steps);
   chain.dispose();
   const med = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const fused = med(fusedRuns.map((r) => r.wall)), unfused = med(unfusedRuns.map((r) => r.wall));
   const fusedCpu = med(fusedRuns.map((r) => r.cpu)), unfusedCpu = med(unfusedRuns.map((r) => r.cpu));
+  const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
   return {
     chain: 'gain -> proj(320x256) -> bias -> relu over [1, 320] chunks (20 ms at 16 kHz)',
     plan: chain.graph.plan({ fuser: tensorFuser() }).stages.map((s) => s.id),
-    fusedSteps: steps,
+    fusedSteps: fusedOp.description,
     chunksPerRun: chunks,
     runs,
     unfusedMsPerChunk: +unfused.toFixed(4),
@@ -81,8 +86,40 @@ async function fusion() {
     unfusedCpuMsPerChunk: +unfusedCpu.toFixed(4),
     fusedCpuMsPerChunk: +fusedCpu.toFixed(4),
     cpuSpeedup: +(unfusedCpu / fusedCpu).toFixed(2),
+    // Where the CPU time goes (µs per chunk): each kernel called on its own outside the graph, and
+    // what the graph runs add on top (queues, packets, the stage operator, disposal).
+    cpuUsPerChunk: {
+      unfusedKernels: breakdown.kernels,
+      unfusedGraphAndPackets: +(unfusedCpu * 1000 - sum(Object.values(breakdown.kernels))).toFixed(1),
+      fusedSteps: breakdown.steps,
+      fusedGraphAndPackets: +(fusedCpu * 1000 - sum(Object.values(breakdown.steps))).toFixed(1),
+    },
     goal: 1.3,
   };
+}
+
+/** CPU µs per call of each kernel of the chain, and of each fused step, on a [1, 320] chunk (medians of 5 × 2000 calls). */
+function kernelBreakdown(kernels: KernelNode[], steps: readonly FusedStep[]) {
+  const cpuUs = (f: () => tf.Tensor) => {
+    const calls = 2000, reps: number[] = [];
+    for (let i = 0; i < 200; i++) f().dispose();
+    for (let r = 0; r < 5; r++) {
+      const c0 = process.cpuUsage();
+      for (let i = 0; i < calls; i++) f().dispose();
+      const c = process.cpuUsage(c0);
+      reps.push((c.user + c.system) / calls);
+    }
+    return +reps.sort((a, b) => a - b)[2].toFixed(1);
+  };
+  const [x] = audioChunks(1);
+  const inputs: tf.Tensor[] = [x];
+  for (const k of kernels) inputs.push(k.kernel(inputs[inputs.length - 1] as unknown as TensorHandle) as unknown as tf.Tensor);
+  const result = {
+    kernels: Object.fromEntries(kernels.map((k, i) => [`${k.id}`, cpuUs(() => k.kernel(inputs[i] as unknown as TensorHandle) as unknown as tf.Tensor)])),
+    steps: Object.fromEntries(steps.map((s) => [s.nodes.join('+'), cpuUs(() => tf.tidy(() => s.run(x)))])),
+  };
+  tf.dispose(inputs);
+  return result;
 }
 
 // ------------------------------------------------------------------------------------------------
