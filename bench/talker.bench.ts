@@ -8,6 +8,9 @@
  *   step reads and the resulting effective bandwidth;
  * - talker decode step at context 100: 20 MoE layers (top-6 of 128 experts + shared expert), final norm, codec head;
  *   bytes of active weights per step and effective bandwidth.
+ * Code predictor and talker each run three ways: float32 weights through omniflow's SIMD small-M kernel (the
+ * default), bf16 weights through its bf16 kernel (`weights: 'bf16'`), and float32 through plain tf.matMul (the
+ * baseline before the kernel, `useSimdMatMul(false)`).
  * Baseline measured in the same run: the machine's memory bandwidth (bench/memory.ts triad).
  *
  * Weights are random, built in memory (no files), by a Checkpoint stand-in that answers `get(name, shape)`. The talker's
@@ -18,11 +21,11 @@
  * streaming chunk 535 ms per frame (RTF 6.7), offline T=25 RTF 0.26; code predictor 270 ms per frame; talker step 78 ms.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend } from '@omniflow/runtime-gpu';
+import { initBackend, type KVCache } from '@omniflow/runtime-gpu';
 import {
   Code2Wav, Code2WavPipeline, Code2WavStream, CodePredictor, randomCheckpoint, CodecHead, GREEDY, Sampler, TextModel, disposeDecoderAttention, loadDecoderAttention,
   loadRMSNorm, loadSwiGluMlp, code2WavConfigSchema, codePredictorConfigSchema, talkerTextConfigSchema,
-  type SparseMoe, type SwiGluMlp, type TalkerConfig, type TextDecoderLayer,
+  useSimdMatMul, type SparseMoe, type SwiGluMlp, type TalkerConfig, type TextDecoderLayer, type ThinkerTextConfig, type WeightDtype,
 } from '@omniflow/nodes';
 import { measureTriadBandwidth, medianMs } from './memory.js';
 
@@ -111,11 +114,11 @@ async function code2wavBench(): Promise<object> {
 }
 
 /**
- * The same stream on two worker threads (Code2WavPipeline, split after decoder block 2): frames pushed back to back as
+ * The same stream on two worker threads (Code2WavPipeline, default cut after decoder block 2): frames pushed back to back as
  * a fast talker would, so the halves overlap; throughput RTF = wall time / audio time.
  */
 async function code2wavPipelineBench(rawConfig: unknown): Promise<object> {
-  const pipe = await Code2WavPipeline.start({ randomConfig: rawConfig }, { split: 2 });
+  const pipe = await Code2WavPipeline.start({ randomConfig: rawConfig }); // default cut: Code2Wav.pipelineSplit
   try {
     let seed = 11;
     const frame = () => Int32Array.from({ length: 16 }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % 2048);
@@ -146,62 +149,109 @@ async function code2wavPipelineBench(rawConfig: unknown): Promise<object> {
   }
 }
 
-/** Code predictor at spec 2.6 dims: ms per codec frame (15 predictions) and effective bandwidth. */
-async function codePredictorBench(): Promise<object> {
+/** The weights a variant reads: plain tf.matMul over float32, omniflow's SIMD kernel over float32, or over packed bf16. */
+type Variant = 'tfjs' | 'float32' | 'bf16';
+const dtypeOf = (v: Variant): WeightDtype => (v === 'bf16' ? 'bf16' : 'float32');
+
+/**
+ * Runs `fn` (one decode unit) for each variant on a model loaded per weight dtype; the float32 model serves both the
+ * kernel and the tfjs baseline (useSimdMatMul toggles between them, back to back in the same process).
+ */
+async function variants<M>(
+  load: (dtype: WeightDtype) => M, dispose: (m: M) => void, time: (m: M) => Promise<{ wallMs: number; cpuMs: number }>,
+): Promise<Record<Variant, { wallMs: number; cpuMs: number }>> {
+  const out = {} as Record<Variant, { wallMs: number; cpuMs: number }>;
+  for (const dtype of ['float32', 'bf16'] as const) {
+    const m = load(dtype);
+    try {
+      out[dtype] = await time(m);
+      if (dtype === 'float32') {
+        useSimdMatMul(false);
+        try {
+          out.tfjs = await time(m);
+        } finally {
+          useSimdMatMul(true);
+        }
+      }
+    } finally {
+      dispose(m);
+    }
+  }
+  return out;
+}
+
+/** ms, bytes of weights read and effective bandwidth of each variant, beside the machine's triad bandwidth. */
+function report(t: Record<Variant, { wallMs: number; cpuMs: number }>, bytes: (v: Variant) => number, units: number, machineGBps: number): object {
+  return Object.fromEntries((['float32', 'bf16', 'tfjs'] as const).map((v) => [v, {
+    weights: v === 'tfjs' ? 'float32 through tf.matMul (before the SIMD kernel)' : `${dtypeOf(v)} through the SIMD kernel`,
+    ms: t[v].wallMs,
+    cpuMs: t[v].cpuMs,
+    weightMiBRead: mb(bytes(v) * units),
+    effectiveGBps: gbps(bytes(v) * units, t[v].wallMs),
+    effectiveGBpsByCpuTime: gbps(bytes(v) * units, t[v].cpuMs),
+    fractionOfMachine: +(gbps(bytes(v) * units, t[v].cpuMs) / machineGBps).toFixed(2),
+  }]));
+}
+
+/** Code predictor at spec 2.6 dims: ms per codec frame (15 predictions) and effective bandwidth, per variant. */
+async function codePredictorBench(machineGBps: number): Promise<object> {
   const config = codePredictorConfigSchema.parse({
     vocab_size: 2048, hidden_size: 1024, num_hidden_layers: 5, num_attention_heads: 16, num_key_value_heads: 8, head_dim: 128,
     intermediate_size: 3072, num_code_groups: 16, rms_norm_eps: 1e-6, rope_theta: 1_000_000,
   });
-  const mtp = CodePredictor.load(randomCheckpoint(), config);
   const h = tf.randomNormal([1, 1024]) as tf.Tensor2D, e0 = tf.randomNormal([1, 1024]) as tf.Tensor2D;
   try {
     const sampler = new Sampler(GREEDY);
-    const { wallMs: ms, cpuMs } = await medianWallCpu(() => mtp.predict(h, e0, sampler).embeddingSum.dispose(), 5, 2);
-    // Per step: the 5 layers' weights (q, k, v, o, gate, up, down) + one 2048-row head.
+    const t = await variants(
+      (weights) => CodePredictor.load(randomCheckpoint(), config, undefined, { weights }),
+      (mtp) => mtp.dispose(),
+      (mtp) => medianWallCpu(() => mtp.predict(h, e0, sampler).embeddingSum.dispose(), 5, 2),
+    );
+    // Per step: the 5 layers' q, k, v, o, gate, up, down + one 2048-row head, all in the variant's dtype.
     const layerParams = 1024 * 2048 + 2 * 1024 * 1024 + 2048 * 1024 + 3 * 1024 * 3072;
-    const perStepBytes = (5 * layerParams + 2048 * 1024) * 4;
+    const perStep = (v: Variant) => (5 * layerParams + 2048 * 1024) * (v === 'bf16' ? 2 : 4);
     return {
-      msPerFrame: +ms.toFixed(1),
-      cpuMsPerFrame: cpuMs,
-      msPerStep: +(ms / 15).toFixed(2),
-      weightBytesPerStepMiB: mb(perStepBytes),
-      effectiveGBps: gbps(15 * perStepBytes, ms),
-      effectiveGBpsByCpuTime: gbps(15 * perStepBytes, cpuMs),
+      unit: 'one codec frame = 15 sequential steps (a 2-row prefill, then 14 single rows)',
+      ...report(t, perStep, 15, machineGBps),
+      weightMiBPerStepFloat32: mb(perStep('float32')),
+      msPerStep: +(t.bf16.wallMs / 15).toFixed(2),
       goalMsPerFrame: 130,
       referenceAnchor: { pytorchMsPerFrame: 270 },
     };
   } finally {
     tf.dispose([h, e0]);
-    mtp.dispose();
   }
 }
 
-/** Talker decode step at spec 2.6 dims and context 100 (experts from a shared pool, see the header). */
-async function talkerBench(): Promise<object> {
-  const c = talkerTextConfigSchema.parse({
-    vocab_size: 3072, hidden_size: 1024, num_hidden_layers: 20, num_attention_heads: 16, num_key_value_heads: 2, head_dim: 128,
-    intermediate_size: 2048, moe_intermediate_size: 384, num_experts: 128, num_experts_per_tok: 6, norm_topk_prob: true,
-    shared_expert_intermediate_size: 768, rms_norm_eps: 1e-6, rope_theta: 1_000_000,
-    rope_scaling: { type: 'default', mrope_section: [24, 20, 20], interleaved: true },
-  });
+/** A talker decode model at spec 2.6 dims whose expert slots share a pool (see the header). */
+interface PooledTalker {
+  model: TextModel;
+  head: CodecHead;
+  layers: TextDecoderLayer[];
+  pool: SwiGluMlp[];
+  cache: KVCache;
+}
+
+function pooledTalker(c: ThinkerTextConfig, weights: WeightDtype): PooledTalker {
   const ckpt = randomCheckpoint();
   const D = c.hidden_size, E = c.num_experts;
-  const pool: SwiGluMlp[] = Array.from({ length: EXPERT_POOL }, (_, i) => loadSwiGluMlp(ckpt, `pool.${i}`, D, c.moe_intermediate_size));
+  const pool: SwiGluMlp[] = Array.from({ length: EXPERT_POOL }, (_, i) => loadSwiGluMlp(ckpt, `pool.${i}`, D, c.moe_intermediate_size, weights));
   const layers: TextDecoderLayer[] = Array.from({ length: c.num_hidden_layers }, (_, l) => {
     const p = `talker.model.layers.${l}`;
     const mlp: SparseMoe = {
-      // The real router over 128 experts; slot e of layer l reads pool expert (l·128 + e) mod pool size.
+      // The real router over 128 experts (float32 in every variant, as loadSparseMoe keeps it); slot e of layer l
+      // reads pool expert (l·128 + e) mod pool size.
       router: tf.tensor2d(ckpt.get(`${p}.mlp.gate.weight`, [D, E]).data as Float32Array, [D, E]),
-      experts: Array.from({ length: E }, (_, e) => pool[(l * E + e) % pool.length]),
+      experts: Array.from({ length: E }, (_, e) => pool[(l * E + e) % pool.length]!),
       topK: c.num_experts_per_tok,
       normTopKProb: true,
-      sharedExpert: loadSwiGluMlp(ckpt, `${p}.mlp.shared_expert`, D, c.shared_expert_intermediate_size),
+      sharedExpert: loadSwiGluMlp(ckpt, `${p}.mlp.shared_expert`, D, c.shared_expert_intermediate_size, weights),
       sharedExpertGate: tf.tensor2d(ckpt.get(`${p}.mlp.shared_expert_gate.weight`, [D, 1]).data as Float32Array, [D, 1]),
       hidden: D,
     };
     return {
       input_layernorm: loadRMSNorm(ckpt, `${p}.input_layernorm.weight`, D, c.rms_norm_eps),
-      self_attn: loadDecoderAttention(ckpt, `${p}.self_attn`, { hidden: D, numHeads: 16, numKvHeads: 2, headDim: 128, rmsNormEps: c.rms_norm_eps }),
+      self_attn: loadDecoderAttention(ckpt, `${p}.self_attn`, { hidden: D, numHeads: 16, numKvHeads: 2, headDim: 128, rmsNormEps: c.rms_norm_eps, weights }),
       post_attention_layernorm: loadRMSNorm(ckpt, `${p}.post_attention_layernorm.weight`, D, c.rms_norm_eps),
       mlp,
     };
@@ -210,56 +260,67 @@ async function talkerBench(): Promise<object> {
   const model = new (TextModel as unknown as new (...a: unknown[]) => TextModel)(
     c, new Float32Array(c.vocab_size * D), layers, loadRMSNorm(ckpt, 'talker.model.norm.weight', D, c.rms_norm_eps), undefined,
   );
-  const head = CodecHead.load(ckpt, { text_config: c, codec_eos_token_id: 2150, code_predictor_config: { vocab_size: 2048 } } as unknown as TalkerConfig);
+  const head = CodecHead.load(ckpt, { text_config: c, codec_eos_token_id: 2150, code_predictor_config: { vocab_size: 2048 } } as unknown as TalkerConfig, undefined, { weights });
   const cache = model.createCache({ capacity: CONTEXT + 16 });
-  try {
-    const prefill = tf.randomNormal([CONTEXT, D]) as tf.Tensor2D;
-    const pos = Float32Array.from({ length: CONTEXT }, (_, i) => i);
-    model.forward(prefill, { positions: [pos, pos, pos], cache, logits: 'none' }).lastHiddenState.dispose();
-    prefill.dispose();
-    const sampler = new Sampler(GREEDY);
-    const { wallMs: ms, cpuMs } = await medianWallCpu(() => {
-      cache.truncate(CONTEXT);
-      const x = tf.randomNormal([1, D]) as tf.Tensor2D; // a fresh input picks fresh experts
-      const out = model.forward(x, { positions: [[CONTEXT], [CONTEXT], [CONTEXT]], cache, logits: 'none' });
-      const logits = head.logits(out.lastHiddenState);
-      head.pick(logits.dataSync() as Float32Array, sampler);
-      tf.dispose([x, out.lastHiddenState, logits]);
-    }, 7, 2);
-    const attn = D * 2048 + 2 * D * 256 + 2048 * D;
-    const active = c.num_hidden_layers * (attn + D * E + 6 * 3 * D * 384 + 3 * D * 768 + D) + 3072 * D;
-    return {
-      context: CONTEXT,
-      msPerStep: +ms.toFixed(1),
-      cpuMsPerStep: cpuMs,
-      activeWeightBytesPerStepMiB: mb(active * 4),
-      effectiveGBps: gbps(active * 4, ms),
-      effectiveGBpsByCpuTime: gbps(active * 4, cpuMs),
-      expertPool: `${pool.length} distinct real-size experts behind the 128 router slots of each layer`,
-      goalMsPerStep: 40,
-      referenceAnchor: { pytorchMsPerStep: 78.3 },
-    };
-  } finally {
-    cache.dispose();
-    head.dispose();
-    for (const l of layers) {
-      const moe = l.mlp as SparseMoe;
-      tf.dispose([l.input_layernorm.weight, l.post_attention_layernorm.weight, moe.router, moe.sharedExpertGate!, moe.sharedExpert!.gateUp, moe.sharedExpert!.down]);
-      disposeDecoderAttention(l.self_attn);
-    }
-    for (const e of pool) tf.dispose([e.gateUp, e.down]);
-    model.norm.weight.dispose();
-  }
+  const prefill = tf.randomNormal([CONTEXT, D]) as tf.Tensor2D;
+  const pos = Float32Array.from({ length: CONTEXT }, (_, i) => i);
+  model.forward(prefill, { positions: [pos, pos, pos], cache, logits: 'none' }).lastHiddenState.dispose();
+  prefill.dispose();
+  return { model, head, layers, pool, cache };
 }
 
+function disposePooledTalker(t: PooledTalker): void {
+  t.cache.dispose();
+  t.head.dispose();
+  for (const l of t.layers) {
+    const moe = l.mlp as SparseMoe;
+    tf.dispose([l.input_layernorm.weight, l.post_attention_layernorm.weight, moe.router, moe.sharedExpertGate!, moe.sharedExpert!.gateUp, moe.sharedExpert!.down]);
+    disposeDecoderAttention(l.self_attn);
+  }
+  for (const e of t.pool) tf.dispose([e.gateUp, e.down]);
+  t.model.norm.weight.dispose();
+}
+
+/** Talker decode step at spec 2.6 dims and context 100 (experts from a shared pool, see the header), per variant. */
+async function talkerBench(machineGBps: number): Promise<object> {
+  const c = talkerTextConfigSchema.parse({
+    vocab_size: 3072, hidden_size: 1024, num_hidden_layers: 20, num_attention_heads: 16, num_key_value_heads: 2, head_dim: 128,
+    intermediate_size: 2048, moe_intermediate_size: 384, num_experts: 128, num_experts_per_tok: 6, norm_topk_prob: true,
+    shared_expert_intermediate_size: 768, rms_norm_eps: 1e-6, rope_theta: 1_000_000,
+    rope_scaling: { type: 'default', mrope_section: [24, 20, 20], interleaved: true },
+  });
+  const D = c.hidden_size, E = c.num_experts;
+  const sampler = new Sampler(GREEDY);
+  const t = await variants((weights) => pooledTalker(c, weights), disposePooledTalker, ({ model, head, cache }) => medianWallCpu(() => {
+    cache.truncate(CONTEXT);
+    const x = tf.randomNormal([1, D]) as tf.Tensor2D; // a fresh input picks fresh experts
+    const out = model.forward(x, { positions: [[CONTEXT], [CONTEXT], [CONTEXT]], cache, logits: 'none' });
+    const logits = head.logits(out.lastHiddenState);
+    head.pick(logits.dataSync() as Float32Array, sampler);
+    tf.dispose([x, out.lastHiddenState, logits]);
+  }, 7, 2));
+  // Per step: per layer q, k, v, o, six experts and the shared expert in the variant's dtype, the router and the
+  // shared-expert gate in float32; then the codec head.
+  const matrices = c.num_hidden_layers * (D * 2048 + 2 * D * 256 + 2048 * D + 6 * 3 * D * 384 + 3 * D * 768) + 3072 * D;
+  const float32Always = c.num_hidden_layers * (D * E + D);
+  const perStep = (v: Variant) => matrices * (v === 'bf16' ? 2 : 4) + float32Always * 4;
+  return {
+    context: CONTEXT,
+    unit: 'one decode step: 20 MoE layers, final norm, codec head, pick',
+    ...report(t, perStep, 1, machineGBps),
+    expertPool: `${EXPERT_POOL} distinct real-size experts behind the 128 router slots of each layer`,
+    goalMsPerStep: 40,
+    referenceAnchor: { pytorchMsPerStep: 78.3 },
+  };
+}
 
 export async function run(): Promise<object> {
   const backend = await initBackend();
   const memory = measureTriadBandwidth();
   const code2wav = await code2wavBench();
   const code2wavTwoWorkers = await code2wavPipelineBench(CODE2WAV_RELEASE);
-  const codePredictor = await codePredictorBench();
-  const talker = await talkerBench();
+  const codePredictor = await codePredictorBench(memory.gbPerSecond);
+  const talker = await talkerBench(memory.gbPerSecond);
   return {
     backend: backend.name,
     machineBandwidthGBps: memory.gbPerSecond,
@@ -268,7 +329,7 @@ export async function run(): Promise<object> {
     codePredictor,
     talker,
     notes: [
-      'float32 weights; one wasm thread (Node runs the wasm backend single-threaded)',
+      'code2wav: float32 weights; everything: one wasm thread (Node runs the wasm backend single-threaded)',
       'the machine is shared: cpu* figures (process CPU time) are what the work cost; wall figures include waiting for a core',
       'the talker experts come from a shared pool of real-size experts (the full 12 GB does not fit the wasm heap); routing and per-step reads are as in the release',
     ],

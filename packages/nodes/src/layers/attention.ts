@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { KVCache } from '@omniflow/runtime-gpu';
-import { disposeLinear, linear, loadLinear, type Linear, type WeightSource } from './linear.js';
+import { disposeLinear, linear, loadLinear, type Linear, type WeightDtype, type WeightSource } from './linear.js';
 import { loadRMSNorm, rmsNorm, type RMSNorm } from './rms-norm.js';
 import { applyRope } from './rope.js';
 
@@ -28,6 +28,8 @@ export interface DecoderAttentionSizes {
   headDim: number;
   rmsNormEps: number;
   attentionBias?: boolean;
+  /** Format of the q/k/v/o weights (default float32); the norms stay float32. */
+  weights?: WeightDtype;
 }
 
 /**
@@ -40,12 +42,12 @@ export interface DecoderAttentionSizes {
  */
 export function loadDecoderAttention(ckpt: WeightSource, prefix: string, s: DecoderAttentionSizes): DecoderAttention {
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`${prefix}: num_attention_heads ${s.numHeads} is not a multiple of num_key_value_heads ${s.numKvHeads}`);
-  const bias = s.attentionBias ?? false;
+  const bias = s.attentionBias ?? false, f = s.weights;
   return {
-    q_proj: loadLinear(ckpt, `${prefix}.q_proj`, s.hidden, s.numHeads * s.headDim, bias),
-    k_proj: loadLinear(ckpt, `${prefix}.k_proj`, s.hidden, s.numKvHeads * s.headDim, bias),
-    v_proj: loadLinear(ckpt, `${prefix}.v_proj`, s.hidden, s.numKvHeads * s.headDim, bias),
-    o_proj: loadLinear(ckpt, `${prefix}.o_proj`, s.numHeads * s.headDim, s.hidden, bias),
+    q_proj: loadLinear(ckpt, `${prefix}.q_proj`, s.hidden, s.numHeads * s.headDim, bias, f),
+    k_proj: loadLinear(ckpt, `${prefix}.k_proj`, s.hidden, s.numKvHeads * s.headDim, bias, f),
+    v_proj: loadLinear(ckpt, `${prefix}.v_proj`, s.hidden, s.numKvHeads * s.headDim, bias, f),
+    o_proj: loadLinear(ckpt, `${prefix}.o_proj`, s.numHeads * s.headDim, s.hidden, bias, f),
     q_norm: loadRMSNorm(ckpt, `${prefix}.q_norm.weight`, s.headDim, s.rmsNormEps),
     k_norm: loadRMSNorm(ckpt, `${prefix}.k_norm.weight`, s.headDim, s.rmsNormEps),
     numHeads: s.numHeads,

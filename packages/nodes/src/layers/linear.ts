@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Checkpoint } from '@omniflow/runtime-gpu';
+import { matMulBf16, matMulSmall, packBf16Bits, type Checkpoint } from '@omniflow/runtime-gpu';
 
 /**
  * Where layer loaders read weights: a `Checkpoint`, or anything with the same `get(name, expectedShape)` (e.g.
@@ -8,29 +8,90 @@ import type { Checkpoint } from '@omniflow/runtime-gpu';
 export type WeightSource = Pick<Checkpoint, 'get'>;
 
 /**
+ * How a model keeps its matmul weights. 'float32' (the default) is exact and trainable. 'bf16' rounds each weight to
+ * bfloat16 and packs two per int32 (`[in, out / 2]`), halving the bytes every decode step reads; products still
+ * accumulate in float32. The released checkpoint is stored in bf16, so for it the rounding changes nothing. Inference
+ * only (no gradients through packed weights).
+ */
+export type WeightDtype = 'float32' | 'bf16';
+
+/**
  * A Linear layer with its weight stored as [in, out]: PyTorch checkpoints store [out, in], and the
  * wasm backend's transposeB matmul is about 6x slower, so the weight is transposed once at load.
  */
 export interface Linear {
-  readonly weight: tf.Tensor2D; // [in, out]
+  /** [in, out] float32, or for a 'bf16' weight ({@link packWeight}) int32 [in, out / 2]. */
+  readonly weight: tf.Tensor2D;
   readonly bias?: tf.Tensor1D; // [out]
   readonly inFeatures: number;
   readonly outFeatures: number;
 }
 
 /**
- * Loads `${prefix}.weight` (and `${prefix}.bias` when `bias` is true) from a checkpoint.
+ * Loads `${prefix}.weight` (and `${prefix}.bias` when `bias` is true) from a checkpoint, in the given weight format.
  *
  * ```ts
  * const q = loadLinear(ckpt, 'thinker.model.layers.0.self_attn.q_proj', 32, 64);
  * const y = linear(x, q); // x [..., 32] -> y [..., 64]
+ * const q16 = loadLinear(ckpt, 'thinker.model.layers.0.self_attn.q_proj', 32, 64, false, 'bf16'); // half the bytes
  * ```
  */
-export function loadLinear(ckpt: WeightSource, prefix: string, inFeatures: number, outFeatures: number, bias = false): Linear {
+export function loadLinear(ckpt: WeightSource, prefix: string, inFeatures: number, outFeatures: number, bias = false, format: WeightDtype = 'float32'): Linear {
   const w = ckpt.get(`${prefix}.weight`, [outFeatures, inFeatures]);
-  const weight = tf.tidy(() => tf.transpose(tf.tensor2d(w.data as Float32Array, [outFeatures, inFeatures])) as tf.Tensor2D);
+  const weight = packWeight(transposeHost(w.data as Float32Array, outFeatures, inFeatures), inFeatures, outFeatures, format);
   const b = bias ? tf.tensor1d(ckpt.get(`${prefix}.bias`, [outFeatures]).data as Float32Array) : undefined;
   return { weight, bias: b, inFeatures, outFeatures };
+}
+
+/**
+ * A weight matrix on the device from a host `[rows, cols]` float32 array, in `format`. A bf16 matrix needs an even
+ * number of columns (two per int32); one with an odd width (e.g. the MoE shared-expert gate's single column) stays
+ * float32, which every product below accepts.
+ *
+ * ```ts
+ * const w = packWeight(new Float32Array(1024 * 2048), 1024, 2048, 'bf16'); // int32 [1024, 1024]
+ * const y = matMulWeight(x, w); // x [m, 1024] -> [m, 2048]
+ * ```
+ */
+export function packWeight(data: Float32Array, rows: number, cols: number, format: WeightDtype = 'float32'): tf.Tensor2D {
+  if (data.length !== rows * cols) throw new Error(`packWeight: ${data.length} values for a [${rows}, ${cols}] matrix`);
+  if (format === 'float32' || cols % 2 !== 0) return tf.tensor2d(data, [rows, cols]);
+  // Packed on the host (round to nearest even, two per int32, see packBf16): no float32 copy on the device.
+  return tf.tensor2d(packBf16Bits(new Uint32Array(data.buffer, data.byteOffset, data.length)), [rows, cols / 2], 'int32');
+}
+
+let simdFloat32 = true;
+
+/**
+ * Turns omniflow's SIMD kernel for float32 weights off (every float32 product through plain tf.matMul, as before the
+ * kernel existed) or back on (the default). For A/B measurements such as bench/talker.bench.ts's tfjs baseline;
+ * packed bf16 weights always use their kernel.
+ *
+ * ```ts
+ * useSimdMatMul(false); const tfjsMs = time(step); useSimdMatMul(true);
+ * ```
+ */
+export function useSimdMatMul(enabled: boolean): void {
+  simdFloat32 = enabled;
+}
+
+/**
+ * x · W (+ bias) for a weight from {@link packWeight}: float32 or bf16-packed, chosen by the weight's dtype. Small-M
+ * products (decode steps) run omniflow's wasm SIMD kernel; larger ones and other backends fall back to tfjs.
+ *
+ * ```ts
+ * const y = matMulWeight(x, mlp.down); // [m, intermediate] -> [m, hidden]
+ * const scaled = matMulWeight(x, expert.down, { alpha: 0.25 }); // 0.25 · x·W in the same pass
+ * ```
+ */
+export function matMulWeight(x: tf.Tensor2D, w: tf.Tensor2D, options: { bias?: tf.Tensor1D; alpha?: number } = {}): tf.Tensor2D {
+  if (w.dtype === 'int32') return matMulBf16(x, w, options) as tf.Tensor2D;
+  if (simdFloat32) return matMulSmall(x, w, options) as tf.Tensor2D;
+  return tf.tidy(() => {
+    let y: tf.Tensor2D = tf.matMul(x, w);
+    if (options.alpha !== undefined && options.alpha !== 1) y = tf.mul(y, tf.scalar(options.alpha));
+    return options.bias ? tf.add(y, options.bias) : y;
+  });
 }
 
 /** y = x W (+ b) over the last axis of x; x may have any leading shape. */
@@ -38,8 +99,7 @@ export function linear(x: tf.Tensor, l: Linear): tf.Tensor {
   return tf.tidy(() => {
     const lead = x.shape.slice(0, -1);
     const x2 = x.rank === 2 ? (x as tf.Tensor2D) : tf.reshape(x, [-1, l.inFeatures]) as tf.Tensor2D;
-    let y: tf.Tensor = tf.matMul(x2, l.weight);
-    if (l.bias) y = tf.add(y, l.bias);
+    const y = matMulWeight(x2, l.weight, { bias: l.bias });
     return x.rank === 2 ? y : tf.reshape(y, [...lead, l.outFeatures]);
   });
 }
@@ -48,3 +108,16 @@ export function disposeLinear(l: Linear): void {
   l.weight.dispose();
   l.bias?.dispose();
 }
+
+/** Bytes a weight occupies (and a matvec reads): 4 per float32 value, 2 per bf16 value. */
+export function weightBytes(w: tf.Tensor): number {
+  return w.size * 4;
+}
+
+/** PyTorch [out, in] → [in, out] on the host, so the device holds only the final layout. */
+export function transposeHost(w: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = w[r * cols + c]!;
+  return out;
+}
+

@@ -71,6 +71,28 @@ describe('sparseMoe', () => {
     });
   }
 
+  for (const [name, get] of [['thinker', () => thinkerMoe], ['talker (shared expert gate in alpha)', () => talkerMoe]] as const) {
+    it(`${name}: one row at a time (the decode path: weights applied inside the down projections) equals the definition`, () => {
+      const moe = get();
+      const rows = randomRows(6, moe.hidden, 11);
+      const want = naive(rows, moe);
+      const before = tf.memory().numTensors;
+      let max = 0;
+      const used = new Set<number>();
+      rows.forEach((row, i) => {
+        const xt = tf.tensor2d([row]);
+        const { output, routing } = sparseMoe(xt, moe);
+        expect(output.shape).toEqual([1, moe.hidden]);
+        (output.dataSync() as Float32Array).forEach((v, d) => (max = Math.max(max, Math.abs(v - want[i]![d]!))));
+        routing.selectedExperts.forEach((e) => used.add(e));
+        tf.dispose([xt, output]);
+      });
+      expect(tf.memory().numTensors).toBe(before);
+      expect(max).toBeLessThan(1e-5);
+      expect(used.size).toBeGreaterThan(2);
+    });
+  }
+
   it('rejects an input of the wrong width, naming both widths', () => {
     const x = tf.zeros([2, 5]) as tf.Tensor2D;
     expect(() => sparseMoe(x, thinkerMoe)).toThrow(`sparseMoe: input has 5 features but the block expects ${thinkerMoe.hidden}`);

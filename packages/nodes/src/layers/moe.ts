@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { WeightSource } from './linear.js';
+import { matMulWeight, transposeHost, type WeightDtype, type WeightSource } from './linear.js';
 import { disposeSwiGluMlp, loadSwiGluMlp, swiGlu, type SwiGluMlp } from './mlp.js';
 
 /**
@@ -28,6 +28,11 @@ export interface SparseMoeSizes {
   normTopKProb: boolean;
   /** 0 or absent: no shared expert (the thinker). */
   sharedExpertIntermediate?: number;
+  /**
+   * Format of the experts' weights (default float32). The router and the shared-expert gate stay float32 whatever
+   * the format: they are 2% of the bytes, and the router's logits make discrete choices.
+   */
+  weights?: WeightDtype;
 }
 
 /**
@@ -40,10 +45,10 @@ export interface SparseMoeSizes {
  * ```
  */
 export function loadSparseMoe(ckpt: WeightSource, prefix: string, s: SparseMoeSizes): SparseMoe {
-  const router = transposedHost(ckpt.get(`${prefix}.gate.weight`, [s.numExperts, s.hidden]).data as Float32Array, s.numExperts, s.hidden);
+  const router = transposeHost(ckpt.get(`${prefix}.gate.weight`, [s.numExperts, s.hidden]).data as Float32Array, s.numExperts, s.hidden);
   const experts: SwiGluMlp[] = [];
-  for (let e = 0; e < s.numExperts; e++) experts.push(loadSwiGluMlp(ckpt, `${prefix}.experts.${e}`, s.hidden, s.moeIntermediate));
-  const shared = s.sharedExpertIntermediate ? loadSwiGluMlp(ckpt, `${prefix}.shared_expert`, s.hidden, s.sharedExpertIntermediate) : undefined;
+  for (let e = 0; e < s.numExperts; e++) experts.push(loadSwiGluMlp(ckpt, `${prefix}.experts.${e}`, s.hidden, s.moeIntermediate, s.weights));
+  const shared = s.sharedExpertIntermediate ? loadSwiGluMlp(ckpt, `${prefix}.shared_expert`, s.hidden, s.sharedExpertIntermediate, s.weights) : undefined;
   const sharedGate = s.sharedExpertIntermediate ? tf.tensor2d(ckpt.get(`${prefix}.shared_expert_gate.weight`, [1, s.hidden]).data as Float32Array, [s.hidden, 1]) : undefined;
   return {
     router: tf.tensor2d(router, [s.hidden, s.numExperts]),
@@ -74,6 +79,8 @@ export interface SparseMoeResult {
  * The MoE block over the rows of `x` ([n, hidden]). Tokens are grouped per expert: each active expert gathers its rows,
  * runs one SwiGLU over them, and the weighted results are summed back per token (a gather + sum, deterministic) — no
  * loop over tokens on the device. The router's top-k needs host values, so the router logits are read back once.
+ * A single row (a decode step) takes a shorter path: each chosen expert's routing weight — and the shared expert's
+ * sigmoid gate, read back like the router — scales its down projection in the matmul itself, and one AddN sums them.
  *
  * ```ts
  * const { output, routing } = sparseMoe(x, moe); // x [n, hidden]; routing.selectedExperts [n * topK]
@@ -83,11 +90,12 @@ export interface SparseMoeResult {
 export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetails?: boolean; differentiableRouting?: boolean } = {}): SparseMoeResult {
   const [n, hidden] = x.shape;
   if (hidden !== moe.hidden) throw new Error(`sparseMoe: input has ${hidden} features but the block expects ${moe.hidden}`);
-  const logitsT = tf.matMul(x, moe.router);
+  const logitsT = matMulWeight(x, moe.router);
   const routerLogits = logitsT.dataSync() as Float32Array;
   logitsT.dispose();
   const routing = route(routerLogits, n, moe.experts.length, moe.topK, moe.normTopKProb);
   const k = moe.topK;
+  if (n === 1 && !options.differentiableRouting && !options.sharedDetails) return { output: singleRowMoe(x, moe, routing), routing };
 
   // Group (token, slot) pairs by expert, in expert order; remember where each pair's result row lands.
   const perExpert: number[][] = moe.experts.map(() => []);
@@ -116,7 +124,7 @@ export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetai
     let output = (k === 1 ? ordered : tf.sum(tf.reshape(ordered, [n, k, hidden]), 1)) as tf.Tensor2D;
     let sharedGate: tf.Tensor2D | undefined, sharedOutput: tf.Tensor2D | undefined;
     if (moe.sharedExpert && moe.sharedExpertGate) {
-      const gate = tf.sigmoid(tf.matMul(x, moe.sharedExpertGate)) as tf.Tensor2D;
+      const gate = tf.sigmoid(matMulWeight(x, moe.sharedExpertGate)) as tf.Tensor2D;
       const shared = swiGlu(x, moe.sharedExpert);
       output = tf.add(output, tf.mul(gate, shared)) as tf.Tensor2D;
       sharedGate = gate;
@@ -126,6 +134,20 @@ export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetai
     return keep as { output: tf.Tensor2D; sharedGate?: tf.Tensor2D; sharedOutput?: tf.Tensor2D };
   });
   return { ...tensors, routing };
+}
+
+/** The decode-step MoE: Σ_s w_s · expert_s(x) (+ σ(x·g) · shared(x)), every weight applied inside its down projection. */
+function singleRowMoe(x: tf.Tensor2D, moe: SparseMoe, routing: MoeRouting): tf.Tensor2D {
+  return tf.tidy(() => {
+    const outs: tf.Tensor2D[] = [];
+    for (let s = 0; s < moe.topK; s++) outs.push(swiGlu(x, moe.experts[routing.selectedExperts[s]!]!, routing.routingWeights[s]!));
+    if (moe.sharedExpert && moe.sharedExpertGate) {
+      const g = matMulWeight(x, moe.sharedExpertGate);
+      const logit = (g.dataSync() as Float32Array)[0]!;
+      outs.push(swiGlu(x, moe.sharedExpert, Math.fround(1 / (1 + Math.exp(-logit)))));
+    }
+    return outs.length === 1 ? outs[0]! : tf.addN(outs);
+  });
 }
 
 /** [n·k] combine weights of the chosen experts, pair t·k + s at index t·k + s: softmax probabilities, renormalised when normTopKProb. */
@@ -180,10 +202,4 @@ export function disposeSparseMoe(moe: SparseMoe): void {
   for (const e of moe.experts) disposeSwiGluMlp(e);
   if (moe.sharedExpert) disposeSwiGluMlp(moe.sharedExpert);
   moe.sharedExpertGate?.dispose();
-}
-
-function transposedHost(w: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = w[r * cols + c]!;
-  return out;
 }

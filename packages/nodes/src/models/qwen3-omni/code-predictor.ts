@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint, KVCache } from '@omniflow/runtime-gpu';
-import { loadLinear, linear, disposeLinear, type Linear } from '../../layers/linear.js';
+import { loadLinear, linear, disposeLinear, type Linear, type WeightDtype } from '../../layers/linear.js';
 import { TextModel } from './text-model.js';
 import type { Sampler } from './sampler.js';
 import type { CodePredictorConfig, ThinkerTextConfig } from './config.js';
@@ -43,15 +43,16 @@ export class CodePredictor {
     this.cache = model.createCache({ capacity: config.num_code_groups + 1 });
   }
 
-  static load(ckpt: Checkpoint, config: CodePredictorConfig, prefix = 'talker.code_predictor'): CodePredictor {
+  /** Loads `${prefix}.*`; `weights: 'bf16'` packs the decoder's and heads' matrices (see WeightDtype). */
+  static load(ckpt: Checkpoint, config: CodePredictorConfig, prefix = 'talker.code_predictor', options: { weights?: WeightDtype } = {}): CodePredictor {
     const c = config, G = c.num_code_groups, V = c.vocab_size, D = c.hidden_size;
     // The decoder is the shared Qwen3 text decoder with every layer dense. Its "embed_tokens" is codec_embedding.0
     // (the model has no single token table); the 15 heads are separate.
     const dense = { ...c, num_experts: 0, mlp_only_layers: [], decoder_sparse_step: 1, moe_intermediate_size: 1, num_experts_per_tok: 1, norm_topk_prob: true, shared_expert_intermediate_size: 0 } as unknown as ThinkerTextConfig;
-    const model = TextModel.load(ckpt, dense, { model: `${prefix}.model`, embed: `${prefix}.model.codec_embedding.0` });
+    const model = TextModel.load(ckpt, dense, { model: `${prefix}.model`, embed: `${prefix}.model.codec_embedding.0` }, options);
     const embeddings = [model.embedTokens];
     for (let i = 1; i < G - 1; i++) embeddings.push(ckpt.get(`${prefix}.model.codec_embedding.${i}.weight`, [V, D]).data as Float32Array);
-    const heads = Array.from({ length: G - 1 }, (_, i) => loadLinear(ckpt, `${prefix}.lm_head.${i}`, D, V));
+    const heads = Array.from({ length: G - 1 }, (_, i) => loadLinear(ckpt, `${prefix}.lm_head.${i}`, D, V, false, options.weights));
     return new CodePredictor(config, model, embeddings, heads);
   }
 

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint } from '@omniflow/runtime-gpu';
-import { loadLinear, linear, disposeLinear, type Linear } from '../../layers/linear.js';
+import { loadLinear, linear, disposeLinear, type Linear, type WeightDtype } from '../../layers/linear.js';
 import type { TalkerConfig } from './config.js';
 import type { Sampler, SamplerOptions } from './sampler.js';
 
@@ -36,9 +36,10 @@ export class CodecHead {
     this.suppressTokens = suppress;
   }
 
-  static load(ckpt: Checkpoint, config: TalkerConfig, key = 'talker.codec_head'): CodecHead {
+  /** Loads `${key}.weight`; `weights: 'bf16'` packs it (see WeightDtype). */
+  static load(ckpt: Pick<Checkpoint, 'get'>, config: TalkerConfig, key = 'talker.codec_head', options: { weights?: WeightDtype } = {}): CodecHead {
     const c = config.text_config;
-    return new CodecHead(loadLinear(ckpt, key, c.hidden_size, c.vocab_size), config.codec_eos_token_id, config.code_predictor_config.vocab_size);
+    return new CodecHead(loadLinear(ckpt, key, c.hidden_size, c.vocab_size, false, options.weights), config.codec_eos_token_id, config.code_predictor_config.vocab_size);
   }
 
   get vocabSize(): number {

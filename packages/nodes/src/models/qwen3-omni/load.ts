@@ -7,7 +7,8 @@ import { CodePredictor } from './code-predictor.js';
 import { CodecHead } from './codec-head.js';
 import { Code2Wav } from './code2wav.js';
 import { readQwen3OmniConfig, type Qwen3OmniConfig } from './config.js';
-import { TextModel } from './text-model.js';
+import { TextModel, THINKER_TEXT_KEYS } from './text-model.js';
+import type { WeightDtype } from '../../layers/linear.js';
 import { Talker } from './talker.js';
 import { Qwen3OmniTokenizer } from './tokenizer.js';
 import { VisionEncoder } from './vision-encoder.js';
@@ -49,6 +50,12 @@ export interface LoadQwen3OmniOptions {
   readonly modules?: readonly Qwen3OmniModuleName[];
   /** Force a tensor backend (see initBackend). */
   readonly backend?: BackendName;
+  /**
+   * 'bf16': the thinker's, talker's, codec head's and code predictor's matmul weights are kept as packed bf16 (half
+   * the memory and half the bytes per decode step; exact for the released bf16 checkpoint; inference only). The
+   * encoders and Code2Wav stay float32. Default 'float32'.
+   */
+  readonly weights?: WeightDtype;
 }
 
 /** What one module took. */
@@ -56,7 +63,7 @@ export interface LoadedModuleReport {
   readonly name: Qwen3OmniModuleName;
   readonly tensors: number;
   readonly parameters: number;
-  /** float32 bytes the module occupies once loaded (weights are converted from bf16/f16 on load). */
+  /** Bytes the module would occupy as float32 (weights are converted from bf16/f16 on load; with `weights: 'bf16'` the packed matrices take half). */
   readonly bytes: number;
 }
 
@@ -179,7 +186,8 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
     const loaded: Array<{ dispose(): void }> = [];
     try {
       const th = config.thinker_config;
-      const thinker = TextModel.load(ckpt, th.text_config);
+      const weights = { weights: options.weights ?? 'float32' } as const;
+      const thinker = TextModel.load(ckpt, th.text_config, THINKER_TEXT_KEYS, weights);
       loaded.push(thinker);
       const audioEncoder = wanted.has('audio_tower') ? AudioEncoder.load(ckpt, th.audio_config) : undefined;
       if (audioEncoder) loaded.push(audioEncoder);
@@ -187,11 +195,11 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
       if (visionEncoder) loaded.push(visionEncoder);
       let talker: TalkerModules | undefined;
       if (wanted.has('talker')) {
-        const t = Talker.load(ckpt, config);
+        const t = Talker.load(ckpt, config, weights);
         loaded.push(t);
-        const codecHead = CodecHead.load(ckpt, config.talker_config!);
+        const codecHead = CodecHead.load(ckpt, config.talker_config!, undefined, weights);
         loaded.push(codecHead);
-        const codePredictor = CodePredictor.load(ckpt, config.talker_config!.code_predictor_config);
+        const codePredictor = CodePredictor.load(ckpt, config.talker_config!.code_predictor_config, undefined, weights);
         loaded.push(codePredictor);
         talker = { talker: t, codecHead, codePredictor };
       }

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint, KVCache } from '@omniflow/runtime-gpu';
-import { loadLinear, linear, disposeLinear, type Linear } from '../../layers/linear.js';
+import { loadLinear, linear, disposeLinear, type Linear, type WeightDtype } from '../../layers/linear.js';
 import type { MropePositions } from '../../layers/mrope.js';
 import { TextModel } from './text-model.js';
 import { CodecHead, TALKER_SAMPLING, CODE_PREDICTOR_SAMPLING } from './codec-head.js';
@@ -16,8 +16,8 @@ interface ResizeMlp {
   fc2: Linear;
 }
 
-function loadResizeMlp(ckpt: Checkpoint, prefix: string, inDim: number, hidden: number, outDim: number): ResizeMlp {
-  return { fc1: loadLinear(ckpt, `${prefix}.linear_fc1`, inDim, hidden, true), fc2: loadLinear(ckpt, `${prefix}.linear_fc2`, hidden, outDim, true) };
+function loadResizeMlp(ckpt: Checkpoint, prefix: string, inDim: number, hidden: number, outDim: number, f?: WeightDtype): ResizeMlp {
+  return { fc1: loadLinear(ckpt, `${prefix}.linear_fc1`, inDim, hidden, true, f), fc2: loadLinear(ckpt, `${prefix}.linear_fc2`, hidden, outDim, true, f) };
 }
 
 function resizeMlp(x: tf.Tensor2D, m: ResizeMlp): tf.Tensor2D {
@@ -49,13 +49,16 @@ export class Talker implements TalkerProjections {
     readonly ttsSpecialEmbeds: tf.Tensor2D,
   ) {}
 
-  /** Loads `talker.model.*`, `talker.text_projection.*`, `talker.hidden_projection.*` and the three tts rows of `thinker.model.embed_tokens`. */
-  static load(ckpt: Checkpoint, config: Qwen3OmniConfig): Talker {
+  /**
+   * Loads `talker.model.*`, `talker.text_projection.*`, `talker.hidden_projection.*` and the three tts rows of
+   * `thinker.model.embed_tokens`; `weights: 'bf16'` packs the decoder's and projections' matrices (see WeightDtype).
+   */
+  static load(ckpt: Checkpoint, config: Qwen3OmniConfig, options: { weights?: WeightDtype } = {}): Talker {
     const t = talkerConfigOf(config);
     const c = t.text_config, Th = t.thinker_hidden_size;
-    const model = TextModel.load(ckpt, c, { model: 'talker.model', embed: 'talker.model.codec_embedding' });
-    const textProj = loadResizeMlp(ckpt, 'talker.text_projection', Th, c.intermediate_size, c.hidden_size);
-    const hiddenProj = loadResizeMlp(ckpt, 'talker.hidden_projection', Th, c.intermediate_size, c.hidden_size);
+    const model = TextModel.load(ckpt, c, { model: 'talker.model', embed: 'talker.model.codec_embedding' }, options);
+    const textProj = loadResizeMlp(ckpt, 'talker.text_projection', Th, c.intermediate_size, c.hidden_size, options.weights);
+    const hiddenProj = loadResizeMlp(ckpt, 'talker.hidden_projection', Th, c.intermediate_size, c.hidden_size, options.weights);
     const ids = [config.tts_bos_token_id, config.tts_eos_token_id, config.tts_pad_token_id];
     if (ids.some((i) => i === undefined)) throw new Error('config.json: tts_bos_token_id, tts_eos_token_id and tts_pad_token_id are needed by the talker');
     // Only three rows of the thinker's table are needed; read it once, keep the projected rows.

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { KVCache } from '@omniflow/runtime-gpu';
 import { decoderAttention, disposeDecoderAttention, loadDecoderAttention, type DecoderAttention } from '../../layers/attention.js';
-import { disposeLinear, linear, loadLinear, type Linear, type WeightSource } from '../../layers/linear.js';
+import { disposeLinear, linear, loadLinear, type Linear, type WeightDtype, type WeightSource } from '../../layers/linear.js';
 import { disposeSwiGluMlp, loadSwiGluMlp, swiGlu, type SwiGluMlp } from '../../layers/mlp.js';
 import { disposeSparseMoe, loadSparseMoe, sparseMoe, type SparseMoe } from '../../layers/moe.js';
 import { mropeTables, type MropePositions } from '../../layers/mrope.js';
@@ -108,9 +108,13 @@ export class TextModel {
     return this.config.vocab_size;
   }
 
-  /** Loads the text model from a checkpoint (or any WeightSource); every tensor's shape is checked against the config. */
-  static load(ckpt: WeightSource, config: ThinkerTextConfig, keys: TextModelKeys = THINKER_TEXT_KEYS): TextModel {
-    const c = config;
+  /**
+   * Loads the text model from a checkpoint (or any WeightSource); every tensor's shape is checked against the config.
+   * `weights: 'bf16'` keeps the projections, experts and lm_head as packed bf16 (half the bytes per decode step; see
+   * WeightDtype); norms, routers and the host embedding table stay float32.
+   */
+  static load(ckpt: WeightSource, config: ThinkerTextConfig, keys: TextModelKeys = THINKER_TEXT_KEYS, options: { weights?: WeightDtype } = {}): TextModel {
+    const c = config, f = options.weights ?? 'float32';
     const D = c.hidden_size;
     const embed = ckpt.get(`${keys.embed}.weight`, [c.vocab_size, D]).data as Float32Array;
     // Inside tidy so a missing or mis-shaped tensor half-way through disposes what was already loaded.
@@ -122,19 +126,19 @@ export class TextModel {
           input_layernorm: loadRMSNorm(ckpt, `${p}.input_layernorm.weight`, D, c.rms_norm_eps),
           self_attn: loadDecoderAttention(ckpt, `${p}.self_attn`, {
             hidden: D, numHeads: c.num_attention_heads, numKvHeads: c.num_key_value_heads, headDim: c.head_dim,
-            rmsNormEps: c.rms_norm_eps, attentionBias: c.attention_bias,
+            rmsNormEps: c.rms_norm_eps, attentionBias: c.attention_bias, weights: f,
           }),
           post_attention_layernorm: loadRMSNorm(ckpt, `${p}.post_attention_layernorm.weight`, D, c.rms_norm_eps),
           mlp: isSparseLayer(c, i)
             ? loadSparseMoe(ckpt, `${p}.mlp`, {
               hidden: D, numExperts: c.num_experts, topK: c.num_experts_per_tok, moeIntermediate: c.moe_intermediate_size,
-              normTopKProb: c.norm_topk_prob, sharedExpertIntermediate: c.shared_expert_intermediate_size,
+              normTopKProb: c.norm_topk_prob, sharedExpertIntermediate: c.shared_expert_intermediate_size, weights: f,
             })
-            : loadSwiGluMlp(ckpt, `${p}.mlp`, D, c.intermediate_size),
+            : loadSwiGluMlp(ckpt, `${p}.mlp`, D, c.intermediate_size, f),
         });
       }
       const norm = loadRMSNorm(ckpt, `${keys.model}.norm.weight`, D, c.rms_norm_eps);
-      const lmHead = keys.lmHead ? loadLinear(ckpt, keys.lmHead, D, c.vocab_size) : undefined;
+      const lmHead = keys.lmHead ? loadLinear(ckpt, keys.lmHead, D, c.vocab_size, false, f) : undefined;
       return { layers, norm, lmHead } as unknown as tf.TensorContainer;
     }) as unknown as { layers: TextDecoderLayer[]; norm: RMSNorm; lmHead?: Linear };
     return new TextModel(c, embed, parts.layers, parts.norm, parts.lmHead);
