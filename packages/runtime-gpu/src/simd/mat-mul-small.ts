@@ -29,7 +29,7 @@ interface KernelAttrs {
 }
 
 /** The pieces of tfjs-backend-wasm's backend object the kernels use (not part of its typed API). */
-interface WasmBackendInternals {
+export interface WasmBackendInternals {
   wasm: { asm?: Record<string, unknown>; wasmMemory?: WasmMemoryLike };
   dataIdMap: { get(dataId: object): { memoryOffset: number } | undefined };
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
@@ -48,7 +48,7 @@ function moduleFor(backend: WasmBackendInternals): MatMulModule {
 }
 
 /** tfjs-wasm's WebAssembly.Memory: exported by its Emscripten module as `memory` (older builds: `wasmMemory`). */
-function wasmHeap(backend: WasmBackendInternals): WasmMemoryLike {
+export function wasmHeap(backend: WasmBackendInternals): WasmMemoryLike {
   const Memory = (globalThis as unknown as { WebAssembly: { Memory: new (...a: never[]) => object } }).WebAssembly.Memory;
   const asm = backend.wasm.asm ?? {};
   const found = asm.memory ?? backend.wasm.wasmMemory ?? Object.values(asm).find((v) => v instanceof Memory);
@@ -56,7 +56,8 @@ function wasmHeap(backend: WasmBackendInternals): WasmMemoryLike {
   return found as unknown as WasmMemoryLike;
 }
 
-function heapOffset(backend: WasmBackendInternals, t: tf.TensorInfo, name: string): number {
+/** A tensor's byte offset in the wasm heap (for kernels that work on tensors in place). */
+export function heapOffset(backend: WasmBackendInternals, t: tf.TensorInfo, name: string): number {
   const entry = backend.dataIdMap.get(t.dataId);
   if (!entry) throw new Error(`SIMD matmul: tensor '${name}' [${t.shape}] has no data on the wasm heap`);
   return entry.memoryOffset;
