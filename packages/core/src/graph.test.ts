@@ -5,7 +5,7 @@ import { passThrough, resampleTo24k, scaleFor, slowSink, speaker24k, tensorSourc
 import { TensorTracker } from './testing/tracked-tensor.js';
 import type { Fuser } from './plan.js';
 import { map } from 'rxjs';
-import type { TensorPacket } from './packets.js';
+import type { Packet, TensorPacket } from './packets.js';
 
 const registry = new NodeRegistry([textSource, toneSource, passThrough, slowSink, resampleTo24k, speaker24k]);
 
@@ -201,6 +201,10 @@ describe('plan', () => {
     expect(plan.text()).toContain('a+b   fused [a:scaleA -> b:scaleB]');
     expect(plan.mermaid()).toContain('subgraph s1["fused: a + b (default)"]');
     expect(g.plan({ fuser, fuse: false }).stages.length).toBe(6);
+    // A fuser's operator may say what it runs; the plan prints it after the group.
+    const describing: Fuser = (chain) => Object.assign(map((p: Packet) => p), { description: `${chain.length} kernels as one op` });
+    expect(g.plan({ fuser: describing }).stages[1].fusedOps).toBe('2 kernels as one op');
+    expect(g.plan({ fuser: describing }).text()).toContain('a+b   fused [a:scaleA -> b:scaleB] runs 2 kernels as one op');
 
     const session = await g.run({ fuser });
     const m = session.metrics();

@@ -23,7 +23,10 @@ export interface FusableNode {
   kernel: Kernel;
 }
 
-/** Turns a chain of kernels into one stage operator, or declines with `undefined`. */
+/**
+ * Turns a chain of kernels into one stage operator, or declines with `undefined`. An operator that
+ * carries a string `description` (what it merged into what) has it printed in the plan.
+ */
 export type Fuser = (chain: FusableNode[]) => OperatorFunction<Packet, Packet> | undefined;
 
 export interface CompileOptions {
@@ -43,6 +46,8 @@ export interface Stage {
   /** Member nodes (one unless fused). */
   members: FlatNode[];
   fused: boolean;
+  /** For a fused stage: the fuser operator's `description` of what it runs, if it gave one. */
+  fusedOps?: string;
   device: string;
   role: 'source' | 'sink' | 'node';
 }
@@ -134,7 +139,8 @@ export function compile(g: Graph<any>, options: CompileOptions = {}): CompiledGr
       for (let id = next.get(n.id); id !== undefined && !chain.some((c) => c.id === id); id = next.get(id)) chain.push(byId.get(id)!);
       const op = options.fuser!(chain.map((c) => ({ id: c.id, type: c.def.type, kernel: c.def.spec.kernel!(c.params) })));
       if (op) {
-        const stage = fusedStage(chain, op, device(n));
+        const described = (op as { description?: unknown }).description;
+        const stage = fusedStage(chain, op, device(n), typeof described === 'string' ? described : undefined);
         stages.push(stage);
         for (const c of chain) stageOf.set(c.id, stage);
         continue;
@@ -167,7 +173,7 @@ function singleStage(n: FlatNode, device: string): Stage {
   return { id: n.id, def: n.def, params: n.params, members: [n], fused: false, device, role: ins === 0 ? 'source' : outs === 0 ? 'sink' : 'node' };
 }
 
-function fusedStage(chain: FlatNode[], op: OperatorFunction<Packet, Packet>, device: string): Stage {
+function fusedStage(chain: FlatNode[], op: OperatorFunction<Packet, Packet>, device: string, fusedOps: string | undefined): Stage {
   const first = chain[0].def, last = chain[chain.length - 1].def;
   const inPort = Object.keys(first.inputs)[0], outPort = Object.keys(last.outputs)[0];
   const def = defineNode({
@@ -177,7 +183,7 @@ function fusedStage(chain: FlatNode[], op: OperatorFunction<Packet, Packet>, dev
     outputs: { [outPort]: last.outputs[outPort] as PortSpec },
     operator: () => (input$: any) => input$.pipe(op),
   });
-  return { id: chain.map((c) => c.id).join('+'), def, params: {}, members: chain, fused: true, device, role: 'node' };
+  return { id: chain.map((c) => c.id).join('+'), def, params: {}, members: chain, fused: true, ...(fusedOps !== undefined ? { fusedOps } : {}), device, role: 'node' };
 }
 
 function groupBy<T>(xs: T[], key: (x: T) => string): Map<string, T[]> {
@@ -210,7 +216,7 @@ function planText(name: string, mode: RunModeName, stages: Stage[], edges: PlanE
   const lines = [`plan of graph '${name}' (${mode} mode): ${nodes} nodes in ${stages.length} stages, ${edges.length} queues`, 'stages:'];
   const w = Math.max(...stages.map((s) => s.id.length), 4);
   stages.forEach((s, i) => {
-    const what = s.fused ? `fused [${s.members.map((m) => `${m.id}:${m.def.type}`).join(' -> ')}]` : s.def.type;
+    const what = s.fused ? `fused [${s.members.map((m) => `${m.id}:${m.def.type}`).join(' -> ')}]${s.fusedOps ? ` runs ${s.fusedOps}` : ''}` : s.def.type;
     const ports = [
       ...Object.entries(s.def.inputs).map(([k, p]) => `in ${k}: ${describePort(p as PortSpec)}`),
       ...Object.entries(s.def.outputs).map(([k, p]) => `out ${k}: ${describePort(p as PortSpec)}`),
