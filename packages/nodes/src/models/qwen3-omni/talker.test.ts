@@ -139,3 +139,53 @@ describe('talker, codec head and code predictor (fixture case 7)', () => {
     expect(head.pick(logits, new Sampler(GREEDY))).toBe(40); // greedy: the raw argmax, as the fixtures record
 });
 });
+
+describe("talker, codec head and code predictor with weights: 'bf16' (fixture case 7)", () => {
+  it('generates the same greedy codes as float32, logits within bf16 rounding, and frees every tensor', async () => {
+    await initBackend();
+    const start = tf.memory().numTensors;
+    const fixture = loadTalkerFixture();
+    const { config, ckpt, cases } = fixture;
+    const weights = { weights: 'bf16' } as const;
+    const talker16 = Talker.load(ckpt, config, weights);
+    const head16 = CodecHead.load(ckpt, config.talker_config!, undefined, weights);
+    const predictor16 = CodePredictor.load(ckpt, config.talker_config!.code_predictor_config, undefined, weights);
+    const ids = cases.read('thinker.sequences').data as Int32Array;
+    const e = cases.read('talker.thinker_embed'), h = cases.read('talker.thinker_hidden');
+    const embeds = tf.tensor2d(e.data as Float32Array, [e.shape[1], e.shape[2]]);
+    const hidden = tf.tensor2d(h.data as Float32Array, [h.shape[1], h.shape[2]]);
+    const positionIds = [0, 1, 2].map((r) => cases.read('talker.position_ids').data.subarray(r * 57, (r + 1) * 57)) as unknown as [Float32Array, Float32Array, Float32Array];
+    const run = (t: Talker, hd: CodecHead, p: CodePredictor): CodecFrame[] => {
+      const prompt = buildTalkerPrompt(t, talkerTokenIds(config), { ids, thinkerEmbeds: embeds, thinkerHidden: hidden, speaker: 'ethan' });
+      const gen = new TalkerGeneration(t, hd, p, prompt, { sampling: GREEDY, predictorSampling: GREEDY, maxFrames: 3, positionIds });
+      const frames: CodecFrame[] = [];
+      for (let f = gen.next(); f; f = gen.next()) frames.push(f);
+      gen.dispose();
+      prompt.dispose();
+      return frames;
+    };
+    const f32 = run(fixture.parts.talker, fixture.parts.codecHead, fixture.parts.codePredictor);
+    const b16 = run(talker16, head16, predictor16);
+    // The packed matrices: every decoder/expert/projection/head weight of even width is int32 [in, out / 2].
+    const qProj = talker16.model.layers[0]!.self_attn.q_proj.weight;
+    expect([qProj.dtype, ...qProj.shape]).toEqual(['int32', 24, 16]);
+    // The fixture's weights are random float32, so rounding them to bf16 (relative error <= 2^-9 each) moves the
+    // logits; the greedy choices keep their margins (>= 1e-2 in the fixture) and stay the reference codes.
+    expect(b16.map((f) => Array.from(f.codes))).toEqual(f32.map((f) => Array.from(f.codes)));
+    for (let f = 0; f < 3; f++) {
+      const scale = Math.max(...Array.from(f32[f]!.code0Logits, Math.abs));
+      expect(maxAbsDiff(b16[f]!.code0Logits, f32[f]!.code0Logits)).toBeLessThan(2e-2 * scale);
+      const rscale = Math.max(...Array.from(f32[f]!.residualLogits, Math.abs));
+      expect(maxAbsDiff(b16[f]!.residualLogits, f32[f]!.residualLogits)).toBeLessThan(2e-2 * rscale);
+      // Not identical: the bf16 path really ran.
+      expect(maxAbsDiff(b16[f]!.code0Logits, f32[f]!.code0Logits)).toBeGreaterThan(0);
+    }
+    tf.dispose([embeds, hidden]);
+    talker16.dispose();
+    head16.dispose();
+    predictor16.dispose();
+    fixture.dispose();
+    expect(tf.memory().numTensors).toBe(start);
+    fixture.close();
+  });
+});
