@@ -74,6 +74,40 @@ describe('loadQwen3Omni', () => {
     model.dispose();
   });
 
+  it("weights: 'bf16' on a bf16-stored checkpoint: packed matrices, half the bytes, the same logits as float32 (the rounding is exact)", async () => {
+    const dir = join(tmp, 'bf16-weights');
+    mkdirSync(dir);
+    writeSafetensors(join(dir, 'model.safetensors'), allTensors('BF16', (k) => !k.startsWith('code2wav.')));
+    copyFileSync(fixturePath('config.json'), join(dir, 'config.json'));
+    writeFixtureTokenizer(dir);
+    const before = tf.memory();
+    const f32 = await loadQwen3Omni(dir, { modules: ['thinker', 'talker'] });
+    const f32Bytes = tf.memory().numBytes - before.numBytes;
+    const b16 = await loadQwen3Omni(dir, { modules: ['thinker', 'talker'], weights: 'bf16' });
+    const b16Bytes = tf.memory().numBytes - before.numBytes - f32Bytes;
+    const q = b16.thinker.layers[0]!.self_attn.q_proj.weight;
+    expect([q.dtype, ...q.shape]).toEqual(['int32', 32, 32]); // [in 32, out 64 / 2]
+    expect(b16.talker!.codePredictor).toBeDefined();
+    // Matrices halve; norms, routers, the shared-expert gates and biases stay float32.
+    expect(b16Bytes).toBeLessThan(0.6 * f32Bytes);
+    const ids = [240, 97, 198, 12, 40, 77, 241, 198];
+    const pos = Float32Array.from(ids, (_, i) => i);
+    const logits = (m: typeof f32) => tf.tidy(() => {
+      const x = m.thinker.embed(ids);
+      const { logits: l, lastHiddenState } = m.thinker.forward(x, { positions: [pos, pos, pos], logits: 'all' });
+      lastHiddenState.dispose();
+      return l!.dataSync() as Float32Array;
+    });
+    const [a, b] = [logits(f32), logits(b16)];
+    let worst = 0;
+    for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+    // The stored weights are bf16 already, so packing loses nothing: only the summation order differs.
+    expect(worst).toBeLessThan(1e-4);
+    f32.dispose();
+    b16.dispose();
+    expect(tf.memory().numTensors).toBe(before.numTensors);
+  });
+
   it('loads a thinker-only (Captioner-style) checkpoint without a talker or code2wav', async () => {
     const dir = join(tmp, 'captioner');
     mkdirSync(dir);
