@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { WorkerStage } from '@omniflow/runtime-gpu';
 import { StreamState } from '../../layers/stream-state.js';
 import type { Code2Wav } from './code2wav.js';
+import type { WeightDtype } from '../../layers/linear.js';
 
 /**
  * Streaming Code2Wav: push codec frames as the talker produces them and get audio back at once.
@@ -98,10 +99,16 @@ export type Code2WavPipelineSource = { checkpoint: string } | { randomConfig: un
 export class Code2WavPipeline {
   private constructor(private readonly frontStage: WorkerStage, private readonly backStage: WorkerStage, readonly groups: number) {}
 
-  /** Starts both workers and loads the weights in each (the module path defaults to this package's worker module). */
-  static async start(source: Code2WavPipelineSource, options: { split?: number; groups?: number; module?: string | URL } = {}): Promise<Code2WavPipeline> {
+  /**
+   * Starts both workers and loads the weights in each (the module path defaults to this package's worker module).
+   * `split`: decoder steps in front (default Code2Wav.pipelineSplit); `weights`: the transformer's format (Code2Wav.load).
+   */
+  static async start(
+    source: Code2WavPipelineSource,
+    options: { split?: number; groups?: number; weights?: WeightDtype; module?: string | URL } = {},
+  ): Promise<Code2WavPipeline> {
     const module = options.module ?? new URL(import.meta.url.endsWith('.ts') ? './code2wav-worker.ts' : './code2wav-worker.js', import.meta.url);
-    const setup = { ...source, split: options.split };
+    const setup = { ...source, split: options.split, weights: options.weights };
     const [front, back] = await Promise.all([
       WorkerStage.start({ module, export: 'front', setup }),
       WorkerStage.start({ module, export: 'back', setup }),

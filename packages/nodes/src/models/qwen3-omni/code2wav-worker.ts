@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { Checkpoint, type HostTensor } from '@omniflow/runtime-gpu';
 import { StreamState } from '../../layers/stream-state.js';
 import { Code2Wav } from './code2wav.js';
+import type { WeightDtype } from '../../layers/linear.js';
 import { code2WavConfigSchema, readQwen3OmniConfig } from './config.js';
 
 /*
@@ -16,6 +17,8 @@ export interface Code2WavWorkerSetup {
   checkpoint?: string;
   /** …or a raw code2wav_config to build random weights from (benchmarks). */
   randomConfig?: unknown;
+  /** The transformer's weight format (Code2Wav.load); default float32. */
+  weights?: WeightDtype;
   /** Decoder steps (Code2Wav.decoderSteps) run by the front half (default Code2Wav.pipelineSplit); the back half runs the rest. */
   split?: number;
 }
@@ -64,12 +67,12 @@ export function setup(options: Code2WavWorkerSetup): void {
     if (!config.code2wav_config) throw new Error(`${options.checkpoint}/config.json has no code2wav_config`);
     const ckpt = Checkpoint.open(options.checkpoint);
     try {
-      model = Code2Wav.load(ckpt, config.code2wav_config);
+      model = Code2Wav.load(ckpt, config.code2wav_config, 'code2wav', { weights: options.weights });
     } finally {
       ckpt.close();
     }
   } else {
-    model = Code2Wav.load(randomCheckpoint(), code2WavConfigSchema.parse(options.randomConfig));
+    model = Code2Wav.load(randomCheckpoint(), code2WavConfigSchema.parse(options.randomConfig), 'code2wav', { weights: options.weights });
   }
   const wanted = options.split ?? Code2Wav.pipelineSplit(model.config);
   if (!Number.isInteger(wanted) || wanted < 0 || wanted > model.decoderSteps) {

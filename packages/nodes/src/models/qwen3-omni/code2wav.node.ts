@@ -5,6 +5,7 @@ import { Checkpoint, initBackend } from '@omniflow/runtime-gpu';
 import { Code2Wav, CODE2WAV_SAMPLE_RATE } from './code2wav.js';
 import { Code2WavPipeline, Code2WavStream } from './code2wav-stream.js';
 import { readQwen3OmniConfig } from './config.js';
+import type { WeightDtype } from '../../layers/linear.js';
 
 /*
  * The `code2wav` node: codec frames in, 24 kHz audio out, as they arrive. Each turn gets its own streaming decoder;
@@ -36,6 +37,11 @@ export const code2WavParams = z.object({
    * Code2Wav can use both cores. Needs `model` to be a checkpoint folder (each worker loads its own weights).
    */
   workers: z.boolean().default(false),
+  /**
+   * When the node loads a checkpoint folder: keep the transformer's weights as packed bf16 ('bf16'; the release stores
+   * bf16, so nothing is lost and a frame reads half the bytes) or float32 (default).
+   */
+  weights: z.enum(['float32', 'bf16']).default('float32'),
 });
 export type Code2WavParams = z.output<typeof code2WavParams>;
 
@@ -50,31 +56,31 @@ function openCode2Wav(params: Code2WavParams): Code2WavResource | Promise<Code2W
   const model = params.model;
   if (params.workers) {
     if (typeof model !== 'string') throw new Error('code2wav: workers: true needs `model` to be a checkpoint folder (each worker loads its own weights)');
-    return openPipeline(model);
+    return openPipeline(model, params.weights);
   }
   if (model instanceof Code2Wav) return { code2wav: model, owned: false };
   if (typeof model !== 'string') {
     if (!model.code2wav) throw new Error('code2wav: the model was loaded without Code2Wav (no code2wav.* tensors or not asked for)');
     return { code2wav: model.code2wav, owned: false };
   }
-  return loadCode2Wav(model);
+  return loadCode2Wav(model, params.weights);
 }
 
-async function openPipeline(dir: string): Promise<Code2WavResource> {
+async function openPipeline(dir: string, weights: WeightDtype): Promise<Code2WavResource> {
   const { config } = readQwen3OmniConfig(dir);
   const c = config.code2wav_config;
   if (!c) throw new Error(`code2wav: ${dir}/config.json has no code2wav_config`);
-  const pipe = await Code2WavPipeline.start({ checkpoint: dir }, { split: Code2Wav.pipelineSplit(c), groups: c.num_quantizers });
+  const pipe = await Code2WavPipeline.start({ checkpoint: dir }, { split: Code2Wav.pipelineSplit(c), groups: c.num_quantizers, weights });
   return { owned: true, pipeline: { pipe, groups: c.num_quantizers } };
 }
 
-async function loadCode2Wav(model: string): Promise<Code2WavResource> {
+async function loadCode2Wav(model: string, weights: WeightDtype): Promise<Code2WavResource> {
   await initBackend();
   const { config } = readQwen3OmniConfig(model);
   if (!config.code2wav_config) throw new Error(`code2wav: ${model}/config.json has no code2wav_config`);
   const ckpt = Checkpoint.open(model);
   try {
-    return { code2wav: Code2Wav.load(ckpt, config.code2wav_config), owned: true };
+    return { code2wav: Code2Wav.load(ckpt, config.code2wav_config, 'code2wav', { weights }), owned: true };
   } finally {
     ckpt.close();
   }

@@ -174,6 +174,36 @@ describe('Code2Wav (fixture case 8)', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('with bf16 transformer weights equals the float32 model on the same bf16-rounded checkpoint', () => {
+    const before = tf.memory().numTensors;
+    // A checkpoint whose transformer projections are bf16 values, as the release stores them.
+    const toBf16 = (x: Float32Array) => {
+      const u = new Uint32Array(Float32Array.from(x).buffer);
+      for (let i = 0; i < u.length; i++) u[i] = (((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16) >>> 0;
+      return new Float32Array(u.buffer);
+    };
+    const rounded = {
+      get: (name: string, shape?: readonly number[]) => {
+        const t = ckpt.get(name, shape);
+        return /pre_transformer\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$/.test(name) ? { ...t, data: toBf16(t.data as Float32Array) } : t;
+      },
+    } as unknown as Checkpoint;
+    const { config } = readQwen3OmniConfig(fixtureDir());
+    const f32 = Code2Wav.load(rounded, config.code2wav_config!);
+    const bf16 = Code2Wav.load(rounded, config.code2wav_config!, 'code2wav', { weights: 'bf16' });
+    const want = f32.decode(codes, frames);
+    expect(maxAbsDiff(bf16.decode(codes, frames), want)).toBeLessThan(2e-6);
+    const stream = new Code2WavStream(bf16);
+    const streamed = Array.from({ length: frames }, (_, f) => [...stream.push(chunk1(codes, frames, f), 1)]).flat();
+    stream.dispose();
+    expect(maxAbsDiff(streamed, want)).toBeLessThan(2e-6);
+    // And the rounding itself moves the waveform only slightly from the reference.
+    expect(maxAbsDiff(want, ref('wav'))).toBeLessThan(5e-3);
+    f32.dispose();
+    bf16.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
   it('names what is wrong with bad codes', () => {
     expect(() => c2w.decode(codes.subarray(1), frames)).toThrow(/expected 4 code groups x 12 frames = 48 codes, got 47/);
     const bad = codes.slice();
