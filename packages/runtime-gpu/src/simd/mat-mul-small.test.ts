@@ -3,6 +3,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
 import { packBf16, unpackBf16 } from './bf16.js';
 import { matMulBf16, matMulSmall, OMNIFLOW_MATMUL, SIMD_MATMUL_MAX_ROWS } from './mat-mul-small.js';
+import { buildMatMulModule, DEFAULT_VARIANT, EPILOGUE, type MatMulVariant } from './matmul-module.js';
+import type { WasmMemoryLike } from './wasm-emitter.js';
 
 /** Deterministic values in [-1, 1). */
 function values(n: number, seed: number): Float32Array {
@@ -149,6 +151,36 @@ describe('SIMD kernel specifics (wasm)', () => {
     expect(await kernels(SIMD_MATMUL_MAX_ROWS)).toContain(OMNIFLOW_MATMUL);
     expect(await kernels(SIMD_MATMUL_MAX_ROWS + 1)).not.toContain(OMNIFLOW_MATMUL);
     w.dispose();
+  });
+
+  it('computes the same with every loop variant buildMatMulModule accepts', () => {
+    const backend = tf.backend() as unknown as { wasm: { asm: { memory: WasmMemoryLike } }; dataIdMap: { get(d: object): { memoryOffset: number } } };
+    const off = (t: tf.Tensor) => backend.dataIdMap.get(t.dataId).memoryOffset;
+    const variants: MatMulVariant[] = [
+      DEFAULT_VARIANT,
+      { maxRows: 2, kUnroll: [16, 3], nUnroll: 1, colBlock: 16 },
+      { maxRows: 3, kUnroll: [5, 4, 2], nUnroll: 4, colBlock: 48, tree: true },
+      { maxRows: 3, kUnroll: [4, 4, 4], nUnroll: 3, colBlock: 32, memorySplatRows: 2 },
+    ];
+    tf.tidy(() => {
+      const [M, K, N] = [5, 37, 106];
+      const x = tf.tensor2d(values(M * K, 11), [M, K]);
+      const w = tf.tensor2d(values(K * N, 12), [K, N]);
+      const b = tf.tensor1d(values(N, 13));
+      const packed = packBf16(w);
+      const want = expected(x, w, b, 2, true), wantBf16 = expected(x, unpackBf16(packed), b, 2, true);
+      for (const variant of variants) {
+        const mod = buildMatMulModule(backend.wasm.asm.memory, variant);
+        for (const [fns, weight, ref] of [[mod.f32, w, want], [mod.bf16, packed, wantBf16]] as const) {
+          const y = tf.zeros([M, N]);
+          for (let r0 = 0; r0 < M; r0 += variant.maxRows) {
+            const rows = Math.min(variant.maxRows, M - r0);
+            fns[rows]!(off(x) + r0 * K * 4, off(weight), off(b), off(y) + r0 * N * 4, K, N, 2, EPILOGUE.relu);
+          }
+          expect(maxAbsDiff(y, ref), JSON.stringify(variant)).toBeLessThan(1e-5);
+        }
+      }
+    });
   });
 
   it('stays right after the tfjs heap grew under the compiled module', () => {

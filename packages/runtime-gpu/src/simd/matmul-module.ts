@@ -34,13 +34,20 @@ export interface MatMulVariant {
   readonly nUnroll: number;
   /** Columns per block: the R×colBlock slab of y is what stays in L1 while W streams past. */
   readonly colBlock: number;
+  /** From this row count up, x values are splat-loaded from memory inside the loop instead of held in locals. */
+  readonly memorySplatRows?: number;
+  /** Sum the kUnroll products as a balanced tree before adding to y (shorter dependency chains). */
+  readonly tree?: boolean;
 }
 
 /**
- * Measured on this repo's 2-core AMD EPYC (Zen 3) box with `bench/runtime.bench.ts`-style timings of
- * [1..8, 4096]·[4096, 4096]; see docs/runtime.md "SIMD kernels".
+ * Measured (process CPU time, best of 15) on this repo's 2-core AMD EPYC (Zen 3) box over [M, 4096]·[4096, 4096],
+ * M = 1..8, against kUnroll 4/8/16, nUnroll 1/2/4, colBlock 1024/2048/4096/8192, maxRows 1/2/4/6/8, x splats in
+ * locals vs loaded in the loop, and tree vs chained sums: 8 W rows per pass at M = 1 (4 was ~8% slower, 16 spills
+ * ~2x slower), one 4096-column block (2048: ~20% slower), and row blocks of 4 (6 and 8 run out of the 16 vector
+ * registers). The rest were within noise.
  */
-export const DEFAULT_VARIANT: MatMulVariant = { maxRows: 4, kUnroll: [8, 4, 2, 2], nUnroll: 2, colBlock: 2048 };
+export const DEFAULT_VARIANT: MatMulVariant = { maxRows: 4, kUnroll: [8, 4, 3, 2], nUnroll: 2, colBlock: 4096 };
 
 /** Signature of every exported kernel: pointers are byte offsets into the imported memory; `bias` 0 means none. */
 export type MatMulFn = (x: number, w: number, bias: number, y: number, K: number, N: number, alpha: number, epilogue: number) => void;
@@ -69,7 +76,7 @@ export function buildMatMulModule(memory: WasmMemoryLike, variant: MatMulVariant
   for (const format of ['f32', 'bf16'] as const) {
     for (let rows = 1; rows <= variant.maxRows; rows++) {
       m.func(`${format}_r${rows}`, { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'], results: [] }, (c, p) =>
-        emitMatMul(c, p, format, { rows, kUnroll: variant.kUnroll[rows - 1]!, nUnroll: variant.nUnroll, colBlock }),
+        emitMatMul(c, p, format, { rows, kUnroll: variant.kUnroll[rows - 1]!, nUnroll: variant.nUnroll, colBlock, memorySplat: rows >= (variant.memorySplatRows ?? Infinity), tree: variant.tree ?? false }),
       );
     }
   }
@@ -84,6 +91,8 @@ interface Shape {
   kUnroll: number;
   nUnroll: number;
   colBlock: number;
+  memorySplat: boolean;
+  tree: boolean;
 }
 
 function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): void {
@@ -93,18 +102,24 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
   const vw = bf16 ? 8 : 4; // columns per vector unit
   const wElem = bf16 ? 2 : 4; // bytes of W per column
   const i32 = () => c.local('i32');
-  const [nb, nEnd, k, n, pw, py, limit, kEnd, wRow, yRow, xRow, o, oLimit, xk] = Array.from({ length: 14 }, i32);
+  const [nb, nEnd, k, n, limit, kEnd, wRow, yRow, xRow, o, oLimit, xk] = Array.from({ length: 12 }, i32);
+  // One pointer per W row and per y row in flight: addresses are then pointer + immediate, no add per load.
+  const wp = Array.from({ length: s.kUnroll }, i32);
+  const yp = Array.from({ length: R }, i32);
   const xRowOff = Array.from({ length: R }, (_, r) => (r === 0 ? undefined : i32()));
   const yRowOff = Array.from({ length: R }, (_, r) => (r === 0 ? undefined : i32()));
   const wRowOff = Array.from({ length: s.kUnroll }, (_, j) => (j === 0 ? undefined : i32()));
   const splat = Array.from({ length: R }, () => Array.from({ length: s.kUnroll }, () => c.local('v128')));
-  const acc = Array.from({ length: R * 2 }, () => c.local('v128'));
+  const wvs = Array.from({ length: s.kUnroll }, () => [c.local('v128'), c.local('v128')]);
+  const acc = Array.from({ length: R }, () => [c.local('v128'), c.local('v128')]);
   const wv = c.local('v128');
   const v = c.local('v128');
   const alpha4 = c.local('v128');
   const zero4 = c.local('v128');
   const fa = c.local('f32'), fb = c.local('f32');
   const wi = c.local('i32');
+  const oddMask = c.local('v128');
+  const vecEnd = c.local('i32');
 
   // Strides (bytes) and per-row offsets, once.
   c.localGet(N).i32Const(wElem).i32Mul().localSet(wRow);
@@ -116,11 +131,14 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
   }
   for (let j = 1; j < s.kUnroll; j++) c.localGet(wRow).i32Const(j).i32Mul().localSet(wRowOff[j]!);
   c.localGet(alpha).f32x4Splat().localSet(alpha4);
+  if (bf16) c.v128ConstI32x4([0xffff0000, 0xffff0000, 0xffff0000, 0xffff0000]).localSet(oddMask);
 
   /** Pushes the address of y row r at byte pointer `ptr`. */
   const yAt = (ptr: Local, r: number) => (r > 0 ? c.localGet(ptr).localGet(yRowOff[r]!).i32Add() : c.localGet(ptr));
   /** Pushes the address of W row k+j at the current column. */
-  const wAt = (j: number) => (j > 0 ? c.localGet(pw).localGet(wRowOff[j]!).i32Add() : c.localGet(pw));
+  const wAt = (j: number) => c.localGet(wp[j]!);
+  /** Pushes the address of y row r at the current column. */
+  const ypAt = (r: number) => c.localGet(yp[r]!);
 
   /** Runs `vector(ptrOffsetBytes)` over y[nb:nEnd) 4 floats at a time and `scalar()` over the rest, pointer `o`. */
   const overBlock = (vector: () => void, scalar: () => void) => {
@@ -133,51 +151,67 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
   const kGroup = (ku: number) => {
     // Splat x[r, k+j] for every row r and j < ku.
     c.localGet(x).localGet(k).i32Const(4).i32Mul().i32Add().localSet(xk);
-    for (let r = 0; r < R; r++) {
-      for (let j = 0; j < ku; j++) {
-        c.localGet(xk);
-        if (r > 0) c.localGet(xRowOff[r]!).i32Add();
-        c.v128Load32Splat(j * 4).localSet(splat[r]![j]!);
-      }
-    }
-    c.localGet(w).localGet(k).localGet(wRow).i32Mul().i32Add().localGet(nb).i32Const(wElem).i32Mul().i32Add().localSet(pw);
-    c.localGet(y).localGet(nb).i32Const(4).i32Mul().i32Add().localSet(py);
+    const xAt = (r: number) => (r > 0 ? c.localGet(xk).localGet(xRowOff[r]!).i32Add() : c.localGet(xk));
+    /** Pushes x[r, k+j] in all four lanes. */
+    const pushSplat = (r: number, j: number) => (s.memorySplat ? xAt(r).v128Load32Splat(j * 4) : c.localGet(splat[r]![j]!));
+    if (!s.memorySplat) for (let r = 0; r < R; r++) for (let j = 0; j < ku; j++) xAt(r).v128Load32Splat(j * 4).localSet(splat[r]![j]!);
+    c.localGet(w).localGet(k).localGet(wRow).i32Mul().i32Add().localGet(nb).i32Const(wElem).i32Mul().i32Add().localSet(wp[0]!);
+    for (let j = 1; j < ku; j++) c.localGet(wp[0]!).localGet(wRowOff[j]!).i32Add().localSet(wp[j]!);
+    c.localGet(y).localGet(nb).i32Const(4).i32Mul().i32Add().localSet(yp[0]!);
+    for (let r = 1; r < R; r++) c.localGet(yp[0]!).localGet(yRowOff[r]!).i32Add().localSet(yp[r]!);
+    const advance = (wBytes: number, yBytes: number) => {
+      for (let j = 0; j < ku; j++) c.localGet(wp[j]!).i32Const(wBytes).i32Add().localSet(wp[j]!);
+      for (let r = 0; r < R; r++) c.localGet(yp[r]!).i32Const(yBytes).i32Add().localSet(yp[r]!);
+    };
 
+    /** Loads W row j's vector at unit u into locals: f32 one; bf16 two (even columns, odd columns). */
+    const loadW = (j: number, u: number, into: readonly Local[]) => {
+      if (!bf16) return void wAt(j).v128Load(16 * u).localSet(into[0]!);
+      // shl 16 puts the low halves (even columns) in the top of each lane; masking keeps the odd columns.
+      wAt(j).v128Load(16 * u).localTee(v).i32Const(16).i32x4Shl().localSet(into[0]!);
+      c.localGet(v).localGet(oddMask).v128And().localSet(into[1]!);
+    };
+    const halves = bf16 ? 2 : 1;
     const vectorBody = (units: number) => () => {
       for (let u = 0; u < units; u++) {
-        if (!bf16) {
-          for (let r = 0; r < R; r++) yAt(py, r).v128Load(16 * u).localSet(acc[r]!);
+        if (!s.tree) {
+          // acc[r][h] += x[r, k+j] · W[k+j] for j in order; each W vector is loaded once and used for every row.
+          for (let r = 0; r < R; r++) for (let h = 0; h < halves; h++) ypAt(r).v128Load(16 * (halves * u + h)).localSet(acc[r]![h]!);
           for (let j = 0; j < ku; j++) {
-            wAt(j);
-            c.v128Load(16 * u).localSet(wv);
-            for (let r = 0; r < R; r++) c.localGet(acc[r]!).localGet(splat[r]![j]!).localGet(wv).f32x4Mul().f32x4Add().localSet(acc[r]!);
-          }
-          for (let r = 0; r < R; r++) yAt(py, r).localGet(acc[r]!).v128Store(16 * u);
-        } else {
-          for (let r = 0; r < R; r++) {
-            yAt(py, r).v128Load(32 * u).localSet(acc[2 * r]!);
-            yAt(py, r).v128Load(32 * u + 16).localSet(acc[2 * r + 1]!);
-          }
-          for (let j = 0; j < ku; j++) {
-            wAt(j);
-            c.v128Load(16 * u).localTee(v);
-            c.i32x4ExtendLowI16x8U().i32Const(16).i32x4Shl().localSet(wv); // columns 0..3 of the 8
-            c.localGet(v).i32x4ExtendHighI16x8U().i32Const(16).i32x4Shl().localSet(v); // columns 4..7
+            loadW(j, u, wvs[0]!);
             for (let r = 0; r < R; r++) {
-              c.localGet(acc[2 * r]!).localGet(splat[r]![j]!).localGet(wv).f32x4Mul().f32x4Add().localSet(acc[2 * r]!);
-              c.localGet(acc[2 * r + 1]!).localGet(splat[r]![j]!).localGet(v).f32x4Mul().f32x4Add().localSet(acc[2 * r + 1]!);
+              for (let h = 0; h < halves; h++) {
+                c.localGet(acc[r]![h]!);
+                pushSplat(r, j).localGet(wvs[0]![h]!).f32x4Mul().f32x4Add().localSet(acc[r]![h]!);
+              }
             }
           }
-          for (let r = 0; r < R; r++) {
-            yAt(py, r).localGet(acc[2 * r]!).v128Store(32 * u);
-            yAt(py, r).localGet(acc[2 * r + 1]!).v128Store(32 * u + 16);
+          for (let r = 0; r < R; r++) for (let h = 0; h < halves; h++) ypAt(r).localGet(acc[r]![h]!).v128Store(16 * (halves * u + h));
+          continue;
+        }
+        for (let j = 0; j < ku; j++) loadW(j, u, wvs[j]!);
+        const product = (r: number, j: number, h: number) => pushSplat(r, j).localGet(wvs[j]![h]!).f32x4Mul();
+        /** Σ_{j in [lo, hi)} products as a balanced tree: a short dependency chain instead of ku adds in a row. */
+        const tree = (r: number, h: number, lo: number, hi: number): void => {
+          if (hi - lo === 1) return void product(r, lo, h);
+          const mid = (lo + hi) >> 1;
+          tree(r, h, lo, mid);
+          tree(r, h, mid, hi);
+          c.f32x4Add();
+        };
+        for (let r = 0; r < R; r++) {
+          for (let h = 0; h < halves; h++) {
+            const at = 16 * (halves * u + h);
+            ypAt(r); // address for the store below
+            ypAt(r).v128Load(at);
+            tree(r, h, 0, ku);
+            c.f32x4Add().v128Store(at);
           }
         }
       }
-      c.localGet(pw).i32Const(16 * units).i32Add().localSet(pw);
-      c.localGet(py).i32Const(16 * units * (vw / 4)).i32Add().localSet(py);
+      advance(16 * units, 16 * units * (vw / 4));
     };
-    // n runs over columns; pw/py advance with it.
+    // n runs over columns; the W and y pointers advance with it.
     c.localGet(nEnd).i32Const(vw * s.nUnroll - 1).i32Sub().localSet(limit);
     c.for(n, () => c.localGet(nb), () => c.localGet(limit), vw * s.nUnroll, vectorBody(s.nUnroll));
     if (s.nUnroll > 1) {
@@ -187,25 +221,27 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
     // Tail columns one by one (f32) or by pairs (bf16: N is even, so pairs never straddle).
     c.for(n, () => c.localGet(n), () => c.localGet(nEnd), bf16 ? 2 : 1, () => {
       for (let r = 0; r < R; r++) {
-        yAt(py, r).f32Load(0).localSet(fa);
-        if (bf16) yAt(py, r).f32Load(4).localSet(fb);
+        ypAt(r).f32Load(0).localSet(fa);
+        if (bf16) ypAt(r).f32Load(4).localSet(fb);
         for (let j = 0; j < ku; j++) {
           if (!bf16) {
-            c.localGet(fa).localGet(splat[r]![j]!).f32x4ExtractLane(0);
+            c.localGet(fa);
+            pushSplat(r, j).f32x4ExtractLane(0);
             wAt(j).f32Load(0).f32Mul().f32Add().localSet(fa);
           } else {
             wAt(j).i32Load(0).localSet(wi);
-            c.localGet(fa).localGet(splat[r]![j]!).f32x4ExtractLane(0);
+            c.localGet(fa);
+            pushSplat(r, j).f32x4ExtractLane(0);
             c.localGet(wi).i32Const(16).i32Shl().f32ReinterpretI32().f32Mul().f32Add().localSet(fa);
-            c.localGet(fb).localGet(splat[r]![j]!).f32x4ExtractLane(0);
+            c.localGet(fb);
+            pushSplat(r, j).f32x4ExtractLane(0);
             c.localGet(wi).i32Const(0xffff0000).i32And().f32ReinterpretI32().f32Mul().f32Add().localSet(fb);
           }
         }
-        yAt(py, r).localGet(fa).f32Store(0);
-        if (bf16) yAt(py, r).localGet(fb).f32Store(4);
+        ypAt(r).localGet(fa).f32Store(0);
+        if (bf16) ypAt(r).localGet(fb).f32Store(4);
       }
-      c.localGet(pw).i32Const(4).i32Add().localSet(pw);
-      c.localGet(py).i32Const(bf16 ? 8 : 4).i32Add().localSet(py);
+      advance(4, bf16 ? 8 : 4);
     });
   };
 
@@ -226,6 +262,18 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
     c.for(k, () => c.i32Const(0), () => c.localGet(kEnd), s.kUnroll, () => kGroup(s.kUnroll));
     if (s.kUnroll > 1) c.for(k, () => c.localGet(k), () => c.localGet(K), 1, () => kGroup(1));
 
+    if (bf16) {
+      // The vector loop left each full group of 8 columns as [0 2 4 6 | 1 3 5 7]: interleave back to column order.
+      c.localGet(nEnd).localGet(nEnd).localGet(nb).i32Sub().i32Const(7).i32And().i32Sub().i32Const(4).i32Mul().i32Const(28).i32Sub().localSet(vecEnd);
+      for (let r = 0; r < R; r++) {
+        c.for(o, () => c.localGet(nb).i32Const(4).i32Mul(), () => c.localGet(vecEnd), 32, () => {
+          yAt(y, r).localGet(o).i32Add().v128Load(0).localSet(wv);
+          yAt(y, r).localGet(o).i32Add().v128Load(16).localSet(v);
+          yAt(y, r).localGet(o).i32Add().localGet(wv).localGet(v).i32x4Shuffle([0, 4, 1, 5]).v128Store(0);
+          yAt(y, r).localGet(o).i32Add().localGet(wv).localGet(v).i32x4Shuffle([2, 6, 3, 7]).v128Store(16);
+        });
+      }
+    }
     // epilogue: y = act(alpha · y + b)
     for (let r = 0; r < R; r++) {
       overBlock(

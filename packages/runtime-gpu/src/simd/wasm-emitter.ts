@@ -70,7 +70,7 @@ function utf8(name: string): number[] {
 
 /** SIMD opcodes (after the 0xfd prefix) that Code emits; named as in the spec. */
 const SIMD = {
-  'v128.load': 0x00, 'v128.load32_splat': 0x09, 'v128.store': 0x0b, 'v128.const': 0x0c,
+  'v128.load': 0x00, 'v128.load32_splat': 0x09, 'v128.store': 0x0b, 'v128.const': 0x0c, 'i8x16.shuffle': 0x0d,
   'i32x4.splat': 0x11, 'f32x4.splat': 0x13, 'f32x4.extract_lane': 0x1f,
   'v128.and': 0x4e, 'v128.or': 0x50,
   'i32x4.extend_low_i16x8_u': 0xa9, 'i32x4.extend_high_i16x8_u': 0xaa, 'i32x4.shl': 0xab, 'i32x4.shr_u': 0xad,
@@ -279,6 +279,11 @@ export class Code {
   v128And(): this { return this.simd('v128.and'); }
   i32x4ExtendLowI16x8U(): this { return this.simd('i32x4.extend_low_i16x8_u'); }
   i32x4ExtendHighI16x8U(): this { return this.simd('i32x4.extend_high_i16x8_u'); }
+  /** Picks 32-bit lanes from the two vectors on the stack: indices 0..3 are the first's lanes, 4..7 the second's. */
+  i32x4Shuffle(lanes: [number, number, number, number]): this {
+    if (lanes.some((l) => !Number.isInteger(l) || l < 0 || l > 7)) throw new Error(`i32x4Shuffle: lanes must be 0..7, got [${lanes}]`);
+    return this.simd('i8x16.shuffle').raw(...lanes.flatMap((l) => [4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3]));
+  }
 }
 
 /** Limits of an imported memory, in 64 KiB pages. */
