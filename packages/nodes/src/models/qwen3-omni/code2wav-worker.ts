@@ -74,7 +74,7 @@ export function setup(options: Code2WavWorkerSetup): void {
   } else {
     model = Code2Wav.load(randomCheckpoint(), code2WavConfigSchema.parse(options.randomConfig), 'code2wav', { weights: options.weights });
   }
-  const wanted = options.split ?? Code2Wav.pipelineSplit(model.config);
+  const wanted = options.split ?? Code2Wav.pipelineSplit(model.config, options.weights);
   if (!Number.isInteger(wanted) || wanted < 0 || wanted > model.decoderSteps) {
     throw new Error(`code2wav worker: split ${wanted} is outside the decoder steps [0, ${model.decoderSteps}]`);
   }

@@ -70,7 +70,7 @@ async function openPipeline(dir: string, weights: WeightDtype): Promise<Code2Wav
   const { config } = readQwen3OmniConfig(dir);
   const c = config.code2wav_config;
   if (!c) throw new Error(`code2wav: ${dir}/config.json has no code2wav_config`);
-  const pipe = await Code2WavPipeline.start({ checkpoint: dir }, { split: Code2Wav.pipelineSplit(c), groups: c.num_quantizers, weights });
+  const pipe = await Code2WavPipeline.start({ checkpoint: dir }, { split: Code2Wav.pipelineSplit(c, weights), groups: c.num_quantizers, weights });
   return { owned: true, pipeline: { pipe, groups: c.num_quantizers } };
 }
 

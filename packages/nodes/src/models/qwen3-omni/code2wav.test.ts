@@ -204,6 +204,25 @@ describe('Code2Wav (fixture case 8)', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  it('places the default pipeline cut where the cost model balances the two threads', () => {
+    const { config } = readQwen3OmniConfig(fixtureDir());
+    const release = { ...config.code2wav_config!, hidden_size: 1024, num_attention_heads: 16, num_key_value_heads: 16, intermediate_size: 3072,
+      num_hidden_layers: 8, decoder_dim: 1536, upsample_rates: [8, 5, 4, 3], upsampling_ratios: [2, 2] };
+    for (const c of [config.code2wav_config!, release]) {
+      for (const weights of ['float32', 'bf16'] as const) {
+        const { front, steps } = Code2Wav.frameCostMs(c, weights);
+        expect(steps.length).toBe(2 + 4 * c.upsample_rates.length);
+        const loads = steps.map((_, k) => k).concat(steps.length).map((k) => {
+          const f = front + steps.slice(0, k).reduce((a, b) => a + b, 0);
+          return Math.max(f, front + steps.reduce((a, b) => a + b, 0) - f);
+        });
+        expect(loads[Code2Wav.pipelineSplit(c, weights)]).toBe(Math.min(...loads));
+      }
+    }
+    // bf16 halves the transformer's bytes, so the front thread takes on more of the decoder.
+    expect(Code2Wav.pipelineSplit(release, 'bf16')).toBeGreaterThanOrEqual(Code2Wav.pipelineSplit(release, 'float32'));
+  });
+
   it('names what is wrong with bad codes', () => {
     expect(() => c2w.decode(codes.subarray(1), frames)).toThrow(/expected 4 code groups x 12 frames = 48 codes, got 47/);
     const bad = codes.slice();

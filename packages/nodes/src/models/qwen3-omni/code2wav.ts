@@ -82,12 +82,50 @@ export class Code2Wav {
   }
 
   /**
-   * Where a two-thread decoder (Code2WavPipeline) is cut by default, in decoder steps: after decoder.0 and the first
-   * half of the blocks, so the front thread runs the memory-bound transformer and the wide early convs, the back thread
-   * the long late ones (for the release, step 9: blocks 1–2 in front).
+   * Where a two-thread decoder (Code2WavPipeline) is cut by default, in decoder steps: the cut that best balances the
+   * two threads' estimated time per frame (`frameCostMs`). For the release that is step 6: the front thread runs the
+   * transformer, upsampling, decoder.0, block 1 and block 2's upsampling; the back thread the rest (measured per
+   * step on the wasm backend: the halves within 10%).
    */
-  static pipelineSplit(config: Code2WavConfig): number {
-    return 1 + (1 + RESIDUAL_DILATIONS.length) * Math.ceil(config.upsample_rates.length / 2);
+  static pipelineSplit(config: Code2WavConfig, weights: WeightDtype = 'float32'): number {
+    const { front, steps } = Code2Wav.frameCostMs(config, weights);
+    const total = front + steps.reduce((a, b) => a + b, 0);
+    let best = 0, bestLoad = Infinity, acc = front;
+    for (let split = 0; split <= steps.length; split++) {
+      const load = Math.max(acc, total - acc);
+      if (load < bestLoad) [best, bestLoad] = [split, load];
+      acc += steps[split] ?? 0;
+    }
+    return best;
+  }
+
+  /**
+   * A cost model of one codec frame on one wasm thread, in ms: each product costs its multiply-adds at 40 GFLOP/s
+   * (XNNPACK's conv/matmul rate here) plus its weight bytes at 8 GB/s (a batch-1 product streams its weights once).
+   * `front` is the embedding, transformer and upsampling; `steps[s]` decoder step s. Used to place the pipeline cut;
+   * the ratios, not the absolute values, are what it gets right (bench/talker.bench.ts measures).
+   */
+  static frameCostMs(config: Code2WavConfig, weights: WeightDtype = 'float32'): { front: number; steps: number[] } {
+    const c = config, H = c.hidden_size, D = c.decoder_dim;
+    const cost = (macs: number, weightBytes: number) => (2 * macs) / 40e6 + weightBytes / 8e6;
+    const kv = (c.num_key_value_heads * H) / c.num_attention_heads;
+    const layerWeights = 2 * H * H + 2 * H * kv + 3 * H * c.intermediate_size;
+    let positions = 1;
+    let front = cost(c.num_hidden_layers * layerWeights, c.num_hidden_layers * layerWeights * (weights === 'bf16' ? 2 : 4));
+    for (const ratio of c.upsampling_ratios) {
+      front += cost(positions * H * H * ratio, 4 * H * H * ratio); // transposed conv k = s
+      positions *= ratio;
+      front += cost(positions * 8 * H * H, 4 * 8 * H * H); // ConvNeXt's two pointwise layers (4x expansion)
+    }
+    const steps = [cost(positions * H * D * 7, 4 * H * D * 7)];
+    c.upsample_rates.forEach((rate, i) => {
+      const inC = D / 2 ** i, outC = inC / 2;
+      steps.push(cost(positions * 2 * inC * rate * outC, 4 * 2 * inC * rate * outC)); // polyphase transposed conv
+      positions *= rate;
+      for (let u = 0; u < RESIDUAL_DILATIONS.length; u++) steps.push(cost(positions * 8 * outC * outC, 4 * 8 * outC * outC)); // k7 + k1
+    });
+    steps.push(cost(positions * (D / 2 ** c.upsample_rates.length) * 7, 0));
+    return { front, steps };
   }
 
   /**
