@@ -2,8 +2,9 @@
  * Runtime benchmarks (`npm run bench -- runtime`), each against a baseline measured in the same run
  * on the default backend:
  * - fusion: 4 small kernel nodes over 20 ms audio chunks in a compiled graph, fused vs unfused;
- * - batching: a matvec-heavy stage serving 8 sessions, batched vs one by one;
- * - bandwidth: a 4096x4096 float32 matvec's effective bandwidth next to a plain-array triad's;
+ * - batching: a matvec-heavy stage (matMulSmall) serving 8 sessions, batched vs one by one;
+ * - bandwidth: a 4096x4096 matvec's effective bandwidth (omniflow's SIMD kernel, float32 and bf16, and tf.matMul)
+ *   next to a plain-array triad's;
  * - weights: loading a 1 GB BF16 safetensors file (seconds, peak RSS in a child process);
  * - kvCache: decode-style appends, in place vs rebuilding by concat;
  * - workers: a chunky stage on two worker threads vs the main thread, and a tiny stage's round trip.
@@ -18,6 +19,10 @@ import {
   type FusedStep,
   type KernelNode,
   KVCache,
+  matMulBf16,
+  matMulSmall,
+  packBf16,
+  SIMD_MATMUL_MAX_ROWS,
   tensorBatchStage,
   tensorFuser,
   WorkerStage,
@@ -115,7 +120,7 @@ function kernelBreakdown(kernels: KernelNode[], steps: readonly FusedStep[]) {
   const inputs: tf.Tensor[] = [x];
   for (const k of kernels) inputs.push(k.kernel(inputs[inputs.length - 1] as unknown as TensorHandle) as unknown as tf.Tensor);
   const result = {
-    kernels: Object.fromEntries(kernels.map((k, i) => [`${k.id}`, cpuUs(() => k.kernel(inputs[i] as unknown as TensorHandle) as unknown as tf.Tensor)])),
+    kernels: Object.fromEntries(kernels.map((k, i) => [k.id, cpuUs(() => k.kernel(inputs[i] as unknown as TensorHandle) as unknown as tf.Tensor)])),
     steps: Object.fromEntries(steps.map((s) => [s.nodes.join('+'), cpuUs(() => tf.tidy(() => s.run(x)))])),
   };
   tf.dispose(inputs);
@@ -124,6 +129,8 @@ function kernelBreakdown(kernels: KernelNode[], steps: readonly FusedStep[]) {
 
 // ------------------------------------------------------------------------------------------------
 // Batching: 8 sessions through a matvec-heavy stage, batched vs one by one.
+
+const kernelFor = (rows: number) => (tf.getBackend() === 'wasm' && rows <= SIMD_MATMUL_MAX_ROWS ? 'omniflow SIMD' : 'tf.matMul');
 
 async function batching() {
   const dim = 4096, sessions = 8, steps = 16; // 64 MiB of weights: batch-1 decoding is memory-bound
@@ -134,7 +141,8 @@ async function batching() {
     );
   const once = async (maxBatch: number) => {
     const streams = packets();
-    const stage = tensorBatchStage({ maxBatch, maxWaitMs: 1, run: (x) => tf.matMul(x, w) });
+    // matMulSmall as the model layers call it: the SIMD kernel for M = 1 and M = 8 on wasm, tf.matMul elsewhere.
+    const stage = tensorBatchStage({ maxBatch, maxWaitMs: 1, run: (x) => matMulSmall(x, w) as tf.Tensor2D });
     const c0 = process.cpuUsage();
     const t0 = performance.now();
     const out = await lastValueFrom(merge(...streams).pipe(stage, toArray()));
@@ -154,7 +162,10 @@ async function batching() {
   const med = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const wall = (xs: typeof batched) => med(xs.map((x) => x.wall)), cpu = (xs: typeof batched) => med(xs.map((x) => x.cpu));
   return {
-    stage: `x[B, ${dim}] · W[${dim}, ${dim}] float32 (${((dim * dim * 4) / 2 ** 20).toFixed(0)} MiB of weights)`,
+    stage: `matMulSmall(x[B, ${dim}], W[${dim}, ${dim}]) float32 (${((dim * dim * 4) / 2 ** 20).toFixed(0)} MiB of weights)`,
+    // Which matmul ran: omniflow's SIMD kernel up to SIMD_MATMUL_MAX_ROWS rows on wasm, tf.matMul otherwise.
+    oneByOneKernel: kernelFor(1),
+    batchedKernel: kernelFor(sessions),
     sessions,
     stepsPerSession: steps,
     oneByOneItemsPerSecond: +wall(oneByOne).toFixed(1),
@@ -172,19 +183,41 @@ async function batching() {
 async function bandwidth() {
   const n = 4096;
   const w = tf.tidy(() => tf.randomUniform([n, n], -1, 1, 'float32', 3) as tf.Tensor2D);
+  const packed = packBf16(w);
   const x = tf.randomUniform([1, n], -1, 1, 'float32', 4) as tf.Tensor2D;
-  const ms = await medianMs(() => tf.tidy(() => tf.matMul(x, w).dataSync()), 15, 3);
-  tf.dispose([w, x]);
-  const bytes = n * n * 4;
-  const matvec = bytes / (ms / 1000) / 1e9;
+  // Back to back in one run, so the three see the same machine.
+  const tfjsMs = await medianMs(() => tf.tidy(() => tf.matMul(x, w).dataSync()), 15, 3);
+  const ms = await medianMs(() => tf.tidy(() => matMulSmall(x, w).dataSync()), 15, 3);
+  const bf16Ms = await medianMs(() => tf.tidy(() => matMulBf16(x, packed).dataSync()), 15, 3);
+  // The kernels must agree with tf.matMul (bf16: with the rounded weights, so the error is the rounding's).
+  const maxDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
+  const [f32Error, bf16Error] = tf.tidy(() => {
+    const ref = tf.matMul(x, w);
+    return [maxDiff(matMulSmall(x, w), ref), maxDiff(matMulBf16(x, packed), ref)];
+  });
+  tf.dispose([w, x, packed]);
+  const bytes = n * n * 4, bf16Bytes = n * n * 2;
+  const gbps = (b: number, t: number) => b / (t / 1000) / 1e9;
   const triad = measureTriadBandwidth();
+  const matvec = gbps(bytes, ms);
   return {
     matvec: `x[1, ${n}] · W[${n}, ${n}] float32 (64 MiB)`,
+    kernel: tf.getBackend() === 'wasm' ? 'omniflow SIMD (matMulSmall)' : `tf.matMul (matMulSmall falls back on ${tf.getBackend()})`,
     matvecMs: +ms.toFixed(3),
     matvecGBps: +matvec.toFixed(2),
+    tfjsMatvecMs: +tfjsMs.toFixed(3),
+    tfjsMatvecGBps: +gbps(bytes, tfjsMs).toFixed(2),
+    speedupOverTfjs: +(tfjsMs / ms).toFixed(2),
+    bf16MatvecMs: +bf16Ms.toFixed(3),
+    bf16WeightBytesRead: bf16Bytes,
+    bf16GBps: +gbps(bf16Bytes, bf16Ms).toFixed(2),
+    // What a float32 matvec would need to reach to match it: the figure to compare with matvecGBps.
+    bf16Float32EquivalentGBps: +gbps(bytes, bf16Ms).toFixed(2),
+    maxAbsErrorVsTfjs: { float32: f32Error, bf16: +bf16Error.toPrecision(3) },
     triadGBps: triad.gbPerSecond,
     triadArrayMiB: triad.arrayMiB,
     fractionOfTriad: +(matvec / triad.gbPerSecond).toFixed(2),
+    tfjsFractionOfTriad: +(gbps(bytes, tfjsMs) / triad.gbPerSecond).toFixed(2),
     goal: 0.6,
   };
 }
