@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
 import { packBf16, unpackBf16 } from './bf16.js';
-import { matMulBf16, matMulSmall, OMNIFLOW_MATMUL, SIMD_MATMUL_MAX_ROWS } from './mat-mul-small.js';
+import { matMulBf16, matMulSmall, OMNIFLOW_MATMUL, OMNIFLOW_MATMUL_BF16, SIMD_MATMUL_MAX_ROWS } from './mat-mul-small.js';
 import { buildMatMulModule, DEFAULT_VARIANT, EPILOGUE, type MatMulVariant } from './matmul-module.js';
 import type { WasmMemoryLike } from './wasm-emitter.js';
 
@@ -144,13 +144,17 @@ describe('SIMD kernel specifics (wasm)', () => {
     await tf.setBackend('wasm');
   });
 
-  it('runs the omniflow kernel up to SIMD_MATMUL_MAX_ROWS rows and tf.matMul above', async () => {
+  it('runs the f32 kernel up to SIMD_MATMUL_MAX_ROWS rows and tf.matMul above; the bf16 kernel for any rows', async () => {
     const w = tf.ones([8, 8]) as tf.Tensor2D;
     const kernels = async (rows: number) => (await tf.profile(() => matMulSmall(tf.ones([rows, 8]), w))).kernelNames;
     expect(await kernels(1)).toContain(OMNIFLOW_MATMUL);
     expect(await kernels(SIMD_MATMUL_MAX_ROWS)).toContain(OMNIFLOW_MATMUL);
     expect(await kernels(SIMD_MATMUL_MAX_ROWS + 1)).not.toContain(OMNIFLOW_MATMUL);
-    w.dispose();
+    const packed = packBf16(w);
+    const bf16Kernels = async (rows: number) => (await tf.profile(() => matMulBf16(tf.ones([rows, 8]), packed))).kernelNames;
+    expect(await bf16Kernels(1)).toEqual([OMNIFLOW_MATMUL_BF16]);
+    expect(await bf16Kernels(40)).toEqual([OMNIFLOW_MATMUL_BF16]); // any row count: no unpacking on wasm
+    tf.dispose([w, packed]);
   });
 
   it('computes the same with every loop variant buildMatMulModule accepts', () => {

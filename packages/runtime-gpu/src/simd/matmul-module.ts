@@ -13,8 +13,10 @@ import { type Code, type Local, WasmModuleBuilder, type WasmMemoryLike } from '.
  * sit splatted in locals for the whole pass over the columns.
  *
  * bf16 weights are packed two per i32 (element 2i in the low half, 2i+1 in the high half — the order the bytes have in
- * memory); a 16-byte load holds 8 of them and is widened in registers: i32x4.extend_{low,high}_i16x8_u then shl 16
- * puts each bf16 in the top half of an f32.
+ * memory); a 16-byte load holds 8 of them. `i32x4.shl 16` turns the low halves (the even columns) into f32s and
+ * `v128.and 0xffff0000` the high halves (the odd columns): two ops per 8 weights, where extend_{low,high}_i16x8_u + shl
+ * would take four. The vector loop therefore leaves each full group of 8 columns of y as [0 2 4 6 | 1 3 5 7]; one
+ * shuffle pass per column block (O(N), not O(K·N)) puts them back before the epilogue.
  */
 
 /** What the epilogue applies after `alpha · x·W + b`. Codes are part of the kernel ABI; append, never renumber. */
