@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Checkpoint } from '@omniflow/runtime-gpu';
+import { SIMD_MATMUL_MAX_ROWS, type Checkpoint } from '@omniflow/runtime-gpu';
+import { matMulWeight, packWeight, type WeightDtype } from './linear.js';
 import type { StreamState } from './stream-state.js';
 
 /*
@@ -112,6 +113,7 @@ export interface CausalTransConv1d {
   /**
    * k = s: [in, s·out], column t·out + o holds the PyTorch weight [i, o, t].
    * k = 2s: [2·in, s·out], row i holds W[i, o, s + t] (the tap on the previous input), row in + i holds W[i, o, t].
+   * float32, or packed bf16 (int32 [rows, s·out/2], see packWeight).
    */
   readonly weight: tf.Tensor2D;
   readonly bias: tf.Tensor1D;
@@ -124,7 +126,9 @@ export interface CausalTransConv1d {
 }
 
 /**
- * Loads `${prefix}.conv.weight` ([in, out, k], PyTorch ConvTranspose1d layout) and `${prefix}.conv.bias`.
+ * Loads `${prefix}.conv.weight` ([in, out, k], PyTorch ConvTranspose1d layout) and `${prefix}.conv.bias`. With
+ * `format` 'bf16' the weight is kept packed (packWeight): worth it where a frame feeds few rows, so the product streams
+ * its weights (Code2Wav's upsampling stages and first decoder block); exact on a bf16 checkpoint.
  *
  * ```ts
  * const up = loadCausalTransConv1d(ckpt, 'code2wav.decoder.1.block.1', 1536, 768, 16, 8);
@@ -132,19 +136,27 @@ export interface CausalTransConv1d {
  * ```
  */
 export function loadCausalTransConv1d(
-  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, stride: number,
+  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, stride: number, format: WeightDtype = 'float32',
 ): CausalTransConv1d {
   if (kernelSize !== stride && kernelSize !== 2 * stride) {
     throw new Error(`${prefix}: causal transposed conv with kernel ${kernelSize} and stride ${stride} is not supported (kernel must be stride or 2·stride)`);
   }
   const w = ckpt.get(`${prefix}.conv.weight`, [inChannels, outChannels, kernelSize]).data as Float32Array;
-  const s = stride, out = outChannels;
-  const weight = tf.tidy(() => {
-    const perTap = tf.transpose(tf.tensor3d(w, [inChannels, outChannels, kernelSize]), [0, 2, 1]); // [in, k, out]
-    if (kernelSize === s) return tf.reshape(perTap, [inChannels, s * out]) as tf.Tensor2D;
-    const [current, previous] = tf.split(perTap, 2, 1); // taps 0..s-1 act on x[j], taps s..2s-1 on x[j-1]
-    return tf.concat([tf.reshape(previous, [inChannels, s * out]), tf.reshape(current, [inChannels, s * out])], 0) as tf.Tensor2D;
-  });
+  const s = stride, out = outChannels, cols = s * out;
+  // k = s: row i, column t·out + o = w[i, o, t]. k = 2s: rows [0, in) take the taps s..2s-1 (they act on x[j-1]),
+  // rows [in, 2·in) the taps 0..s-1 (on x[j]).
+  const rows = kernelSize === s ? inChannels : 2 * inChannels;
+  const m = new Float32Array(rows * cols);
+  for (let i = 0; i < inChannels; i++) {
+    for (let o = 0; o < out; o++) {
+      for (let t = 0; t < kernelSize; t++) {
+        const v = w[(i * out + o) * kernelSize + t];
+        if (t < s) m[(kernelSize === s ? i : inChannels + i) * cols + t * out + o] = v;
+        else m[i * cols + (t - s) * out + o] = v;
+      }
+    }
+  }
+  const weight = packWeight(m, rows, cols, format);
   const bias = tf.tensor1d(ckpt.get(`${prefix}.conv.bias`, [outChannels]).data as Float32Array);
   const phaseBias = tf.tidy(() => tf.tile(bias, [s]) as tf.Tensor1D);
   return { weight, bias, phaseBias, kernelSize, stride, inChannels, outChannels };
@@ -159,7 +171,7 @@ export function causalTransConv1d(x: tf.Tensor3D, conv: CausalTransConv1d, state
     const length = x.shape[1];
     const s = conv.stride, inC = conv.inChannels, out = conv.outChannels;
     const rows = tf.reshape(x, [length, inC]) as tf.Tensor2D;
-    if (conv.kernelSize === s) return tf.reshape(tf.fused.matMul({ a: rows, b: conv.weight, bias: conv.phaseBias }), [1, length * s, out]);
+    if (conv.kernelSize === s) return tf.reshape(phaseProduct(rows, conv.weight, conv.phaseBias), [1, length * s, out]);
     const previous = state?.get(name) as tf.Tensor2D | undefined; // the previous chunk's last input, [1, in]
     state?.set(name, tf.slice(rows, [length - 1, 0], [1, inC]));
     // Block j pairs x[j-1] with x[j]; the first input has no predecessor here unless the state holds one (the block
@@ -168,9 +180,18 @@ export function causalTransConv1d(x: tf.Tensor3D, conv: CausalTransConv1d, state
     const n = before.shape[0];
     if (n === 0) return tf.zeros([1, 0, out]) as tf.Tensor3D; // a lone first input only fills the trimmed block
     const after = previous ? rows : tf.slice(rows, [1, 0], [n, inC]);
-    const y = tf.fused.matMul({ a: tf.concat([before, after], 1) as tf.Tensor2D, b: conv.weight, bias: conv.phaseBias }); // [n, s·out]
+    const y = phaseProduct(tf.concat([before, after], 1) as tf.Tensor2D, conv.weight, conv.phaseBias); // [n, s·out]
     return tf.reshape(y, [1, n * s, out]);
   });
+}
+
+/**
+ * a·W + bias: a packed bf16 weight or a few rows (streaming) go through matMulWeight (omniflow's SIMD kernel on wasm);
+ * many rows through tfjs's fused matMul (XNNPACK GEMM, bias in the same pass).
+ */
+function phaseProduct(a: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
+  if (weight.dtype === 'int32' || a.shape[0] <= SIMD_MATMUL_MAX_ROWS) return matMulWeight(a, weight, { bias });
+  return tf.fused.matMul({ a, b: weight, bias }) as tf.Tensor2D;
 }
 
 /**
@@ -181,8 +202,9 @@ export function causalTransConv1dTail(conv: CausalTransConv1d, state: StreamStat
   const last = state.get(name) as tf.Tensor2D | undefined;
   if (!last || conv.kernelSize === conv.stride) return undefined;
   return tf.tidy(() => {
-    const onPrevious = tf.slice(conv.weight, [0, 0], [conv.inChannels, conv.stride * conv.outChannels]) as tf.Tensor2D;
-    return tf.reshape(tf.fused.matMul({ a: last, b: onPrevious, bias: conv.phaseBias }), [1, conv.stride, conv.outChannels]);
+    // The taps on the previous input alone: [x_last, 0] against both stacked halves (one product for either format).
+    const a = tf.concat([last, tf.zerosLike(last)], 1) as tf.Tensor2D;
+    return tf.reshape(phaseProduct(a, conv.weight, conv.phaseBias), [1, conv.stride, conv.outChannels]);
   });
 }
 

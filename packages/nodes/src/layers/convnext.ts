@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint } from '@omniflow/runtime-gpu';
-import { loadLinear, linear, disposeLinear, type Linear } from './linear.js';
+import { loadLinear, linear, disposeLinear, type Linear, type WeightDtype } from './linear.js';
 import { gelu } from './gelu.js';
 import { loadLayerNorm, layerNorm, disposeLayerNorm, type LayerNorm } from './layer-norm.js';
 import { loadCausalDepthwiseConv1d, causalDepthwiseConv1d, disposeConv, type CausalDepthwiseConv1d } from './causal-conv.js';
@@ -19,20 +19,21 @@ export interface ConvNeXtBlock {
 }
 
 /**
- * Loads `${prefix}.{dwconv.conv, norm, pwconv1, pwconv2, gamma}`.
+ * Loads `${prefix}.{dwconv.conv, norm, pwconv1, pwconv2, gamma}`; `format` 'bf16' packs the two pointwise layers
+ * (packWeight), for blocks that see a few rows per call.
  *
  * ```ts
  * const block = loadConvNeXtBlock(ckpt, 'code2wav.upsample.0.1', 1024);
  * const y = convNeXtBlock(x, block); // [1, L, 1024] -> [1, L, 1024]
  * ```
  */
-export function loadConvNeXtBlock(ckpt: Checkpoint, prefix: string, dim: number, kernelSize = 7, eps = 1e-6): ConvNeXtBlock {
+export function loadConvNeXtBlock(ckpt: Checkpoint, prefix: string, dim: number, kernelSize = 7, eps = 1e-6, format: WeightDtype = 'float32'): ConvNeXtBlock {
   const vec = (key: string) => tf.tensor1d(ckpt.get(`${prefix}.${key}`, [dim]).data as Float32Array);
   return {
     dwconv: loadCausalDepthwiseConv1d(ckpt, `${prefix}.dwconv`, dim, kernelSize),
     norm: loadLayerNorm(ckpt, `${prefix}.norm`, dim, eps),
-    pwconv1: loadLinear(ckpt, `${prefix}.pwconv1`, dim, 4 * dim, true),
-    pwconv2: loadLinear(ckpt, `${prefix}.pwconv2`, 4 * dim, dim, true),
+    pwconv1: loadLinear(ckpt, `${prefix}.pwconv1`, dim, 4 * dim, true, format),
+    pwconv2: loadLinear(ckpt, `${prefix}.pwconv2`, 4 * dim, dim, true, format),
     gamma: vec('gamma'),
   };
 }

@@ -174,9 +174,9 @@ describe('Code2Wav (fixture case 8)', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it('with bf16 transformer weights equals the float32 model on the same bf16-rounded checkpoint', () => {
+  it('with bf16 weights equals the float32 model on the same bf16-rounded checkpoint', () => {
     const before = tf.memory().numTensors;
-    // A checkpoint whose transformer projections are bf16 values, as the release stores them.
+    // A checkpoint whose bf16-packed layers hold bf16 values, as the release stores them.
     const toBf16 = (x: Float32Array) => {
       const u = new Uint32Array(Float32Array.from(x).buffer);
       for (let i = 0; i < u.length; i++) u[i] = (((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16) >>> 0;
@@ -185,7 +185,8 @@ describe('Code2Wav (fixture case 8)', () => {
     const rounded = {
       get: (name: string, shape?: readonly number[]) => {
         const t = ckpt.get(name, shape);
-        return /pre_transformer\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$/.test(name) ? { ...t, data: toBf16(t.data as Float32Array) } : t;
+        const packed = /pre_transformer\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$|upsample\.\d+\.(0\.conv|1\.pwconv\d)\.weight$|decoder\.1\.block\.1\.conv\.weight$/;
+        return packed.test(name) ? { ...t, data: toBf16(t.data as Float32Array) } : t;
       },
     } as unknown as Checkpoint;
     const { config } = readQwen3OmniConfig(fixtureDir());
@@ -198,7 +199,7 @@ describe('Code2Wav (fixture case 8)', () => {
     stream.dispose();
     expect(maxAbsDiff(streamed, want)).toBeLessThan(2e-6);
     // And the rounding itself moves the waveform only slightly from the reference.
-    expect(maxAbsDiff(want, ref('wav'))).toBeLessThan(5e-3);
+    expect(maxAbsDiff(want, ref('wav'))).toBeLessThan(2e-2);
     f32.dispose();
     bf16.dispose();
     expect(tf.memory().numTensors).toBe(before);

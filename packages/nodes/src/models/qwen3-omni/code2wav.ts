@@ -112,15 +112,16 @@ export class Code2Wav {
     const layerWeights = 2 * H * H + 2 * H * kv + 3 * H * c.intermediate_size;
     let positions = 1;
     let front = cost(c.num_hidden_layers * layerWeights, c.num_hidden_layers * layerWeights * (weights === 'bf16' ? 2 : 4));
+    const packed = weights === 'bf16' ? 2 : 4; // bytes per weight of the layers Code2Wav.load packs
     for (const ratio of c.upsampling_ratios) {
-      front += cost(positions * H * H * ratio, 4 * H * H * ratio); // transposed conv k = s
+      front += cost(positions * H * H * ratio, packed * H * H * ratio); // transposed conv k = s
       positions *= ratio;
-      front += cost(positions * 8 * H * H, 4 * 8 * H * H); // ConvNeXt's two pointwise layers (4x expansion)
+      front += cost(positions * 8 * H * H, packed * 8 * H * H); // ConvNeXt's two pointwise layers (4x expansion)
     }
     const steps = [cost(positions * H * D * 7, 4 * H * D * 7)];
     c.upsample_rates.forEach((rate, i) => {
       const inC = D / 2 ** i, outC = inC / 2;
-      steps.push(cost(positions * 2 * inC * rate * outC, 4 * 2 * inC * rate * outC)); // polyphase transposed conv
+      steps.push(cost(positions * 2 * inC * rate * outC, (i === 0 ? packed : 4) * 2 * inC * rate * outC)); // polyphase transposed conv
       positions *= rate;
       for (let u = 0; u < RESIDUAL_DILATIONS.length; u++) steps.push(cost(positions * 8 * outC * outC, 4 * 8 * outC * outC)); // k7 + k1
     });
@@ -129,9 +130,11 @@ export class Code2Wav {
   }
 
   /**
-   * Loads every `code2wav.*` tensor, checking its shape against `config`. `weights: 'bf16'` keeps the transformer's
-   * projections as packed bf16 (the release checkpoint stores bf16, so nothing is lost; a frame then reads 208 MB of
-   * weights instead of 416 MB); the convolutions stay float32.
+   * Loads every `code2wav.*` tensor, checking its shape against `config`. `weights: 'bf16'` keeps the weights of the
+   * layers that see at most a few rows per frame as packed bf16: the transformer's projections, the upsampling stages
+   * and decoder block 1's transposed conv. Their products stream the weights once per frame, so bf16 halves their
+   * time (a frame reads ~310 MB instead of ~620 MB); the release checkpoint stores bf16, so nothing is lost. The
+   * compute-bound convolutions stay float32 (XNNPACK).
    */
   static load(ckpt: Checkpoint, config: Code2WavConfig, prefix = 'code2wav', options: { weights?: WeightDtype } = {}): Code2Wav {
     const format = options.weights ?? 'float32';
@@ -173,8 +176,8 @@ export class Code2Wav {
     }
     const norm = vec('pre_transformer.norm.weight', H);
     const upsampleStages = c.upsampling_ratios.map((ratio, s) => ({
-      up: loadCausalTransConv1d(ckpt, `${prefix}.upsample.${s}.0`, H, H, ratio, ratio),
-      convnext: loadConvNeXtBlock(ckpt, `${prefix}.upsample.${s}.1`, H),
+      up: loadCausalTransConv1d(ckpt, `${prefix}.upsample.${s}.0`, H, H, ratio, ratio, format),
+      convnext: loadConvNeXtBlock(ckpt, `${prefix}.upsample.${s}.1`, H, 7, 1e-6, format),
     }));
     const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7);
     const blocks: DecoderBlock[] = c.upsample_rates.map((rate, i) => {
@@ -182,7 +185,8 @@ export class Code2Wav {
       const p = `${prefix}.decoder.${i + 1}.block`;
       return {
         snake: loadSnakeBeta(ckpt, `${p}.0`, inC),
-        up: loadCausalTransConv1d(ckpt, `${p}.1`, inC, outC, 2 * rate, rate),
+        // Block 1's transposed conv sees 4 rows per frame: its 75 MB stream like the transformer's (bf16 halves them).
+        up: loadCausalTransConv1d(ckpt, `${p}.1`, inC, outC, 2 * rate, rate, i === 0 ? format : 'float32'),
         units: RESIDUAL_DILATIONS.map((d, u) => ({
           act1: loadSnakeBeta(ckpt, `${p}.${u + 2}.act1`, outC),
           conv1: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv1`, outC, outC, 7, d),
