@@ -2,10 +2,11 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Checkpoint, fixtureDir, initBackend, KVCache } from '@omniflow/runtime-gpu';
 import { readQwen3OmniConfig } from '../models/qwen3-omni/config.js';
-import { decoderAttention, disposeDecoderAttention, loadDecoderAttention, type DecoderAttention } from './attention.js';
+import { BATCHED_ATTENTION_MAX_MACS, decoderAttention, disposeDecoderAttention, loadDecoderAttention, setBatchedAttentionMaxMacs, type DecoderAttention } from './attention.js';
 import { mropeTables } from './mrope.js';
 import { ropeTensors } from './rope.js';
 
+const BATCHED_ATTENTION_MAX_MACS_DEFAULT = BATCHED_ATTENTION_MAX_MACS;
 let ckpt: Checkpoint;
 let attn: DecoderAttention;
 const { config } = readQwen3OmniConfig(fixtureDir());
@@ -65,40 +66,48 @@ describe('decoderAttention', () => {
   const x = Array.from({ length: S }, (_, i) => Array.from({ length: c.hidden_size }, (_, d) => Math.sin(1 + i * 0.7 + d * 0.31)));
   const positions = [0, 1, 2, 5, 6, 7];
 
-  it('matches per-head causal attention with q/k norm, GQA and MRoPE', () => {
-    const before = tf.memory().numTensors;
-    const [cos, sin] = rope(positions);
-    const xt = tf.tensor2d(x);
-    const got = tf.tidy(() => decoderAttention(xt, attn, cos, sin).arraySync());
-    const want = naive(x, positions);
-    let max = 0;
-    got.forEach((r, i) => r.forEach((v, d) => (max = Math.max(max, Math.abs(v - want[i]![d]!)))));
-    expect(max).toBeLessThan(1e-5);
-    tf.dispose([cos, sin, xt]);
-    expect(tf.memory().numTensors).toBe(before);
-  });
+  // The fixture's sizes are small enough for the batched path everywhere; -1 forces the per-head path.
+  for (const [path, limit] of [['batched', BATCHED_ATTENTION_MAX_MACS], ['per-head', -1]] as const) {
+    describe(`${path} products`, () => {
+      beforeAll(() => setBatchedAttentionMaxMacs(limit));
+      afterAll(() => setBatchedAttentionMaxMacs(BATCHED_ATTENTION_MAX_MACS_DEFAULT));
 
-  it('gives the same rows with a KV cache fed one chunk, then one token at a time', () => {
-    const [cos, sin] = rope(positions);
-    const full = tf.tidy(() => decoderAttention(tf.tensor2d(x), attn, cos, sin).arraySync());
-    const cache = new KVCache({ layers: 1, kvHeads: c.num_key_value_heads, headDim: c.head_dim, capacity: 2 });
-    const before = tf.memory().numTensors;
-    const rows: number[][] = [];
-    const step = (from: number, to: number) => {
-      const [cs, sn] = rope(positions.slice(from, to));
-      const y = tf.tidy(() => decoderAttention(tf.tensor2d(x.slice(from, to)), attn, cs, sn, { cache, layer: 0 }));
-      rows.push(...(y.arraySync() as number[][]));
-      tf.dispose([cs, sn, y]);
-    };
-    step(0, 3); // a chunked prefill that also grows the cache past its capacity
-    for (let i = 3; i < S; i++) step(i, i + 1);
-    expect(cache.length).toBe(S);
-    let max = 0;
-    rows.forEach((r, i) => r.forEach((v, d) => (max = Math.max(max, Math.abs(v - full[i]![d]!)))));
-    expect(max).toBeLessThan(1e-5);
-    const grownBuffers = tf.memory().numTensors - before; // the cache's own K and V buffers
-    expect(grownBuffers).toBe(2);
-    cache.dispose();
-    tf.dispose([cos, sin]);
-  });
+      it('matches per-head causal attention with q/k norm, GQA and MRoPE', () => {
+        const before = tf.memory().numTensors;
+        const [cos, sin] = rope(positions);
+        const xt = tf.tensor2d(x);
+        const got = tf.tidy(() => decoderAttention(xt, attn, cos, sin).arraySync());
+        const want = naive(x, positions);
+        let max = 0;
+        got.forEach((r, i) => r.forEach((v, d) => (max = Math.max(max, Math.abs(v - want[i]![d]!)))));
+        expect(max).toBeLessThan(1e-5);
+        tf.dispose([cos, sin, xt]);
+        expect(tf.memory().numTensors).toBe(before);
+      });
+
+      it('gives the same rows with a KV cache fed one chunk, then one token at a time', () => {
+        const [cos, sin] = rope(positions);
+        const full = tf.tidy(() => decoderAttention(tf.tensor2d(x), attn, cos, sin).arraySync());
+        const cache = new KVCache({ layers: 1, kvHeads: c.num_key_value_heads, headDim: c.head_dim, capacity: 2 });
+        const before = tf.memory().numTensors;
+        const rows: number[][] = [];
+        const step = (from: number, to: number) => {
+          const [cs, sn] = rope(positions.slice(from, to));
+          const y = tf.tidy(() => decoderAttention(tf.tensor2d(x.slice(from, to)), attn, cs, sn, { cache, layer: 0 }));
+          rows.push(...(y.arraySync() as number[][]));
+          tf.dispose([cs, sn, y]);
+        };
+        step(0, 3); // a chunked prefill that also grows the cache past its capacity
+        for (let i = 3; i < S; i++) step(i, i + 1);
+        expect(cache.length).toBe(S);
+        let max = 0;
+        rows.forEach((r, i) => r.forEach((v, d) => (max = Math.max(max, Math.abs(v - full[i]![d]!)))));
+        expect(max).toBeLessThan(1e-5);
+        const grownBuffers = tf.memory().numTensors - before; // the cache's own K and V buffers
+        expect(grownBuffers).toBe(2);
+        cache.dispose();
+        tf.dispose([cos, sin]);
+      });
+    });
+  }
 });
