@@ -163,8 +163,8 @@ describe('SIMD kernel specifics (wasm)', () => {
     const variants: MatMulVariant[] = [
       DEFAULT_VARIANT,
       { maxRows: 2, kUnroll: [16, 3], nUnroll: 1, colBlock: 16 },
-      { maxRows: 3, kUnroll: [5, 4, 2], nUnroll: 4, colBlock: 48, tree: true },
-      { maxRows: 3, kUnroll: [4, 4, 4], nUnroll: 3, colBlock: 32, memorySplatRows: 2 },
+      { maxRows: 3, kUnroll: [5, 4, 2], nUnroll: 4, colBlock: 48 },
+      { maxRows: 3, kUnroll: [1, 1, 1], nUnroll: 3, colBlock: 32 },
     ];
     tf.tidy(() => {
       const [M, K, N] = [5, 37, 106];

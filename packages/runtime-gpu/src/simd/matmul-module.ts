@@ -1,4 +1,4 @@
-import { type Code, type Local, WasmModuleBuilder, type WasmMemoryLike } from './wasm-emitter.js';
+import { type Code, type Local, type MemoryLimits, WasmModuleBuilder, type WasmMemoryLike, webAssembly } from './wasm-emitter.js';
 
 /*
  * The small-M matmul kernels, assembled at startup over a memory they import (tfjs-wasm's heap), so they read and
@@ -36,18 +36,15 @@ export interface MatMulVariant {
   readonly nUnroll: number;
   /** Columns per block: the R×colBlock slab of y is what stays in L1 while W streams past. */
   readonly colBlock: number;
-  /** From this row count up, x values are splat-loaded from memory inside the loop instead of held in locals. */
-  readonly memorySplatRows?: number;
-  /** Sum the kUnroll products as a balanced tree before adding to y (shorter dependency chains). */
-  readonly tree?: boolean;
 }
 
 /**
  * Measured (process CPU time, best of 15) on this repo's 2-core AMD EPYC (Zen 3) box over [M, 4096]·[4096, 4096],
- * M = 1..8, against kUnroll 4/8/16, nUnroll 1/2/4, colBlock 1024/2048/4096/8192, maxRows 1/2/4/6/8, x splats in
- * locals vs loaded in the loop, and tree vs chained sums: 8 W rows per pass at M = 1 (4 was ~8% slower, 16 spills
+ * M = 1..8, against kUnroll 4/8/16, nUnroll 1/2/4, colBlock 1024/2048/4096/8192 and maxRows 1/2/4/6/8: 8 W rows
+ * per pass at M = 1 (4 was ~8% slower, 16 spills
  * ~2x slower), one 4096-column block (2048: ~20% slower), and row blocks of 4 (6 and 8 run out of the 16 vector
- * registers). The rest were within noise.
+ * registers). Also tried and dropped: x splats loaded inside the loop instead of held in locals, and summing the
+ * 8 products as a tree before adding to y (shorter dependency chains) — no gain.
  */
 export const DEFAULT_VARIANT: MatMulVariant = { maxRows: 4, kUnroll: [8, 4, 3, 2], nUnroll: 2, colBlock: 4096 };
 
@@ -63,6 +60,35 @@ export interface MatMulModule {
 }
 
 /**
+ * The kernel module's bytes: `f32_r{R}` and `bf16_r{R}` for R = 1..maxRows, importing `env.memory` with `memory`'s
+ * limits (a shared memory must be declared shared, with its maximum). For instantiating elsewhere (a worker).
+ *
+ * ```ts
+ * const bytes = matMulModuleBytes(DEFAULT_VARIANT, { initial: pages, maximum: pages, shared: true });
+ * ```
+ */
+export function matMulModuleBytes(variant: MatMulVariant = DEFAULT_VARIANT, memory: MemoryLimits = { initial: 1 }): Uint8Array {
+  const colBlock = variant.colBlock;
+  if (colBlock % 16 !== 0 || colBlock <= 0) throw new Error(`buildMatMulModule: colBlock ${colBlock} must be a positive multiple of 16`);
+  if (variant.kUnroll.length < variant.maxRows) throw new Error(`buildMatMulModule: kUnroll needs ${variant.maxRows} entries, got ${variant.kUnroll.length}`);
+  const m = new WasmModuleBuilder().importMemory('env', 'memory', memory);
+  for (const format of ['f32', 'bf16'] as const) {
+    for (let rows = 1; rows <= variant.maxRows; rows++) {
+      m.func(`${format}_r${rows}`, { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'], results: [] }, (c, p) =>
+        emitMatMul(c, p, format, { rows, kUnroll: variant.kUnroll[rows - 1]!, nUnroll: variant.nUnroll, colBlock }),
+      );
+    }
+  }
+  return m.encode();
+}
+
+/** The exported kernels of an instance, by format and row count. */
+export function matMulFunctions(exports: Record<string, unknown>, variant: MatMulVariant): Pick<MatMulModule, 'f32' | 'bf16'> {
+  const list = (format: WeightFormat) => [undefined, ...Array.from({ length: variant.maxRows }, (_, r) => exports[`${format}_r${r + 1}`])] as MatMulFn[];
+  return { f32: list('f32'), bf16: list('bf16') };
+}
+
+/**
  * Assembles and instantiates the kernels over `memory`.
  *
  * ```ts
@@ -70,22 +96,10 @@ export interface MatMulModule {
  * mod.f32[1](xOffset, wOffset, 0, yOffset, K, N, 1, EPILOGUE.none); // y[1, N] = x[1, K] · W[K, N]
  * ```
  */
-export function buildMatMulModule(memory: WasmMemoryLike, variant: MatMulVariant = DEFAULT_VARIANT): MatMulModule {
-  const colBlock = variant.colBlock;
-  if (colBlock % 16 !== 0 || colBlock <= 0) throw new Error(`buildMatMulModule: colBlock ${colBlock} must be a positive multiple of 16`);
-  if (variant.kUnroll.length < variant.maxRows) throw new Error(`buildMatMulModule: kUnroll needs ${variant.maxRows} entries, got ${variant.kUnroll.length}`);
-  const m = new WasmModuleBuilder().importMemory('env', 'memory', { initial: 1 });
-  for (const format of ['f32', 'bf16'] as const) {
-    for (let rows = 1; rows <= variant.maxRows; rows++) {
-      m.func(`${format}_r${rows}`, { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'], results: [] }, (c, p) =>
-        emitMatMul(c, p, format, { rows, kUnroll: variant.kUnroll[rows - 1]!, nUnroll: variant.nUnroll, colBlock, memorySplat: rows >= (variant.memorySplatRows ?? Infinity), tree: variant.tree ?? false }),
-      );
-    }
-  }
-  const bytes = m.encode();
-  const exports = m.instantiate({ env: { memory } });
-  const list = (format: WeightFormat) => [undefined, ...Array.from({ length: variant.maxRows }, (_, r) => exports[`${format}_r${r + 1}`])] as MatMulFn[];
-  return { f32: list('f32'), bf16: list('bf16'), variant, bytes: bytes.length };
+export function buildMatMulModule(memory: WasmMemoryLike, variant: MatMulVariant = DEFAULT_VARIANT, limits: MemoryLimits = { initial: 1 }): MatMulModule {
+  const bytes = matMulModuleBytes(variant, limits);
+  const instance = new (webAssembly().Instance)(new (webAssembly().Module)(bytes), { env: { memory } });
+  return { ...matMulFunctions(instance.exports, variant), variant, bytes: bytes.length };
 }
 
 interface Shape {
@@ -93,8 +107,6 @@ interface Shape {
   kUnroll: number;
   nUnroll: number;
   colBlock: number;
-  memorySplat: boolean;
-  tree: boolean;
 }
 
 function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): void {
@@ -112,9 +124,8 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
   const yRowOff = Array.from({ length: R }, (_, r) => (r === 0 ? undefined : i32()));
   const wRowOff = Array.from({ length: s.kUnroll }, (_, j) => (j === 0 ? undefined : i32()));
   const splat = Array.from({ length: R }, () => Array.from({ length: s.kUnroll }, () => c.local('v128')));
-  const wvs = Array.from({ length: s.kUnroll }, () => [c.local('v128'), c.local('v128')]);
   const acc = Array.from({ length: R }, () => [c.local('v128'), c.local('v128')]);
-  const wv = c.local('v128');
+  const wv = [c.local('v128'), c.local('v128')]; // one W vector (f32) or its even and odd columns (bf16)
   const v = c.local('v128');
   const alpha4 = c.local('v128');
   const zero4 = c.local('v128');
@@ -142,7 +153,7 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
   /** Pushes the address of y row r at the current column. */
   const ypAt = (r: number) => c.localGet(yp[r]!);
 
-  /** Runs `vector(ptrOffsetBytes)` over y[nb:nEnd) 4 floats at a time and `scalar()` over the rest, pointer `o`. */
+  /** Runs `vector()` over y[nb:nEnd) 4 floats at a time and `scalar()` over the rest; both address by byte offset `o`. */
   const overBlock = (vector: () => void, scalar: () => void) => {
     c.localGet(nEnd).i32Const(4).i32Mul().localSet(oLimit);
     c.for(o, () => c.localGet(nb).i32Const(4).i32Mul(), () => c.localGet(oLimit).i32Const(12).i32Sub(), 16, vector);
@@ -154,9 +165,7 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
     // Splat x[r, k+j] for every row r and j < ku.
     c.localGet(x).localGet(k).i32Const(4).i32Mul().i32Add().localSet(xk);
     const xAt = (r: number) => (r > 0 ? c.localGet(xk).localGet(xRowOff[r]!).i32Add() : c.localGet(xk));
-    /** Pushes x[r, k+j] in all four lanes. */
-    const pushSplat = (r: number, j: number) => (s.memorySplat ? xAt(r).v128Load32Splat(j * 4) : c.localGet(splat[r]![j]!));
-    if (!s.memorySplat) for (let r = 0; r < R; r++) for (let j = 0; j < ku; j++) xAt(r).v128Load32Splat(j * 4).localSet(splat[r]![j]!);
+    for (let r = 0; r < R; r++) for (let j = 0; j < ku; j++) xAt(r).v128Load32Splat(j * 4).localSet(splat[r]![j]!);
     c.localGet(w).localGet(k).localGet(wRow).i32Mul().i32Add().localGet(nb).i32Const(wElem).i32Mul().i32Add().localSet(wp[0]!);
     for (let j = 1; j < ku; j++) c.localGet(wp[0]!).localGet(wRowOff[j]!).i32Add().localSet(wp[j]!);
     c.localGet(y).localGet(nb).i32Const(4).i32Mul().i32Add().localSet(yp[0]!);
@@ -176,40 +185,17 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
     const halves = bf16 ? 2 : 1;
     const vectorBody = (units: number) => () => {
       for (let u = 0; u < units; u++) {
-        if (!s.tree) {
-          // acc[r][h] += x[r, k+j] · W[k+j] for j in order; each W vector is loaded once and used for every row.
-          for (let r = 0; r < R; r++) for (let h = 0; h < halves; h++) ypAt(r).v128Load(16 * (halves * u + h)).localSet(acc[r]![h]!);
-          for (let j = 0; j < ku; j++) {
-            loadW(j, u, wvs[0]!);
-            for (let r = 0; r < R; r++) {
-              for (let h = 0; h < halves; h++) {
-                c.localGet(acc[r]![h]!);
-                pushSplat(r, j).localGet(wvs[0]![h]!).f32x4Mul().f32x4Add().localSet(acc[r]![h]!);
-              }
+        // acc[r][h] += x[r, k+j] · W[k+j] for j in order; each W vector is loaded once and used for every row.
+        for (let r = 0; r < R; r++) for (let h = 0; h < halves; h++) ypAt(r).v128Load(16 * (halves * u + h)).localSet(acc[r]![h]!);
+        for (let j = 0; j < ku; j++) {
+          loadW(j, u, wv);
+          for (let r = 0; r < R; r++) {
+            for (let h = 0; h < halves; h++) {
+              c.localGet(acc[r]![h]!).localGet(splat[r]![j]!).localGet(wv[h]!).f32x4Mul().f32x4Add().localSet(acc[r]![h]!);
             }
           }
-          for (let r = 0; r < R; r++) for (let h = 0; h < halves; h++) ypAt(r).localGet(acc[r]![h]!).v128Store(16 * (halves * u + h));
-          continue;
         }
-        for (let j = 0; j < ku; j++) loadW(j, u, wvs[j]!);
-        const product = (r: number, j: number, h: number) => pushSplat(r, j).localGet(wvs[j]![h]!).f32x4Mul();
-        /** Σ_{j in [lo, hi)} products as a balanced tree: a short dependency chain instead of ku adds in a row. */
-        const tree = (r: number, h: number, lo: number, hi: number): void => {
-          if (hi - lo === 1) return void product(r, lo, h);
-          const mid = (lo + hi) >> 1;
-          tree(r, h, lo, mid);
-          tree(r, h, mid, hi);
-          c.f32x4Add();
-        };
-        for (let r = 0; r < R; r++) {
-          for (let h = 0; h < halves; h++) {
-            const at = 16 * (halves * u + h);
-            ypAt(r); // address for the store below
-            ypAt(r).v128Load(at);
-            tree(r, h, 0, ku);
-            c.f32x4Add().v128Store(at);
-          }
-        }
+        for (let r = 0; r < R; r++) for (let h = 0; h < halves; h++) ypAt(r).localGet(acc[r]![h]!).v128Store(16 * (halves * u + h));
       }
       advance(16 * units, 16 * units * (vw / 4));
     };
@@ -227,16 +213,13 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
         if (bf16) ypAt(r).f32Load(4).localSet(fb);
         for (let j = 0; j < ku; j++) {
           if (!bf16) {
-            c.localGet(fa);
-            pushSplat(r, j).f32x4ExtractLane(0);
+            c.localGet(fa).localGet(splat[r]![j]!).f32x4ExtractLane(0);
             wAt(j).f32Load(0).f32Mul().f32Add().localSet(fa);
           } else {
             wAt(j).i32Load(0).localSet(wi);
-            c.localGet(fa);
-            pushSplat(r, j).f32x4ExtractLane(0);
+            c.localGet(fa).localGet(splat[r]![j]!).f32x4ExtractLane(0);
             c.localGet(wi).i32Const(16).i32Shl().f32ReinterpretI32().f32Mul().f32Add().localSet(fa);
-            c.localGet(fb);
-            pushSplat(r, j).f32x4ExtractLane(0);
+            c.localGet(fb).localGet(splat[r]![j]!).f32x4ExtractLane(0);
             c.localGet(wi).i32Const(0xffff0000).i32And().f32ReinterpretI32().f32Mul().f32Add().localSet(fb);
           }
         }
@@ -269,10 +252,10 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
       c.localGet(nEnd).localGet(nEnd).localGet(nb).i32Sub().i32Const(7).i32And().i32Sub().i32Const(4).i32Mul().i32Const(28).i32Sub().localSet(vecEnd);
       for (let r = 0; r < R; r++) {
         c.for(o, () => c.localGet(nb).i32Const(4).i32Mul(), () => c.localGet(vecEnd), 32, () => {
-          yAt(y, r).localGet(o).i32Add().v128Load(0).localSet(wv);
+          yAt(y, r).localGet(o).i32Add().v128Load(0).localSet(wv[0]!);
           yAt(y, r).localGet(o).i32Add().v128Load(16).localSet(v);
-          yAt(y, r).localGet(o).i32Add().localGet(wv).localGet(v).i32x4Shuffle([0, 4, 1, 5]).v128Store(0);
-          yAt(y, r).localGet(o).i32Add().localGet(wv).localGet(v).i32x4Shuffle([2, 6, 3, 7]).v128Store(16);
+          yAt(y, r).localGet(o).i32Add().localGet(wv[0]!).localGet(v).i32x4Shuffle([0, 4, 1, 5]).v128Store(0);
+          yAt(y, r).localGet(o).i32Add().localGet(wv[0]!).localGet(v).i32x4Shuffle([2, 6, 3, 7]).v128Store(16);
         });
       }
     }
