@@ -3,7 +3,7 @@
  * - Code2Wav streaming on two worker threads (Code2WavPipeline): throughput RTF with the halves overlapping;
  * - Code2Wav streaming: one codec frame per push (the streaming decoder keeps its left context), real-time factor
  *   = decode time per frame / 80 ms, and the time to the first audio packet after the first code frame; the offline
- *   decode of the same 25 frames beside it;
+ *   decode of the same 25 frames beside it; per-stage CPU time of a frame; float32 and bf16 weights;
  * - code predictor: one codec frame (2-row prefill + 14 single-row steps, 15 heads), with the bytes of weights each
  *   step reads and the resulting effective bandwidth;
  * - talker decode step at context 100: 20 MoE layers (top-6 of 128 experts + shared expert), final norm, codec head;
@@ -23,7 +23,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type KVCache } from '@omniflow/runtime-gpu';
 import {
-  Code2Wav, Code2WavPipeline, Code2WavStream, CodePredictor, randomCheckpoint, CodecHead, GREEDY, Sampler, TextModel, disposeDecoderAttention, loadDecoderAttention,
+  Code2Wav, Code2WavPipeline, Code2WavStream, StreamState, CodePredictor, randomCheckpoint, CodecHead, GREEDY, Sampler, TextModel, disposeDecoderAttention, loadDecoderAttention,
   loadRMSNorm, loadSwiGluMlp, code2WavConfigSchema, codePredictorConfigSchema, talkerTextConfigSchema,
   useSimdMatMul, type SparseMoe, type SwiGluMlp, type TalkerConfig, type TextDecoderLayer, type ThinkerTextConfig, type WeightDtype,
 } from '@omniflow/nodes';
@@ -34,7 +34,7 @@ const CONTEXT = 100;
 const EXPERT_POOL = 64;
 
 /** code2wav_config of the release (spec 2.7). */
-const CODE2WAV_RELEASE = {
+export const CODE2WAV_RELEASE = {
   codebook_size: 2048, num_quantizers: 16, hidden_size: 1024, num_hidden_layers: 8, num_attention_heads: 16, num_key_value_heads: 16,
   intermediate_size: 3072, rms_norm_eps: 1e-5, sliding_window: 72, rope_theta: 10000, decoder_dim: 1536,
   upsample_rates: [8, 5, 4, 3], upsampling_ratios: [2, 2],
@@ -61,92 +61,167 @@ async function medianWallCpu(fn: () => unknown, repeats: number, warmup: number)
 const mb = (bytes: number) => +(bytes / 2 ** 20).toFixed(1);
 const gbps = (bytes: number, ms: number) => +(bytes / (ms / 1000) / 1e9).toFixed(2);
 
-/** Code2Wav at spec 2.7 dims: streaming RTF, first-packet latency, offline decode. */
-async function code2wavBench(): Promise<object> {
+/**
+ * Code2Wav at spec 2.7 dims: streaming RTF, first-packet latency, offline decode, with float32 weights (top-level
+ * fields) and with `weights: 'bf16'` (the release's own precision for the weight-streaming layers, `bf16`); the
+ * per-stage CPU time of a steady-state frame; and two frames per push (bf16), which reads the weights once per two
+ * frames at the cost of 80 ms more latency.
+ */
+export async function code2wavBench(): Promise<object> {
   const config = code2WavConfigSchema.parse(CODE2WAV_RELEASE);
-  const c2w = Code2Wav.load(randomCheckpoint(), config);
-  try {
-    let seed = 7;
-    const codes = Int32Array.from({ length: 16 * FRAMES }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % 2048);
-    const frame = (f: number) => Int32Array.from({ length: 16 }, (_, g) => codes[g * FRAMES + f]);
-    // Warm-up stream (first use of every kernel), then the timed stream.
-    const warm = new Code2WavStream(c2w);
-    for (let f = 0; f < 3; f++) warm.push(frame(f), 1);
+  let seed = 7;
+  const codes = Int32Array.from({ length: 16 * FRAMES }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % 2048);
+  const chunk = (f: number, n: number) => {
+    const out = new Int32Array(16 * n);
+    for (let g = 0; g < 16; g++) out.set(codes.subarray(g * FRAMES + f, g * FRAMES + f + n), g * n);
+    return out;
+  };
+  /** Pushes the 25 frames `perPush` at a time: wall and CPU ms per frame of each push. */
+  const stream = (c2w: Code2Wav, perPush: number) => {
+    const warm = new Code2WavStream(c2w); // first use of every kernel
+    for (let f = 0; f < 3; f++) warm.push(chunk(f, 1), 1);
     warm.dispose();
-    const stream = new Code2WavStream(c2w);
-    const perFrame: number[] = [], perFrameCpu: number[] = [];
+    const st = new Code2WavStream(c2w);
+    const wall: number[] = [], cpu: number[] = [];
     let samples = 0;
-    for (let f = 0; f < FRAMES; f++) {
+    for (let f = 0; f < FRAMES; f += perPush) {
+      const n = Math.min(perPush, FRAMES - f);
       const c0 = process.cpuUsage(), t0 = performance.now();
-      samples += stream.push(frame(f), 1).length;
-      perFrame.push(performance.now() - t0);
+      samples += st.push(chunk(f, n), n).length;
+      wall.push((performance.now() - t0) / n);
       const c = process.cpuUsage(c0);
-      perFrameCpu.push((c.user + c.system) / 1000);
+      cpu.push((c.user + c.system) / 1000 / n);
     }
-    const cpuSteady = perFrameCpu.slice(1).sort((a, b) => a - b)[Math.floor((FRAMES - 1) / 2)];
-    const tail = stream.flush().length;
-    const steady = perFrame.slice(1).sort((a, b) => a - b);
-    const steadyMs = steady[Math.floor(steady.length / 2)];
-    const offlineMs = await medianMs(() => c2w.decode(codes, FRAMES), 1, 0); // one run: the kernels are warm from the stream
-    const audioSeconds = (samples + tail) / 24_000;
-    return {
+    const tail = st.flush().length;
+    const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    return { wall, cpu, samples, tail, steadyWall: med(wall.slice(1)), steadyCpu: med(cpu.slice(1)) };
+  };
+  const r = (x: number, d = 1) => +x.toFixed(d);
+
+  const f32 = Code2Wav.load(randomCheckpoint(), config);
+  let float32: object;
+  try {
+    const s = stream(f32, 1);
+    const offlineMs = await medianMs(() => f32.decode(codes, FRAMES), 1, 0); // one run: the kernels are warm from the stream
+    float32 = {
       frames: FRAMES,
-      samplesStreamed: samples,
-      tailSamples: tail,
-      firstAudioPacketMs: +perFrame[0].toFixed(1),
-      firstPacketSamples: c2w.outputLength(1),
-      streamingMsPerFrameMedian: +steadyMs.toFixed(1),
-      streamingMsPerFrameMax: +Math.max(...perFrame.slice(1)).toFixed(1),
-      streamingRealTimeFactor: +(steadyMs / 80).toFixed(2),
-      streamingCpuMsPerFrameMedian: +cpuSteady.toFixed(1),
-      streamingCpuRealTimeFactor: +(cpuSteady / 80).toFixed(2),
-      firstAudioPacketCpuMs: +perFrameCpu[0].toFixed(1),
-      streamingTotalSeconds: +(perFrame.reduce((a, b) => a + b, 0) / 1000).toFixed(2),
-      offlineDecodeMs: +offlineMs.toFixed(0),
-      offlineRealTimeFactor: +(offlineMs / 1000 / ((1920 * FRAMES - 555) / 24_000)).toFixed(2),
-      audioSeconds: +audioSeconds.toFixed(2),
+      samplesStreamed: s.samples,
+      tailSamples: s.tail,
+      firstAudioPacketMs: r(s.wall[0]),
+      firstPacketSamples: f32.outputLength(1),
+      streamingMsPerFrameMedian: r(s.steadyWall),
+      streamingMsPerFrameMax: r(Math.max(...s.wall.slice(1))),
+      streamingRealTimeFactor: r(s.steadyWall / 80, 2),
+      streamingCpuMsPerFrameMedian: r(s.steadyCpu),
+      streamingCpuRealTimeFactor: r(s.steadyCpu / 80, 2),
+      firstAudioPacketCpuMs: r(s.cpu[0]),
+      streamingTotalSeconds: r(s.wall.reduce((a, b) => a + b, 0) / 1000, 2),
+      offlineDecodeMs: r(offlineMs, 0),
+      offlineRealTimeFactor: r(offlineMs / 1000 / ((1920 * FRAMES - 555) / 24_000), 2),
+      audioSeconds: r((s.samples + s.tail) / 24_000, 2),
+      perStageCpuMs: stageProfile(f32, chunk),
+    };
+  } finally {
+    f32.dispose();
+  }
+  const b16 = Code2Wav.load(randomCheckpoint(), config, 'code2wav', { weights: 'bf16' });
+  try {
+    const s = stream(b16, 1), two = stream(b16, 2);
+    return {
+      ...float32,
+      bf16: {
+        firstAudioPacketMs: r(s.wall[0]),
+        streamingMsPerFrameMedian: r(s.steadyWall),
+        streamingRealTimeFactor: r(s.steadyWall / 80, 2),
+        streamingCpuMsPerFrameMedian: r(s.steadyCpu),
+        streamingCpuRealTimeFactor: r(s.steadyCpu / 80, 2),
+        twoFramesPerPush: { msPerFrameMedian: r(two.steadyWall), cpuMsPerFrameMedian: r(two.steadyCpu), realTimeFactor: r(two.steadyWall / 80, 2) },
+        perStageCpuMs: stageProfile(b16, chunk),
+      },
       goalRealTimeFactor: 1.0,
       referenceAnchor: { pytorchStreamingMsPerFrame: 535, pytorchOfflineRtf: 0.26 },
     };
   } finally {
-    c2w.dispose();
+    b16.dispose();
   }
 }
 
 /**
- * The same stream on two worker threads (Code2WavPipeline, default cut after decoder block 2): frames pushed back to back as
- * a fast talker would, so the halves overlap; throughput RTF = wall time / audio time.
+ * CPU ms of each stage of a steady-state streamed frame (median over 8 frames after 3), with a dataSync barrier after
+ * each: the embedding + transformer, the upsampling, and each decoder step (Code2Wav.decoderSteps: decoder.0, per
+ * block its upsampling and three residual units, the output). The barriers add a little; the sum is close to a push.
  */
-async function code2wavPipelineBench(rawConfig: unknown): Promise<object> {
-  const pipe = await Code2WavPipeline.start({ randomConfig: rawConfig }); // default cut: Code2Wav.pipelineSplit
-  try {
-    let seed = 11;
-    const frame = () => Int32Array.from({ length: 16 }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % 2048);
-    await Promise.all([0, 1, 2].map(() => pipe.push(frame(), 1))); // warm-up
-    await pipe.reset();
-    const c0 = process.cpuUsage(), t0 = performance.now();
-    let first = 0;
-    const pieces = Array.from({ length: FRAMES }, (_, f) => pipe.push(frame(), 1).then((p) => {
-      if (f === 0) first = performance.now() - t0;
-      return p.length;
-    }));
-    const samples = (await Promise.all(pieces)).reduce((a, b) => a + b, 0);
-    const ms = performance.now() - t0;
-    const c = process.cpuUsage(c0);
-    const cpuPerFrame = (c.user + c.system) / 1000 / FRAMES;
-    return {
-      cpuMsPerFrameBothWorkers: +cpuPerFrame.toFixed(1),
-      // With two free cores the halves overlap: throughput is bounded by the busier half, at best half the total.
-      idealTwoCoreRealTimeFactor: +(cpuPerFrame / 2 / 80).toFixed(2),
-      split: 'front: embedding, transformer, upsampling, decoder blocks 1-2 | back: blocks 3-4, output',
-      firstAudioPacketMs: +first.toFixed(1),
-      msPerFrameThroughput: +(ms / FRAMES).toFixed(1),
-      realTimeFactor: +(ms / FRAMES / 80).toFixed(2),
-      samples,
+function stageProfile(c2w: Code2Wav, chunk: (f: number, n: number) => Int32Array): object {
+  const state = new StreamState();
+  const rows: number[][] = [];
+  const cpu = () => {
+    const c = process.cpuUsage();
+    return (c.user + c.system) / 1000;
+  };
+  for (let f = 0; f < 11; f++) {
+    const times: number[] = [], keep: tf.Tensor[] = [];
+    let c0 = cpu();
+    const lap = <T extends tf.Tensor>(t: T): T => {
+      t.dataSync();
+      const c1 = cpu();
+      times.push(c1 - c0);
+      c0 = c1;
+      keep.push(t);
+      return t;
     };
-  } finally {
-    await pipe.close();
+    let h = lap(c2w.upsample(lap(c2w.preTransformer(c2w.embed(chunk(f % FRAMES, 1), 1), state, f)), state));
+    for (let step = 0; step < c2w.decoderSteps; step++) h = lap(c2w.decoderPart(h, state, { from: step, to: step + 1 }));
+    state.commit();
+    tf.dispose(keep);
+    if (f >= 3) rows.push(times);
   }
+  state.dispose();
+  const med = (i: number) => +rows.map((t) => t[i]).sort((a, b) => a - b)[Math.floor(rows.length / 2)].toFixed(1);
+  const decoderSteps = Array.from({ length: c2w.decoderSteps }, (_, s) => med(s + 2));
+  return { embedAndTransformer: med(0), upsample: med(1), decoderSteps, total: +(med(0) + med(1) + decoderSteps.reduce((a, b) => a + b, 0)).toFixed(1) };
+}
+
+/**
+ * The same stream on two worker threads (Code2WavPipeline, cut at Code2Wav.pipelineSplit): frames pushed back to back
+ * as a fast talker would, so the halves overlap; throughput RTF = wall time / audio time. With float32 weights (top-level
+ * fields) and bf16 (`bf16`).
+ */
+export async function code2wavPipelineBench(rawConfig: unknown): Promise<object> {
+  const config = code2WavConfigSchema.parse(rawConfig);
+  const run = async (weights: WeightDtype) => {
+    const split = Code2Wav.pipelineSplit(config, weights);
+    const pipe = await Code2WavPipeline.start({ randomConfig: rawConfig }, { weights, split });
+    try {
+      let seed = 11;
+      const frame = () => Int32Array.from({ length: 16 }, () => (seed = (seed * 1103515245 + 12345) >>> 0) % 2048);
+      await Promise.all([0, 1, 2].map(() => pipe.push(frame(), 1))); // warm-up
+      await pipe.reset();
+      const c0 = process.cpuUsage(), t0 = performance.now();
+      let first = 0;
+      const pieces = Array.from({ length: FRAMES }, (_, f) => pipe.push(frame(), 1).then((p) => {
+        if (f === 0) first = performance.now() - t0;
+        return p.length;
+      }));
+      const samples = (await Promise.all(pieces)).reduce((a, b) => a + b, 0);
+      const ms = performance.now() - t0;
+      const c = process.cpuUsage(c0);
+      const cpuPerFrame = (c.user + c.system) / 1000 / FRAMES;
+      return {
+        cpuMsPerFrameBothWorkers: +cpuPerFrame.toFixed(1),
+        // With two free cores the halves overlap: throughput is bounded by the busier half, at best half the total.
+        idealTwoCoreRealTimeFactor: +(cpuPerFrame / 2 / 80).toFixed(2),
+        split: `front: embedding, transformer, upsampling, decoder steps 0-${split - 1} | back: steps ${split}-${2 + 4 * config.upsample_rates.length - 1} (Code2Wav.decoderSteps)`,
+        firstAudioPacketMs: +first.toFixed(1),
+        msPerFrameThroughput: +(ms / FRAMES).toFixed(1),
+        realTimeFactor: +(ms / FRAMES / 80).toFixed(2),
+        samples,
+      };
+    } finally {
+      await pipe.close();
+    }
+  };
+  const float32 = await run('float32');
+  return { ...float32, bf16: await run('bf16') };
 }
 
 /** The weights a variant reads: plain tf.matMul over float32, omniflow's SIMD kernel over float32, or over packed bf16. */
@@ -329,7 +404,7 @@ export async function run(): Promise<object> {
     codePredictor,
     talker,
     notes: [
-      'code2wav: float32 weights; everything: one wasm thread (Node runs the wasm backend single-threaded)',
+      'code2wav: float32 weights, and bf16 for the weight-streaming layers under `bf16`; everything but code2wavTwoWorkers: one wasm thread (Node runs the wasm backend single-threaded)',
       'the machine is shared: cpu* figures (process CPU time) are what the work cost; wall figures include waiting for a core',
       'the talker experts come from a shared pool of real-size experts (the full 12 GB does not fit the wasm heap); routing and per-step reads are as in the release',
     ],
