@@ -186,9 +186,26 @@ async function bandwidth() {
   const packed = packBf16(w);
   const x = tf.randomUniform([1, n], -1, 1, 'float32', 4) as tf.Tensor2D;
   // Back to back in one run, so the three see the same machine.
-  const tfjsMs = await medianMs(() => tf.tidy(() => tf.matMul(x, w).dataSync()), 15, 3);
-  const ms = await medianMs(() => tf.tidy(() => matMulSmall(x, w).dataSync()), 15, 3);
-  const bf16Ms = await medianMs(() => tf.tidy(() => matMulBf16(x, packed).dataSync()), 15, 3);
+  const runs = {
+    tfjs: () => tf.tidy(() => tf.matMul(x, w).dataSync()),
+    simd: () => tf.tidy(() => matMulSmall(x, w).dataSync()),
+    bf16: () => tf.tidy(() => matMulBf16(x, packed).dataSync()),
+  };
+  const tfjsMs = await medianMs(runs.tfjs, 15, 3);
+  const ms = await medianMs(runs.simd, 15, 3);
+  const bf16Ms = await medianMs(runs.bf16, 15, 3);
+  // Process CPU time per call (median of 15): steadier than wall time when other work shares the cores.
+  const cpuMs = (f: () => unknown) => {
+    const t: number[] = [];
+    for (let i = 0; i < 15; i++) {
+      const c0 = process.cpuUsage();
+      f();
+      const c = process.cpuUsage(c0);
+      t.push((c.user + c.system) / 1000);
+    }
+    return +t.sort((a, b) => a - b)[7]!.toFixed(3);
+  };
+  const cpu = { tfjsMatvecMs: cpuMs(runs.tfjs), matvecMs: cpuMs(runs.simd), bf16MatvecMs: cpuMs(runs.bf16) };
   // The kernels must agree with tf.matMul (bf16: with the rounded weights, so the error is the rounding's).
   const maxDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
   const [f32Error, bf16Error] = tf.tidy(() => {
@@ -213,6 +230,7 @@ async function bandwidth() {
     bf16GBps: +gbps(bf16Bytes, bf16Ms).toFixed(2),
     // What a float32 matvec would need to reach to match it: the figure to compare with matvecGBps.
     bf16Float32EquivalentGBps: +gbps(bytes, bf16Ms).toFixed(2),
+    cpuTime: { ...cpu, matvecGBps: +gbps(bytes, cpu.matvecMs).toFixed(2), tfjsMatvecGBps: +gbps(bytes, cpu.tfjsMatvecMs).toFixed(2) },
     maxAbsErrorVsTfjs: { float32: f32Error, bf16: +bf16Error.toPrecision(3) },
     triadGBps: triad.gbPerSecond,
     triadArrayMiB: triad.arrayMiB,
