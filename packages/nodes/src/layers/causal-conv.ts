@@ -12,9 +12,11 @@ import type { StreamState } from './stream-state.js';
 
 /** A causal Conv1d (stride 1): left-pad `(k-1)·dilation` zeros, no right pad, so length is preserved. */
 export interface CausalConv1d {
-  /** tfjs conv1d filter [k, in, out]; undefined for k = 1, which runs as a matmul. */
-  readonly filter?: tf.Tensor3D;
-  /** [in, out], only for k = 1. */
+  /** tfjs conv2d filter [1, k, in, out] (the conv runs as a 1 × L image); for k > 1 in float32. */
+  readonly filter?: tf.Tensor4D;
+  /** [k·in, out], row t·in + i = tap t of input channel i: the conv as one product over k shifted copies of the input; for k > 1 in bf16. */
+  readonly columns?: tf.Tensor2D;
+  /** [in, out], only for k = 1 (float32 or bf16). */
   readonly pointwise?: tf.Tensor2D;
   readonly bias: tf.Tensor1D;
   readonly kernelSize: number;
@@ -24,7 +26,9 @@ export interface CausalConv1d {
 }
 
 /**
- * Loads `${prefix}.conv.weight` ([out, in, k], PyTorch layout) and `${prefix}.conv.bias`.
+ * Loads `${prefix}.conv.weight` ([out, in, k], PyTorch layout) and `${prefix}.conv.bias`. With `format` 'bf16' the
+ * weight is kept packed (packWeight) and the conv runs as one product over shifted copies of the input: for convs
+ * that see a few rows per call (Code2Wav's decoder.0 while streaming), where reading the weights is the cost.
  *
  * ```ts
  * const conv = loadCausalConv1d(ckpt, 'code2wav.decoder.0', 1024, 1536, 7);
@@ -32,18 +36,22 @@ export interface CausalConv1d {
  * ```
  */
 export function loadCausalConv1d(
-  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, dilation = 1,
+  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, dilation = 1, format: WeightDtype = 'float32',
 ): CausalConv1d {
   const w = ckpt.get(`${prefix}.conv.weight`, [outChannels, inChannels, kernelSize]).data as Float32Array;
   const bias = tf.tensor1d(ckpt.get(`${prefix}.conv.bias`, [outChannels]).data as Float32Array);
   const base = { bias, kernelSize, dilation, inChannels, outChannels };
-  if (kernelSize === 1) {
-    // [out, in, 1] -> [in, out]: a pointwise conv is a plain matmul, faster than conv1d on wasm.
-    const pointwise = tf.tidy(() => tf.transpose(tf.tensor2d(w, [outChannels, inChannels])) as tf.Tensor2D);
-    return { ...base, pointwise };
+  // [out, in, k] -> [k, in, out] on the host: row (t·in + i), column o.
+  const m = new Float32Array(w.length);
+  for (let o = 0; o < outChannels; o++) {
+    for (let i = 0; i < inChannels; i++) {
+      for (let t = 0; t < kernelSize; t++) m[(t * inChannels + i) * outChannels + o] = w[(o * inChannels + i) * kernelSize + t];
+    }
   }
-  const filter = tf.tidy(() => tf.transpose(tf.tensor3d(w, [outChannels, inChannels, kernelSize]), [2, 1, 0]) as tf.Tensor3D);
-  return { ...base, filter };
+  // A pointwise conv is a plain matmul, faster than conv2d on wasm.
+  if (kernelSize === 1) return { ...base, pointwise: packWeight(m, inChannels, outChannels, format) };
+  if (format === 'bf16') return { ...base, columns: packWeight(m, kernelSize * inChannels, outChannels, format) };
+  return { ...base, filter: tf.tensor4d(m, [1, kernelSize, inChannels, outChannels]) };
 }
 
 /** Left context (samples) a causal conv needs from the previous chunk. */
@@ -52,14 +60,19 @@ export const causalContext = (conv: { kernelSize: number; dilation: number }): n
 /** y = causal_conv(x) for x [1, L, in] -> [1, L, out]; with `state`, continues the previous chunk. */
 export function causalConv1d(x: tf.Tensor3D, conv: CausalConv1d, state?: StreamState, name = ''): tf.Tensor3D {
   return tf.tidy(() => {
-    const length = x.shape[1];
-    if (conv.pointwise) {
-      const y = tf.add(tf.matMul(tf.reshape(x, [length, conv.inChannels]), conv.pointwise), conv.bias);
-      return tf.reshape(y, [1, length, conv.outChannels]);
-    }
+    const length = x.shape[1], inC = conv.inChannels;
+    if (conv.pointwise) return tf.reshape(product(tf.reshape(x, [length, inC]), conv.pointwise, conv.bias), [1, length, conv.outChannels]);
     const padded = withLeftContext(x, causalContext(conv), state, name);
-    const y = tf.conv1d(padded, conv.filter!, 1, 'valid', 'NWC', conv.dilation);
-    return tf.add(y, conv.bias) as tf.Tensor3D;
+    if (conv.columns) {
+      const rows = tf.reshape(padded, [padded.shape[1], inC]);
+      const taps = Array.from({ length: conv.kernelSize }, (_, t) => tf.slice(rows, [t * conv.dilation, 0], [length, inC]));
+      return tf.reshape(product(tf.concat(taps, 1) as tf.Tensor2D, conv.columns, conv.bias), [1, length, conv.outChannels]);
+    }
+    // The bias rides in the conv (fused): one pass less over the output than conv1d + add.
+    const y = tf.fused.conv2d({
+      x: tf.reshape(padded, [1, 1, padded.shape[1], inC]) as tf.Tensor4D, filter: conv.filter!, strides: 1, pad: 'valid', dilations: [1, conv.dilation], bias: conv.bias,
+    });
+    return tf.reshape(y, [1, length, conv.outChannels]);
   });
 }
 
@@ -171,7 +184,7 @@ export function causalTransConv1d(x: tf.Tensor3D, conv: CausalTransConv1d, state
     const length = x.shape[1];
     const s = conv.stride, inC = conv.inChannels, out = conv.outChannels;
     const rows = tf.reshape(x, [length, inC]) as tf.Tensor2D;
-    if (conv.kernelSize === s) return tf.reshape(phaseProduct(rows, conv.weight, conv.phaseBias), [1, length * s, out]);
+    if (conv.kernelSize === s) return tf.reshape(product(rows, conv.weight, conv.phaseBias), [1, length * s, out]);
     const previous = state?.get(name) as tf.Tensor2D | undefined; // the previous chunk's last input, [1, in]
     state?.set(name, tf.slice(rows, [length - 1, 0], [1, inC]));
     // Block j pairs x[j-1] with x[j]; the first input has no predecessor here unless the state holds one (the block
@@ -180,7 +193,7 @@ export function causalTransConv1d(x: tf.Tensor3D, conv: CausalTransConv1d, state
     const n = before.shape[0];
     if (n === 0) return tf.zeros([1, 0, out]) as tf.Tensor3D; // a lone first input only fills the trimmed block
     const after = previous ? rows : tf.slice(rows, [1, 0], [n, inC]);
-    const y = phaseProduct(tf.concat([before, after], 1) as tf.Tensor2D, conv.weight, conv.phaseBias); // [n, s·out]
+    const y = product(tf.concat([before, after], 1) as tf.Tensor2D, conv.weight, conv.phaseBias); // [n, s·out]
     return tf.reshape(y, [1, n * s, out]);
   });
 }
@@ -189,7 +202,7 @@ export function causalTransConv1d(x: tf.Tensor3D, conv: CausalTransConv1d, state
  * a·W + bias: a packed bf16 weight or a few rows (streaming) go through matMulWeight (omniflow's SIMD kernel on wasm);
  * many rows through tfjs's fused matMul (XNNPACK GEMM, bias in the same pass).
  */
-function phaseProduct(a: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
+function product(a: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
   if (weight.dtype === 'int32' || a.shape[0] <= SIMD_MATMUL_MAX_ROWS) return matMulWeight(a, weight, { bias });
   return tf.fused.matMul({ a, b: weight, bias }) as tf.Tensor2D;
 }
@@ -204,7 +217,7 @@ export function causalTransConv1dTail(conv: CausalTransConv1d, state: StreamStat
   return tf.tidy(() => {
     // The taps on the previous input alone: [x_last, 0] against both stacked halves (one product for either format).
     const a = tf.concat([last, tf.zerosLike(last)], 1) as tf.Tensor2D;
-    return tf.reshape(phaseProduct(a, conv.weight, conv.phaseBias), [1, conv.stride, conv.outChannels]);
+    return tf.reshape(product(a, conv.weight, conv.phaseBias), [1, conv.stride, conv.outChannels]);
   });
 }
 

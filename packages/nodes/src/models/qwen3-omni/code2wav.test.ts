@@ -185,7 +185,7 @@ describe('Code2Wav (fixture case 8)', () => {
     const rounded = {
       get: (name: string, shape?: readonly number[]) => {
         const t = ckpt.get(name, shape);
-        const packed = /pre_transformer\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$|upsample\.\d+\.(0\.conv|1\.pwconv\d)\.weight$|decoder\.1\.block\.1\.conv\.weight$/;
+        const packed = /pre_transformer\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$|upsample\.\d+\.(0\.conv|1\.pwconv\d)\.weight$|decoder\.(0|1\.block\.1)\.conv\.weight$/;
         return packed.test(name) ? { ...t, data: toBf16(t.data as Float32Array) } : t;
       },
     } as unknown as Checkpoint;

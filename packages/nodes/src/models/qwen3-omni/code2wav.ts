@@ -118,7 +118,7 @@ export class Code2Wav {
       positions *= ratio;
       front += cost(positions * 8 * H * H, packed * 8 * H * H); // ConvNeXt's two pointwise layers (4x expansion)
     }
-    const steps = [cost(positions * H * D * 7, 4 * H * D * 7)];
+    const steps = [cost(positions * H * D * 7, packed * H * D * 7)];
     c.upsample_rates.forEach((rate, i) => {
       const inC = D / 2 ** i, outC = inC / 2;
       steps.push(cost(positions * 2 * inC * rate * outC, (i === 0 ? packed : 4) * 2 * inC * rate * outC)); // polyphase transposed conv
@@ -131,8 +131,8 @@ export class Code2Wav {
 
   /**
    * Loads every `code2wav.*` tensor, checking its shape against `config`. `weights: 'bf16'` keeps the weights of the
-   * layers that see at most a few rows per frame as packed bf16: the transformer's projections, the upsampling stages
-   * and decoder block 1's transposed conv. Their products stream the weights once per frame, so bf16 halves their
+   * layers that see at most a few rows per frame as packed bf16: the transformer's projections, the upsampling stages,
+   * decoder.0 and decoder block 1's transposed conv. Their products stream the weights once per frame, so bf16 halves their
    * time (a frame reads ~310 MB instead of ~620 MB); the release checkpoint stores bf16, so nothing is lost. The
    * compute-bound convolutions stay float32 (XNNPACK).
    */
@@ -179,7 +179,7 @@ export class Code2Wav {
       up: loadCausalTransConv1d(ckpt, `${prefix}.upsample.${s}.0`, H, H, ratio, ratio, format),
       convnext: loadConvNeXtBlock(ckpt, `${prefix}.upsample.${s}.1`, H, 7, 1e-6, format),
     }));
-    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7);
+    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7, 1, format); // 4 rows per frame: weight-streaming
     const blocks: DecoderBlock[] = c.upsample_rates.map((rate, i) => {
       const inC = c.decoder_dim / 2 ** i, outC = c.decoder_dim / 2 ** (i + 1);
       const p = `${prefix}.decoder.${i + 1}.block`;
