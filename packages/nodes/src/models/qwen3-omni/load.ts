@@ -51,9 +51,10 @@ export interface LoadQwen3OmniOptions {
   /** Force a tensor backend (see initBackend). */
   readonly backend?: BackendName;
   /**
-   * 'bf16': the thinker's, talker's, codec head's and code predictor's matmul weights are kept as packed bf16 (half
-   * the memory and half the bytes per decode step; exact for the released bf16 checkpoint; inference only). The
-   * encoders and Code2Wav stay float32. Default 'float32'.
+   * 'bf16': the thinker's, talker's, codec head's and code predictor's matmul weights, and Code2Wav's weight-streaming
+   * layers (see Code2Wav.load), are kept as packed bf16 (half the memory and half the bytes per decode step; exact for
+   * the released bf16 checkpoint; inference only). The encoders and Code2Wav's decoder convolutions stay float32.
+   * Default 'float32'.
    */
   readonly weights?: WeightDtype;
 }
@@ -203,7 +204,7 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
         loaded.push(codePredictor);
         talker = { talker: t, codecHead, codePredictor };
       }
-      const code2wav = wanted.has('code2wav') ? Code2Wav.load(ckpt, config.code2wav_config!) : undefined;
+      const code2wav = wanted.has('code2wav') ? Code2Wav.load(ckpt, config.code2wav_config!, 'code2wav', weights) : undefined;
       if (code2wav) loaded.push(code2wav);
 
       const unusedKeys = ckpt.unused();
