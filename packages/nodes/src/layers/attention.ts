@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { KVCache } from '@omniflow/runtime-gpu';
 import { disposeLinear, linear, loadLinear, type Linear, type WeightDtype, type WeightSource } from './linear.js';
-import { loadRMSNorm, rmsNorm, type RMSNorm } from './rms-norm.js';
-import { applyRope } from './rope.js';
+import { loadRMSNorm, type RMSNorm } from './rms-norm.js';
+import { normRope } from './norm-rope.js';
 
 /**
  * Decoder self-attention of the Qwen3 family (thinker, talker, code predictor; spec 3.4): q/k/v/o projections without
@@ -90,8 +90,8 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
   const groups = H / Hkv;
   const S = x.shape[0];
   return tf.tidy(() => {
-    const q = applyRope(rmsNorm(tf.reshape(linear(x, attn.q_proj), [S, H, D]), attn.q_norm), cos, sin);
-    const kNew = tf.transpose(applyRope(rmsNorm(tf.reshape(linear(x, attn.k_proj), [S, Hkv, D]), attn.k_norm), cos, sin), [1, 0, 2]);
+    const q = normRope(tf.reshape(linear(x, attn.q_proj), [S, H, D]), attn.q_norm, { cos, sin });
+    const kNew = tf.transpose(normRope(tf.reshape(linear(x, attn.k_proj), [S, Hkv, D]), attn.k_norm, { cos, sin }), [1, 0, 2]);
     const vNew = tf.transpose(tf.reshape(linear(x, attn.v_proj), [S, Hkv, D]), [1, 0, 2]);
     let k: tf.Tensor3D = kNew as tf.Tensor3D, v: tf.Tensor3D = vNew as tf.Tensor3D;
     if (slot) ({ k, v } = slot.cache.append(slot.layer, kNew, vNew));

@@ -11,6 +11,7 @@ export * from './causal-conv.js';
 export * from './convnext.js';
 export * from './layer-scale.js';
 export * from './rms-norm.js';
+export * from './norm-rope.js';
 export * from './rope.js';
 export * from './mrope.js';
 export * from './attention.js';

@@ -5,7 +5,8 @@ import { disposeLinear, linear, loadLinear, type Linear, type WeightDtype, type 
 import { disposeSwiGluMlp, loadSwiGluMlp, swiGlu, type SwiGluMlp } from '../../layers/mlp.js';
 import { disposeSparseMoe, loadSparseMoe, sparseMoe, type SparseMoe } from '../../layers/moe.js';
 import { mropeTables, type MropePositions } from '../../layers/mrope.js';
-import { loadRMSNorm, rmsNorm, type RMSNorm } from '../../layers/rms-norm.js';
+import { loadRMSNorm, type RMSNorm } from '../../layers/rms-norm.js';
+import { normRope } from '../../layers/norm-rope.js';
 import { ropeTables, ropeTensors } from '../../layers/rope.js';
 import type { ThinkerTextConfig } from './config.js';
 
@@ -208,9 +209,9 @@ export class TextModel {
         for (let i = 0; i < L; i++) {
           const layer = this.layers[i]!;
           h = tf.tidy(() => {
-            const attn = decoderAttention(rmsNorm(h, layer.input_layernorm) as tf.Tensor2D, layer.self_attn, cos, sin, options.cache ? { cache: options.cache, layer: i } : undefined);
+            const attn = decoderAttention(normRope(h, layer.input_layernorm) as tf.Tensor2D, layer.self_attn, cos, sin, options.cache ? { cache: options.cache, layer: i } : undefined);
             const r = tf.add(h, attn) as tf.Tensor2D;
-            const x2 = rmsNorm(r, layer.post_attention_layernorm) as tf.Tensor2D;
+            const x2 = normRope(r, layer.post_attention_layernorm) as tf.Tensor2D;
             const m = 'router' in layer.mlp ? sparseMoe(x2, layer.mlp, { differentiableRouting: options.differentiableRouting }).output : swiGlu(x2, layer.mlp);
             return tf.add(r, m) as tf.Tensor2D;
           });
@@ -220,7 +221,7 @@ export class TextModel {
             h = tf.add(h, tf.gather(tf.concat([tf.zeros([1, this.hidden]), f], 0), dsIndex)) as tf.Tensor2D;
           }
         }
-        const last = rmsNorm(h, this.norm) as tf.Tensor2D;
+        const last = normRope(h, this.norm) as tf.Tensor2D;
         if (keep.has(L)) hiddenStates.set(L, tf.keep(tf.clone(last)));
         let logits: tf.Tensor2D | undefined;
         const which = options.logits ?? 'last';

@@ -1,0 +1,125 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { heapOffset, wasmHeap, type WasmBackendInternals } from '@omniflow/runtime-gpu';
+import { rmsNorm, type RMSNorm } from './rms-norm.js';
+import { applyRope } from './rope.js';
+
+/*
+ * A decode step normalises small tensors many times: per layer the two block RMSNorms over [1, hidden] and q_norm /
+ * k_norm over [1, heads, head_dim], each followed for q and k by RoPE. As tfjs ops that is 6 kernels per norm and 6
+ * per RoPE (square, mean, add, rsqrt, mul, mul; split, neg, concat, mul, mul, add) — 36 kernel calls per layer, each
+ * a few µs of dispatch plus cache misses on a heap that the layer's weights just streamed through. `normRope` does a
+ * norm (and its RoPE) in one pass over the rows in the wasm heap. It is used for small row counts only (decode steps
+ * and short blocks); long prefills keep the tfjs ops.
+ */
+
+/** Rows up to which normRope runs its one-pass kernel on wasm (a decode step has 1..heads rows). */
+export const NORM_ROPE_MAX_ROWS = 64;
+
+/** Kernel names: the norm alone (inputs x, weight) and the norm followed by RoPE (x, weight, cos, sin). */
+const RMS_NORM = 'OmniflowRmsNorm';
+const NORM_ROPE = 'OmniflowRmsNormRope';
+
+interface NormRopeAttrs {
+  eps: number;
+  /** Rows sharing one position's cos/sin row (heads); 0: no RoPE. */
+  rowsPerPosition: number;
+}
+
+/**
+ * `applyRope(rmsNorm(x, norm), cos, sin)` — or `rmsNorm(x, norm)` without `rope` — over the last axis of `x`.
+ * With RoPE, x is `[S, heads, head_dim]` and cos/sin `[S, 1, head_dim]` (ropeTensors). On the wasm backend with at most
+ * NORM_ROPE_MAX_ROWS rows it is one kernel (differentiable); otherwise the tfjs ops of rmsNorm and applyRope.
+ *
+ * ```ts
+ * const q = normRope(tf.reshape(linear(x, attn.q_proj), [S, H, D]), attn.q_norm, { cos, sin });
+ * const h = normRope(x, layer.input_layernorm); // [S, hidden]
+ * ```
+ */
+export function normRope(x: tf.Tensor, norm: RMSNorm, rope?: { cos: tf.Tensor; sin: tf.Tensor }): tf.Tensor {
+  const D = x.shape[x.rank - 1]!;
+  if (norm.weight.shape[0] !== D) throw new Error(`normRope: input [${x.shape}] has ${D} features on its last axis, the norm weight has ${norm.weight.shape[0]}`);
+  const rows = x.size / D;
+  if (rope && (x.rank !== 3 || rope.cos.size !== x.shape[0]! * D || rope.sin.size !== rope.cos.size)) {
+    throw new Error(`normRope: RoPE needs x [S, heads, ${D}] and cos/sin [S, 1, ${D}], got x [${x.shape}], cos [${rope.cos.shape}], sin [${rope.sin.shape}]`);
+  }
+  if (tf.getBackend() !== 'wasm' || rows > NORM_ROPE_MAX_ROWS || x.dtype !== 'float32' || D % 2 !== 0) return normRopeOps(x, norm, rope);
+  register();
+  const attrs: NormRopeAttrs = { eps: norm.eps, rowsPerPosition: rope ? x.shape[1]! : 0 };
+  const inputs: tf.NamedTensorMap = rope ? { x, weight: norm.weight, cos: rope.cos, sin: rope.sin } : { x, weight: norm.weight };
+  return tf.engine().runKernel(rope ? NORM_ROPE : RMS_NORM, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor;
+}
+
+/** The same as tfjs ops (any backend, any size). */
+export function normRopeOps(x: tf.Tensor, norm: RMSNorm, rope?: { cos: tf.Tensor; sin: tf.Tensor }): tf.Tensor {
+  return tf.tidy(() => (rope ? applyRope(rmsNorm(x, norm), rope.cos, rope.sin) : rmsNorm(x, norm)));
+}
+
+let registered = false;
+
+function register(): void {
+  if (registered) return;
+  registered = true;
+  for (const [kernelName, inputsToSave] of [[RMS_NORM, ['x', 'weight']], [NORM_ROPE, ['x', 'weight', 'cos', 'sin']]] as const) {
+    tf.registerKernel({ kernelName, backendName: 'wasm', kernelFunc: normRopeWasm as unknown as tf.KernelFunc });
+    tf.registerGradient({ kernelName, inputsToSave: [...inputsToSave], gradFunc: normRopeGrad as unknown as tf.GradFunc });
+  }
+}
+
+/** Gradients of the norm (and RoPE) in tfjs ops; cos/sin are tables, their gradient is zero. */
+function normRopeGrad(dy: tf.Tensor, saved: tf.Tensor[], attrs: NormRopeAttrs): Record<string, () => tf.Tensor> {
+  const [x, w, cos, sin] = saved as [tf.Tensor, tf.Tensor1D, tf.Tensor | undefined, tf.Tensor | undefined];
+  const D = x.shape[x.rank - 1]!;
+  // Through RoPE (linear): n = y·cos + rot(y)·sin with rot(y) = [-y2, y1], so dn = dy·cos + rotᵀ(dy·sin), rotᵀ(u) = [u2, -u1].
+  const dn = () => {
+    if (!attrs.rowsPerPosition) return dy;
+    const [u1, u2] = tf.split(tf.mul(dy, sin!), 2, -1);
+    return tf.add(tf.mul(dy, cos!), tf.concat([u2!, tf.neg(u1!)], -1));
+  };
+  // Through the norm n = x·r·w, r = (mean(x²) + eps)^-½: dx = r·g − x·r³·mean(g·x), g = dn·w; dw = Σ dn·x·r.
+  const r = () => tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), attrs.eps));
+  const grads: Record<string, () => tf.Tensor> = {
+    x: () => {
+      const rr = r(), g = tf.mul(dn(), w);
+      return tf.sub(tf.mul(g, rr), tf.mul(tf.mul(x, tf.pow(rr, 3)), tf.mean(tf.mul(g, x), -1, true)));
+    },
+    weight: () => tf.reshape(tf.sum(tf.reshape(tf.mul(tf.mul(dn(), x), r()), [-1, D]), 0), [D]),
+  };
+  if (cos) {
+    grads.cos = () => tf.zerosLike(cos);
+    grads.sin = () => tf.zerosLike(sin!);
+  }
+  return grads;
+}
+
+/** One pass per row over the wasm heap: sum of squares, scale by weight·r, then rotate the two halves by the row's position. */
+function normRopeWasm(args: { inputs: { x: tf.TensorInfo; weight: tf.TensorInfo; cos?: tf.TensorInfo; sin?: tf.TensorInfo }; backend: WasmBackendInternals; attrs: NormRopeAttrs }): tf.TensorInfo {
+  const { backend, attrs } = args;
+  const { x, weight, cos, sin } = args.inputs;
+  const out = backend.makeOutput(x.shape.slice(), 'float32');
+  const D = x.shape[x.shape.length - 1]!, rows = x.shape.reduce((a, b) => a * b, 1) / D, half = D / 2;
+  if (rows === 0) return out;
+  // The view is made after makeOutput, which may have grown the heap.
+  const f = new Float32Array(wasmHeap(backend).buffer);
+  const xo = heapOffset(backend, x, 'x') >> 2, wo = heapOffset(backend, weight, 'weight') >> 2, yo = heapOffset(backend, out, 'y') >> 2;
+  const co = cos ? heapOffset(backend, cos, 'cos') >> 2 : 0, so = sin ? heapOffset(backend, sin, 'sin') >> 2 : 0;
+  const per = attrs.rowsPerPosition;
+  for (let r = 0; r < rows; r++) {
+    const xr = xo + r * D, yr = yo + r * D;
+    let ss = 0;
+    for (let d = 0; d < D; d++) ss += f[xr + d]! * f[xr + d]!;
+    // float32 like the reference: mean, + eps, rsqrt, then the products
+    const inv = Math.fround(1 / Math.sqrt(Math.fround(Math.fround(ss / D) + attrs.eps)));
+    if (!per) {
+      for (let d = 0; d < D; d++) f[yr + d] = Math.fround(f[xr + d]! * inv) * f[wo + d]!;
+      continue;
+    }
+    const cr = co + Math.floor(r / per) * D, sr = so + Math.floor(r / per) * D;
+    for (let j = 0; j < half; j++) {
+      const a = Math.fround(Math.fround(f[xr + j]! * inv) * f[wo + j]!);
+      const b = Math.fround(Math.fround(f[xr + half + j]! * inv) * f[wo + half + j]!);
+      f[yr + j] = Math.fround(a * f[cr + j]!) - Math.fround(b * f[sr + j]!);
+      f[yr + half + j] = Math.fround(b * f[cr + half + j]!) + Math.fround(a * f[sr + half + j]!);
+    }
+  }
+  return out;
+}
