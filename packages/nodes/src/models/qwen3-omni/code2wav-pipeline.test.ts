@@ -55,7 +55,7 @@ describe('Code2WavPipeline (two worker threads)', () => {
 });
 
 describe('code2wav node with workers: true', () => {
-  it('emits the same audio as the single-thread node, in order, tail included', async () => {
+  it('emits the same audio as the single-thread node, in order, tail included (bf16 weights, default cut)', async () => {
     const cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
     const codes = cases.read('code2wav.codes').data as Int32Array;
     cases.close();
@@ -65,11 +65,11 @@ describe('code2wav node with workers: true', () => {
       controlPacket({ pts: 0, signal: 'turn-end' }),
     ];
     const ckpt = Checkpoint.open(fixturePath('model.safetensors'));
-    const local = Code2Wav.load(ckpt, readQwen3OmniConfig(fixtureDir()).config.code2wav_config!);
+    const local = Code2Wav.load(ckpt, readQwen3OmniConfig(fixtureDir()).config.code2wav_config!, 'code2wav', { weights: 'bf16' });
     ckpt.close();
     const expected = await lastValueFrom(from(packets).pipe(code2wav({ model: local }), toArray()));
     local.dispose();
-    const got = await lastValueFrom(from(packets).pipe(code2wav({ model: fixtureDir(), workers: true }), toArray()));
+    const got = await lastValueFrom(from(packets).pipe(code2wav({ model: fixtureDir(), workers: true, weights: 'bf16' }), toArray()));
     expect(got.map((a) => a.samples.length)).toEqual(expected.map((a) => a.samples.length));
     expect(got.map((a) => a.pts)).toEqual(expected.map((a) => a.pts));
     expect(got.map((a) => a.voices)).toEqual(expected.map((a) => a.voices));
