@@ -441,7 +441,8 @@ export class Code2Wav {
   ): tf.Tensor {
     const c = this.config, T = x.shape[0], D = this.headDim;
     const heads = c.num_attention_heads, kvHeads = c.num_key_value_heads;
-    const toHeads = (t: tf.Tensor, n: number) => tf.transpose(tf.reshape(t, [T, n, D]), [1, 0, 2]);
+    // [T, n·D] -> [n, T, D]; for one frame (streaming) that is a reshape, no transpose kernel.
+    const toHeads = (t: tf.Tensor, n: number) => (T === 1 ? tf.reshape(t, [n, 1, D]) : tf.transpose(tf.reshape(t, [T, n, D]), [1, 0, 2]));
     const q = applyRope(toHeads(linear(x, layer.q), heads), cos, sin);
     let k = applyRope(toHeads(linear(x, layer.k), kvHeads), cos, sin);
     let v = toHeads(linear(x, layer.v), kvHeads);
@@ -463,15 +464,19 @@ export class Code2Wav {
     }
     const first = position + T - keys; // absolute position of the first key
     const mask = new Float32Array(T * keys);
+    let masked = false;
     for (let i = 0; i < T; i++) {
       for (let j = 0; j < keys; j++) {
         const qp = position + i, kp = first + j;
-        mask[i * keys + j] = kp <= qp && kp > qp - c.sliding_window ? 0 : -Infinity;
+        if (kp <= qp && kp > qp - c.sliding_window) continue;
+        mask[i * keys + j] = -Infinity;
+        masked = true;
       }
     }
-    const scores = tf.add(tf.mul(tf.matMul(q, k, false, true), D ** -0.5), tf.tensor2d(mask, [T, keys]));
+    let scores = tf.mul(tf.matMul(q, k, false, true), D ** -0.5);
+    if (masked) scores = tf.add(scores, tf.tensor2d(mask, [T, keys])); // a streamed frame sees every cached key: no mask
     const out = tf.matMul(tf.softmax(scores), v); // [heads, T, D]
-    return linear(tf.reshape(tf.transpose(out, [1, 0, 2]), [T, heads * D]), layer.o);
+    return linear(T === 1 ? tf.reshape(out, [1, heads * D]) : tf.reshape(tf.transpose(out, [1, 0, 2]), [T, heads * D]), layer.o);
   }
 
   /** cos/sin [T, headDim] for positions [position, position+T), halves duplicated (rotate-half layout). */
