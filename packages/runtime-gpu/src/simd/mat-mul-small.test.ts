@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
 import { packBf16, unpackBf16 } from './bf16.js';
 import { matMulBf16, matMulSmall, OMNIFLOW_MATMUL, OMNIFLOW_MATMUL_BF16, SIMD_MATMUL_MAX_ROWS } from './mat-mul-small.js';
-import { buildMatMulModule, DEFAULT_VARIANT, EPILOGUE, type MatMulVariant } from './matmul-module.js';
+import { buildMatMulModule, DEFAULT_VARIANT, MATMUL_EPILOGUE, type MatMulVariant } from './matmul-module.js';
 import type { WasmMemoryLike } from './wasm-emitter.js';
 
 /** Deterministic values in [-1, 1). */
@@ -179,7 +179,7 @@ describe('SIMD kernel specifics (wasm)', () => {
           const y = tf.zeros([M, N]);
           for (let r0 = 0; r0 < M; r0 += variant.maxRows) {
             const rows = Math.min(variant.maxRows, M - r0);
-            fns[rows]!(off(x) + r0 * K * 4, off(weight), off(b), off(y) + r0 * N * 4, K, N, 2, EPILOGUE.relu);
+            fns[rows]!(off(x) + r0 * K * 4, off(weight), off(b), off(y) + r0 * N * 4, K, N, 2, MATMUL_EPILOGUE.relu);
           }
           expect(maxAbsDiff(y, ref), JSON.stringify(variant)).toBeLessThan(1e-5);
         }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { buildMatMulModule, EPILOGUE, type Epilogue, type MatMulFn, type MatMulModule } from './matmul-module.js';
+import { buildMatMulModule, MATMUL_EPILOGUE, type MatMulEpilogue, type MatMulFn, type MatMulModule } from './matmul-module.js';
 import { unpackBf16 } from './bf16.js';
 import type { WasmMemoryLike } from './wasm-emitter.js';
 
@@ -22,12 +22,12 @@ export interface MatMulSmallOptions {
   /** Scales x·W before the bias (default 1). */
   readonly alpha?: number;
   /** Applied last (default 'linear'). */
-  readonly activation?: 'linear' | Epilogue;
+  readonly activation?: 'linear' | MatMulEpilogue;
 }
 
 interface KernelAttrs {
   alpha: number;
-  activation: 'linear' | Epilogue;
+  activation: 'linear' | MatMulEpilogue;
 }
 
 /** The pieces of tfjs-backend-wasm's backend object the kernels use (not part of its typed API). */
@@ -84,7 +84,7 @@ function simdKernel(format: 'f32' | 'bf16') {
     const out = backend.makeOutput([M, N], 'float32');
     if (M === 0 || N === 0) return out;
     const mod = moduleFor(backend);
-    const act = activation === 'linear' ? EPILOGUE.none : EPILOGUE[activation];
+    const act = activation === 'linear' ? MATMUL_EPILOGUE.none : MATMUL_EPILOGUE[activation];
     const b = bias ? heapOffset(backend, bias, 'bias') : 0;
     runRows(mod[format], heapOffset(backend, x, 'x'), heapOffset(backend, w, 'w'), b, heapOffset(backend, out, 'y'), M, K, N, alpha, act);
     return out;
@@ -127,7 +127,7 @@ export function registerSimdKernels(): void {
   });
 }
 
-function check(op: string, x: tf.Tensor, K: number, N: number, options: MatMulSmallOptions): { alpha: number; activation: 'linear' | Epilogue } {
+function check(op: string, x: tf.Tensor, K: number, N: number, options: MatMulSmallOptions): { alpha: number; activation: 'linear' | MatMulEpilogue } {
   if (x.dtype !== 'float32') throw new Error(`${op}: x must be float32, got ${x.dtype} [${x.shape}]`);
   if (x.rank < 1 || x.shape[x.rank - 1] !== K) throw new Error(`${op}: x's last axis must match W's ${K} rows, got x [${x.shape}] and W [${K}, ${N}]`);
   const { bias } = options;
@@ -137,7 +137,7 @@ function check(op: string, x: tf.Tensor, K: number, N: number, options: MatMulSm
   const alpha = options.alpha ?? 1;
   if (!Number.isFinite(alpha)) throw new Error(`${op}: alpha must be a finite number, got ${alpha}`);
   const activation = options.activation ?? 'linear';
-  if (activation !== 'linear' && !(activation in EPILOGUE)) throw new Error(`${op}: activation '${activation}' is not one of linear, ${Object.keys(EPILOGUE).filter((e) => e !== 'none').join(', ')}`);
+  if (activation !== 'linear' && !(activation in MATMUL_EPILOGUE)) throw new Error(`${op}: activation '${activation}' is not one of linear, ${Object.keys(MATMUL_EPILOGUE).filter((e) => e !== 'none').join(', ')}`);
   return { alpha, activation: activation === 'none' ? 'linear' : activation };
 }
 

@@ -1,4 +1,4 @@
-import { type Code, type Local, type MemoryLimits, WasmModuleBuilder, type WasmMemoryLike, webAssembly } from './wasm-emitter.js';
+import { type WasmCode, type WasmLocal, type MemoryLimits, WasmModuleBuilder, type WasmMemoryLike, webAssembly } from './wasm-emitter.js';
 
 /*
  * The small-M matmul kernels, assembled at startup over a memory they import (tfjs-wasm's heap), so they read and
@@ -20,8 +20,8 @@ import { type Code, type Local, type MemoryLimits, WasmModuleBuilder, type WasmM
  */
 
 /** What the epilogue applies after `alpha · x·W + b`. Codes are part of the kernel ABI; append, never renumber. */
-export const EPILOGUE = { none: 0, relu: 1 } as const;
-export type Epilogue = keyof typeof EPILOGUE;
+export const MATMUL_EPILOGUE = { none: 0, relu: 1 } as const;
+export type MatMulEpilogue = keyof typeof MATMUL_EPILOGUE;
 
 /** Weight formats a kernel reads. */
 export type WeightFormat = 'f32' | 'bf16';
@@ -93,7 +93,7 @@ export function matMulFunctions(exports: Record<string, unknown>, variant: MatMu
  *
  * ```ts
  * const mod = buildMatMulModule((tf.backend() as any).wasm.asm.memory);
- * mod.f32[1](xOffset, wOffset, 0, yOffset, K, N, 1, EPILOGUE.none); // y[1, N] = x[1, K] · W[K, N]
+ * mod.f32[1](xOffset, wOffset, 0, yOffset, K, N, 1, MATMUL_EPILOGUE.none); // y[1, N] = x[1, K] · W[K, N]
  * ```
  */
 export function buildMatMulModule(memory: WasmMemoryLike, variant: MatMulVariant = DEFAULT_VARIANT, limits: MemoryLimits = { initial: 1 }): MatMulModule {
@@ -109,8 +109,8 @@ interface Shape {
   colBlock: number;
 }
 
-function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): void {
-  const [x, w, b, y, K, N, alpha, act] = params as [Local, Local, Local, Local, Local, Local, Local, Local];
+function emitMatMul(c: WasmCode, params: WasmLocal[], format: WeightFormat, s: Shape): void {
+  const [x, w, b, y, K, N, alpha, act] = params as [WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal];
   const R = s.rows;
   const bf16 = format === 'bf16';
   const vw = bf16 ? 8 : 4; // columns per vector unit
@@ -147,7 +147,7 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
   if (bf16) c.v128ConstI32x4([0xffff0000, 0xffff0000, 0xffff0000, 0xffff0000]).localSet(oddMask);
 
   /** Pushes the address of y row r at byte pointer `ptr`. */
-  const yAt = (ptr: Local, r: number) => (r > 0 ? c.localGet(ptr).localGet(yRowOff[r]!).i32Add() : c.localGet(ptr));
+  const yAt = (ptr: WasmLocal, r: number) => (r > 0 ? c.localGet(ptr).localGet(yRowOff[r]!).i32Add() : c.localGet(ptr));
   /** Pushes the address of W row k+j at the current column. */
   const wAt = (j: number) => c.localGet(wp[j]!);
   /** Pushes the address of y row r at the current column. */
@@ -176,7 +176,7 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
     };
 
     /** Loads W row j's vector at unit u into locals: f32 one; bf16 two (even columns, odd columns). */
-    const loadW = (j: number, u: number, into: readonly Local[]) => {
+    const loadW = (j: number, u: number, into: readonly WasmLocal[]) => {
       if (!bf16) return void wAt(j).v128Load(16 * u).localSet(into[0]!);
       // shl 16 puts the low halves (even columns) in the top of each lane; masking keeps the odd columns.
       wAt(j).v128Load(16 * u).localTee(v).i32Const(16).i32x4Shl().localSet(into[0]!);
@@ -265,13 +265,13 @@ function emitMatMul(c: Code, params: Local[], format: WeightFormat, s: Shape): v
         () => {
           yAt(y, r).localGet(o).i32Add().v128Load(0).localGet(alpha4).f32x4Mul().localSet(v);
           c.localGet(b).if(() => c.localGet(v).localGet(b).localGet(o).i32Add().v128Load(0).f32x4Add().localSet(v));
-          c.localGet(act).i32Const(EPILOGUE.relu).i32Eq().if(() => c.localGet(v).localGet(zero4).f32x4Pmax().localSet(v));
+          c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(v).localGet(zero4).f32x4Pmax().localSet(v));
           yAt(y, r).localGet(o).i32Add().localGet(v).v128Store(0);
         },
         () => {
           yAt(y, r).localGet(o).i32Add().f32Load(0).localGet(alpha).f32Mul().localSet(fa);
           c.localGet(b).if(() => c.localGet(fa).localGet(b).localGet(o).i32Add().f32Load(0).f32Add().localSet(fa));
-          c.localGet(act).i32Const(EPILOGUE.relu).i32Eq().if(() => c.localGet(fa).f32Const(0).f32Max().localSet(fa));
+          c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(fa).f32Const(0).f32Max().localSet(fa));
           yAt(y, r).localGet(o).i32Add().localGet(fa).f32Store(0);
         },
       );

@@ -15,24 +15,24 @@
  */
 
 /** WebAssembly value types. */
-export type ValType = 'i32' | 'i64' | 'f32' | 'f64' | 'v128';
+export type WasmValType = 'i32' | 'i64' | 'f32' | 'f64' | 'v128';
 
-const VALTYPE: Record<ValType, number> = { i32: 0x7f, i64: 0x7e, f32: 0x7d, f64: 0x7c, v128: 0x7b };
+const VALTYPE: Record<WasmValType, number> = { i32: 0x7f, i64: 0x7e, f32: 0x7d, f64: 0x7c, v128: 0x7b };
 
 /** A function's signature. */
-export interface FuncType {
-  readonly params: readonly ValType[];
-  readonly results: readonly ValType[];
+export interface WasmFuncType {
+  readonly params: readonly WasmValType[];
+  readonly results: readonly WasmValType[];
 }
 
 /** A local variable (parameters come first), by index. */
-export interface Local {
+export interface WasmLocal {
   readonly index: number;
-  readonly type: ValType;
+  readonly type: WasmValType;
 }
 
 /** A branch target made by `block`, `loop` or `if`: `br(label)` leaves a block/if, or jumps back to a loop's top. */
-export interface Label {
+export interface WasmLabel {
   readonly level: number;
 }
 
@@ -68,7 +68,7 @@ function utf8(name: string): number[] {
   return [...uleb(bytes.length), ...bytes];
 }
 
-/** SIMD opcodes (after the 0xfd prefix) that Code emits; named as in the spec. */
+/** SIMD opcodes (after the 0xfd prefix) that WasmCode emits; named as in the spec. */
 const SIMD = {
   'v128.load': 0x00, 'v128.load32_splat': 0x09, 'v128.store': 0x0b, 'v128.const': 0x0c, 'i8x16.shuffle': 0x0d,
   'i32x4.splat': 0x11, 'f32x4.splat': 0x13, 'f32x4.extract_lane': 0x1f,
@@ -81,23 +81,23 @@ const SIMD = {
  * One function body. Every method appends an instruction and returns `this`, so straight-line code chains;
  * `block`/`loop`/`if` take a callback that receives the new label.
  */
-export class Code {
+export class WasmCode {
   readonly bytes: number[] = [];
-  private readonly locals: ValType[] = [];
+  private readonly locals: WasmValType[] = [];
   private depth = 0;
 
-  constructor(readonly params: readonly ValType[]) {}
+  constructor(readonly params: readonly WasmValType[]) {}
 
   /** A new local of `type` (zero-initialised at function entry). */
-  local(type: ValType): Local {
+  local(type: WasmValType): WasmLocal {
     this.locals.push(type);
     return { index: this.params.length + this.locals.length - 1, type };
   }
 
   /** The body as the code section stores it: local declarations, instructions, `end`. */
   encode(): number[] {
-    if (this.depth !== 0) throw new Error(`Code: ${this.depth} block(s) left open`);
-    const groups: Array<[number, ValType]> = [];
+    if (this.depth !== 0) throw new Error(`WasmCode: ${this.depth} block(s) left open`);
+    const groups: Array<[number, WasmValType]> = [];
     for (const t of this.locals) {
       const last = groups[groups.length - 1];
       if (last && last[1] === t) last[0]++;
@@ -115,7 +115,7 @@ export class Code {
 
   // ---- structured control ----------------------------------------------------------------------
 
-  private structured(opcode: number, body: (label: Label) => void): this {
+  private structured(opcode: number, body: (label: WasmLabel) => void): this {
     const label = { level: this.depth++ };
     this.bytes.push(opcode, 0x40); // block type: no values in or out
     body(label);
@@ -125,17 +125,17 @@ export class Code {
   }
 
   /** `block ... end`: `br(label)` inside jumps past the end. */
-  block(body: (exit: Label) => void): this {
+  block(body: (exit: WasmLabel) => void): this {
     return this.structured(0x02, body);
   }
 
   /** `loop ... end`: `br(label)` inside jumps back to the top. */
-  loop(body: (top: Label) => void): this {
+  loop(body: (top: WasmLabel) => void): this {
     return this.structured(0x03, body);
   }
 
   /** `if ... [else ...] end` on the i32 on the stack. */
-  if(then: (exit: Label) => void, otherwise?: (exit: Label) => void): this {
+  if(then: (exit: WasmLabel) => void, otherwise?: (exit: WasmLabel) => void): this {
     return this.structured(0x04, (label) => {
       then(label);
       if (otherwise) {
@@ -145,18 +145,18 @@ export class Code {
     });
   }
 
-  private relative(label: Label): number[] {
+  private relative(label: WasmLabel): number[] {
     const d = this.depth - 1 - label.level;
-    if (d < 0) throw new Error(`Code: branch to a label that is no longer open (level ${label.level}, depth ${this.depth})`);
+    if (d < 0) throw new Error(`WasmCode: branch to a label that is no longer open (level ${label.level}, depth ${this.depth})`);
     return uleb(d);
   }
 
-  br(label: Label): this {
+  br(label: WasmLabel): this {
     return this.raw(0x0c, ...this.relative(label));
   }
 
   /** Branches when the i32 on the stack is non-zero. */
-  brIf(label: Label): this {
+  brIf(label: WasmLabel): this {
     return this.raw(0x0d, ...this.relative(label));
   }
 
@@ -168,7 +168,7 @@ export class Code {
    * `for (i = start; i < end; i += step) body()` with i32 values pushed by the callbacks; the test runs once before
    * entering and then at the bottom of each iteration (no branch back to a test at the top).
    */
-  for(i: Local, start: () => void, end: () => void, step: number, body: () => void): this {
+  for(i: WasmLocal, start: () => void, end: () => void, step: number, body: () => void): this {
     start();
     this.localSet(i);
     return this.block((exit) => {
@@ -186,13 +186,13 @@ export class Code {
 
   // ---- locals and constants --------------------------------------------------------------------
 
-  localGet(l: Local): this {
+  localGet(l: WasmLocal): this {
     return this.raw(0x20, ...uleb(l.index));
   }
-  localSet(l: Local): this {
+  localSet(l: WasmLocal): this {
     return this.raw(0x21, ...uleb(l.index));
   }
-  localTee(l: Local): this {
+  localTee(l: WasmLocal): this {
     return this.raw(0x22, ...uleb(l.index));
   }
   i32Const(v: number): this {
@@ -296,7 +296,7 @@ export interface MemoryLimits {
 interface FuncEntry {
   readonly name: string | null;
   readonly type: number;
-  readonly code: Code;
+  readonly code: WasmCode;
 }
 
 /**
@@ -309,7 +309,7 @@ interface FuncEntry {
  * ```
  */
 export class WasmModuleBuilder {
-  private readonly types: FuncType[] = [];
+  private readonly types: WasmFuncType[] = [];
   private readonly funcs: FuncEntry[] = [];
   private memory: { module: string; name: string; limits: MemoryLimits } | undefined;
 
@@ -320,15 +320,15 @@ export class WasmModuleBuilder {
   }
 
   /** Adds a function; `build` receives the code and the parameter locals. Returns the function index. */
-  func(name: string | null, type: FuncType, build: (code: Code, params: Local[]) => void): number {
-    const code = new Code(type.params);
+  func(name: string | null, type: WasmFuncType, build: (code: WasmCode, params: WasmLocal[]) => void): number {
+    const code = new WasmCode(type.params);
     build(code, type.params.map((t, index) => ({ index, type: t })));
     this.funcs.push({ name, type: this.typeIndex(type), code });
     return this.funcs.length - 1;
   }
 
-  private typeIndex(type: FuncType): number {
-    const key = (t: FuncType) => `${t.params.join(',')}->${t.results.join(',')}`;
+  private typeIndex(type: WasmFuncType): number {
+    const key = (t: WasmFuncType) => `${t.params.join(',')}->${t.results.join(',')}`;
     const i = this.types.findIndex((t) => key(t) === key(type));
     if (i >= 0) return i;
     this.types.push(type);
