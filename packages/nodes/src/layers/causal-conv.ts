@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { SIMD_MATMUL_MAX_ROWS, type Checkpoint } from '@omniflow/runtime-gpu';
+import type { Checkpoint } from '@omniflow/runtime-gpu';
 import { matMulWeight, packWeight, type WeightDtype } from './linear.js';
 import type { StreamState } from './stream-state.js';
 
@@ -12,11 +12,9 @@ import type { StreamState } from './stream-state.js';
 
 /** A causal Conv1d (stride 1): left-pad `(k-1)·dilation` zeros, no right pad, so length is preserved. */
 export interface CausalConv1d {
-  /** tfjs conv2d filter [1, k, in, out] (the conv runs as a 1 × L image); for k > 1 in float32. */
+  /** tfjs conv2d filter [1, k, in, out] (the conv runs as a 1 × L image); undefined for k = 1. */
   readonly filter?: tf.Tensor4D;
-  /** [k·in, out], row t·in + i = tap t of input channel i: the conv as one product over k shifted copies of the input; for k > 1 in bf16. */
-  readonly columns?: tf.Tensor2D;
-  /** [in, out], only for k = 1 (float32 or bf16). */
+  /** [in, out], only for k = 1, which runs as a matmul. */
   readonly pointwise?: tf.Tensor2D;
   readonly bias: tf.Tensor1D;
   readonly kernelSize: number;
@@ -26,9 +24,7 @@ export interface CausalConv1d {
 }
 
 /**
- * Loads `${prefix}.conv.weight` ([out, in, k], PyTorch layout) and `${prefix}.conv.bias`. With `format` 'bf16' the
- * weight is kept packed (packWeight) and the conv runs as one product over shifted copies of the input: for convs
- * that see a few rows per call (Code2Wav's decoder.0 while streaming), where reading the weights is the cost.
+ * Loads `${prefix}.conv.weight` ([out, in, k], PyTorch layout) and `${prefix}.conv.bias`.
  *
  * ```ts
  * const conv = loadCausalConv1d(ckpt, 'code2wav.decoder.0', 1024, 1536, 7);
@@ -36,7 +32,7 @@ export interface CausalConv1d {
  * ```
  */
 export function loadCausalConv1d(
-  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, dilation = 1, format: WeightDtype = 'float32',
+  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, dilation = 1,
 ): CausalConv1d {
   const w = ckpt.get(`${prefix}.conv.weight`, [outChannels, inChannels, kernelSize]).data as Float32Array;
   const bias = tf.tensor1d(ckpt.get(`${prefix}.conv.bias`, [outChannels]).data as Float32Array);
@@ -49,8 +45,7 @@ export function loadCausalConv1d(
     }
   }
   // A pointwise conv is a plain matmul, faster than conv2d on wasm.
-  if (kernelSize === 1) return { ...base, pointwise: packWeight(m, inChannels, outChannels, format) };
-  if (format === 'bf16') return { ...base, columns: packWeight(m, kernelSize * inChannels, outChannels, format) };
+  if (kernelSize === 1) return { ...base, pointwise: tf.tensor2d(m, [inChannels, outChannels]) };
   return { ...base, filter: tf.tensor4d(m, [1, kernelSize, inChannels, outChannels]) };
 }
 
@@ -61,13 +56,8 @@ export const causalContext = (conv: { kernelSize: number; dilation: number }): n
 export function causalConv1d(x: tf.Tensor3D, conv: CausalConv1d, state?: StreamState, name = ''): tf.Tensor3D {
   return tf.tidy(() => {
     const length = x.shape[1], inC = conv.inChannels;
-    if (conv.pointwise) return tf.reshape(product(tf.reshape(x, [length, inC]), conv.pointwise, conv.bias), [1, length, conv.outChannels]);
+    if (conv.pointwise) return tf.reshape(matMulRows(tf.reshape(x, [length, inC]), conv.pointwise, conv.bias), [1, length, conv.outChannels]);
     const padded = withLeftContext(x, causalContext(conv), state, name);
-    if (conv.columns) {
-      const rows = tf.reshape(padded, [padded.shape[1], inC]);
-      const taps = Array.from({ length: conv.kernelSize }, (_, t) => tf.slice(rows, [t * conv.dilation, 0], [length, inC]));
-      return tf.reshape(product(tf.concat(taps, 1) as tf.Tensor2D, conv.columns, conv.bias), [1, length, conv.outChannels]);
-    }
     // The bias rides in the conv (fused): one pass less over the output than conv1d + add.
     const y = tf.fused.conv2d({
       x: tf.reshape(padded, [1, 1, padded.shape[1], inC]) as tf.Tensor4D, filter: conv.filter!, strides: 1, pad: 'valid', dilations: [1, conv.dilation], bias: conv.bias,
@@ -140,8 +130,8 @@ export interface CausalTransConv1d {
 
 /**
  * Loads `${prefix}.conv.weight` ([in, out, k], PyTorch ConvTranspose1d layout) and `${prefix}.conv.bias`. With
- * `format` 'bf16' the weight is kept packed (packWeight): worth it where a frame feeds few rows, so the product streams
- * its weights (Code2Wav's upsampling stages and first decoder block); exact on a bf16 checkpoint.
+ * `format` 'bf16' the weight is kept packed (packWeight): worth it where a call sees one or two rows, so the product
+ * streams its weights (Code2Wav's upsampling while streaming); exact on a bf16 checkpoint.
  *
  * ```ts
  * const up = loadCausalTransConv1d(ckpt, 'code2wav.decoder.1.block.1', 1536, 768, 16, 8);
@@ -184,7 +174,7 @@ export function causalTransConv1d(x: tf.Tensor3D, conv: CausalTransConv1d, state
     const length = x.shape[1];
     const s = conv.stride, inC = conv.inChannels, out = conv.outChannels;
     const rows = tf.reshape(x, [length, inC]) as tf.Tensor2D;
-    if (conv.kernelSize === s) return tf.reshape(product(rows, conv.weight, conv.phaseBias), [1, length * s, out]);
+    if (conv.kernelSize === s) return tf.reshape(matMulRows(rows, conv.weight, conv.phaseBias), [1, length * s, out]);
     const previous = state?.get(name) as tf.Tensor2D | undefined; // the previous chunk's last input, [1, in]
     state?.set(name, tf.slice(rows, [length - 1, 0], [1, inC]));
     // Block j pairs x[j-1] with x[j]; the first input has no predecessor here unless the state holds one (the block
@@ -193,17 +183,28 @@ export function causalTransConv1d(x: tf.Tensor3D, conv: CausalTransConv1d, state
     const n = before.shape[0];
     if (n === 0) return tf.zeros([1, 0, out]) as tf.Tensor3D; // a lone first input only fills the trimmed block
     const after = previous ? rows : tf.slice(rows, [1, 0], [n, inC]);
-    const y = product(tf.concat([before, after], 1) as tf.Tensor2D, conv.weight, conv.phaseBias); // [n, s·out]
+    const y = matMulRows(tf.concat([before, after], 1) as tf.Tensor2D, conv.weight, conv.phaseBias); // [n, s·out]
     return tf.reshape(y, [1, n * s, out]);
   });
 }
 
 /**
- * a·W + bias: a packed bf16 weight or a few rows (streaming) go through matMulWeight (omniflow's SIMD kernel on wasm);
- * many rows through tfjs's fused matMul (XNNPACK GEMM, bias in the same pass).
+ * Rows up to which a float32 product runs omniflow's SIMD kernel rather than tfjs's matMul (XNNPACK). Measured on
+ * Code2Wav's shapes ([1024, 4096], [4096, 1024], [3072, 6144]): the kernel is 1.3–1.8x faster at 1–2 rows, but at 4 rows
+ * XNNPACK is 1.1–1.7x faster (the kernel turns compute-bound there).
  */
-function product(a: tf.Tensor2D, weight: tf.Tensor2D, bias: tf.Tensor1D): tf.Tensor2D {
-  if (weight.dtype === 'int32' || a.shape[0] <= SIMD_MATMUL_MAX_ROWS) return matMulWeight(a, weight, { bias });
+export const KERNEL_MAX_ROWS = 2;
+
+/**
+ * a·W + bias for a weight from packWeight: packed bf16 through its kernel (matMulWeight), float32 through the SIMD
+ * kernel up to KERNEL_MAX_ROWS rows and through tfjs's fused matMul (bias in the same pass) beyond.
+ *
+ * ```ts
+ * const y = matMulRows(x, conv.pointwise!, conv.bias); // [L, in] -> [L, out]
+ * ```
+ */
+export function matMulRows(a: tf.Tensor2D, weight: tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor2D {
+  if (weight.dtype === 'int32' || a.shape[0] <= KERNEL_MAX_ROWS) return matMulWeight(a, weight, { bias });
   return tf.fused.matMul({ a, b: weight, bias }) as tf.Tensor2D;
 }
 
@@ -217,7 +218,7 @@ export function causalTransConv1dTail(conv: CausalTransConv1d, state: StreamStat
   return tf.tidy(() => {
     // The taps on the previous input alone: [x_last, 0] against both stacked halves (one product for either format).
     const a = tf.concat([last, tf.zerosLike(last)], 1) as tf.Tensor2D;
-    return tf.reshape(product(a, conv.weight, conv.phaseBias), [1, conv.stride, conv.outChannels]);
+    return tf.reshape(matMulRows(a, conv.weight, conv.phaseBias), [1, conv.stride, conv.outChannels]);
   });
 }
 

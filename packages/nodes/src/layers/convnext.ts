@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint } from '@omniflow/runtime-gpu';
-import { loadLinear, linear, disposeLinear, type Linear, type WeightDtype } from './linear.js';
+import { loadLinear, disposeLinear, type Linear, type WeightDtype } from './linear.js';
 import { gelu } from './gelu.js';
 import { loadLayerNorm, layerNorm, disposeLayerNorm, type LayerNorm } from './layer-norm.js';
-import { loadCausalDepthwiseConv1d, causalDepthwiseConv1d, disposeConv, type CausalDepthwiseConv1d } from './causal-conv.js';
+import { loadCausalDepthwiseConv1d, causalDepthwiseConv1d, disposeConv, matMulRows, type CausalDepthwiseConv1d } from './causal-conv.js';
 import type { StreamState } from './stream-state.js';
 
 /**
@@ -20,7 +20,7 @@ export interface ConvNeXtBlock {
 
 /**
  * Loads `${prefix}.{dwconv.conv, norm, pwconv1, pwconv2, gamma}`; `format` 'bf16' packs the two pointwise layers
- * (packWeight), for blocks that see a few rows per call.
+ * (packWeight), for blocks that see one or two rows per call.
  *
  * ```ts
  * const block = loadConvNeXtBlock(ckpt, 'code2wav.upsample.0.1', 1024);
@@ -42,7 +42,9 @@ export function loadConvNeXtBlock(ckpt: Checkpoint, prefix: string, dim: number,
 export function convNeXtBlock(x: tf.Tensor3D, block: ConvNeXtBlock, state?: StreamState, name = ''): tf.Tensor3D {
   return tf.tidy(() => {
     const h = causalDepthwiseConv1d(x, block.dwconv, state, `${name}.dwconv`);
-    const y = linear(gelu(linear(layerNorm(h, block.norm), block.pwconv1)), block.pwconv2);
+    const rows = (t: tf.Tensor) => tf.reshape(t, [-1, t.shape[t.rank - 1]]) as tf.Tensor2D;
+    const hidden = gelu(matMulRows(rows(layerNorm(h, block.norm)), block.pwconv1.weight, block.pwconv1.bias));
+    const y = tf.reshape(matMulRows(hidden as tf.Tensor2D, block.pwconv2.weight, block.pwconv2.bias), x.shape);
     return tf.add(x, tf.mul(y, block.gamma)) as tf.Tensor3D;
   });
 }

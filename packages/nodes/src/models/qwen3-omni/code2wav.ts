@@ -4,7 +4,7 @@ import { loadLinear, linear, disposeLinear, type Linear, type WeightDtype } from
 import { loadLayerScale, layerScale, disposeLayerScale, type LayerScale } from '../../layers/layer-scale.js';
 import { loadSnakeBeta, snakeBeta, disposeSnakeBeta, type SnakeBeta } from '../../layers/snake-beta.js';
 import {
-  loadCausalConv1d, causalConv1d, loadCausalTransConv1d, causalTransConv1d, causalTransConv1dTail, disposeConv,
+  loadCausalConv1d, causalConv1d, loadCausalTransConv1d, causalTransConv1d, causalTransConv1dTail, disposeConv, KERNEL_MAX_ROWS,
   type CausalConv1d, type CausalTransConv1d,
 } from '../../layers/causal-conv.js';
 import { loadConvNeXtBlock, convNeXtBlock, disposeConvNeXtBlock, type ConvNeXtBlock } from '../../layers/convnext.js';
@@ -112,16 +112,16 @@ export class Code2Wav {
     const layerWeights = 2 * H * H + 2 * H * kv + 3 * H * c.intermediate_size;
     let positions = 1;
     let front = cost(c.num_hidden_layers * layerWeights, c.num_hidden_layers * layerWeights * (weights === 'bf16' ? 2 : 4));
-    const packed = weights === 'bf16' ? 2 : 4; // bytes per weight of the layers Code2Wav.load packs
+    const bytes = (rows: number) => (streamingFormat(weights, rows) === 'bf16' ? 2 : 4); // per weight, as load packs them
     for (const ratio of c.upsampling_ratios) {
-      front += cost(positions * H * H * ratio, packed * H * H * ratio); // transposed conv k = s
+      front += cost(positions * H * H * ratio, bytes(positions) * H * H * ratio); // transposed conv k = s
       positions *= ratio;
-      front += cost(positions * 8 * H * H, packed * 8 * H * H); // ConvNeXt's two pointwise layers (4x expansion)
+      front += cost(positions * 8 * H * H, bytes(positions) * 8 * H * H); // ConvNeXt's two pointwise layers (4x expansion)
     }
-    const steps = [cost(positions * H * D * 7, packed * H * D * 7)];
+    const steps = [cost(positions * H * D * 7, 4 * H * D * 7)];
     c.upsample_rates.forEach((rate, i) => {
       const inC = D / 2 ** i, outC = inC / 2;
-      steps.push(cost(positions * 2 * inC * rate * outC, (i === 0 ? packed : 4) * 2 * inC * rate * outC)); // polyphase transposed conv
+      steps.push(cost(positions * 2 * inC * rate * outC, bytes(positions) * 2 * inC * rate * outC)); // polyphase transposed conv
       positions *= rate;
       for (let u = 0; u < RESIDUAL_DILATIONS.length; u++) steps.push(cost(positions * 8 * outC * outC, 4 * 8 * outC * outC)); // k7 + k1
     });
@@ -131,10 +131,10 @@ export class Code2Wav {
 
   /**
    * Loads every `code2wav.*` tensor, checking its shape against `config`. `weights: 'bf16'` keeps the weights of the
-   * layers that see at most a few rows per frame as packed bf16: the transformer's projections, the upsampling stages,
-   * decoder.0 and decoder block 1's transposed conv. Their products stream the weights once per frame, so bf16 halves their
-   * time (a frame reads ~310 MB instead of ~620 MB); the release checkpoint stores bf16, so nothing is lost. The
-   * compute-bound convolutions stay float32 (XNNPACK).
+   * layers that a streamed frame feeds one or two rows as packed bf16: the transformer's projections, the first
+   * upsampling stage and the second's transposed conv. Their products stream the weights once per frame (~440 MB of
+   * float32 per frame), so bf16 halves their time; the release checkpoint stores bf16, so nothing is lost. Layers fed
+   * four rows or more are compute-bound in the bf16 kernel and stay float32, like the decoder's convolutions (XNNPACK).
    */
   static load(ckpt: Checkpoint, config: Code2WavConfig, prefix = 'code2wav', options: { weights?: WeightDtype } = {}): Code2Wav {
     const format = options.weights ?? 'float32';
@@ -175,18 +175,20 @@ export class Code2Wav {
       });
     }
     const norm = vec('pre_transformer.norm.weight', H);
-    const upsampleStages = c.upsampling_ratios.map((ratio, s) => ({
-      up: loadCausalTransConv1d(ckpt, `${prefix}.upsample.${s}.0`, H, H, ratio, ratio, format),
-      convnext: loadConvNeXtBlock(ckpt, `${prefix}.upsample.${s}.1`, H, 7, 1e-6, format),
-    }));
-    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7, 1, format); // 4 rows per frame: weight-streaming
+    // bf16 only where a streamed frame feeds at most KERNEL_MAX_ROWS rows (see streamingFormat).
+    let rows = 1;
+    const upsampleStages = c.upsampling_ratios.map((ratio, s) => {
+      const up = loadCausalTransConv1d(ckpt, `${prefix}.upsample.${s}.0`, H, H, ratio, ratio, streamingFormat(format, rows));
+      rows *= ratio;
+      return { up, convnext: loadConvNeXtBlock(ckpt, `${prefix}.upsample.${s}.1`, H, 7, 1e-6, streamingFormat(format, rows)) };
+    });
+    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7);
     const blocks: DecoderBlock[] = c.upsample_rates.map((rate, i) => {
       const inC = c.decoder_dim / 2 ** i, outC = c.decoder_dim / 2 ** (i + 1);
       const p = `${prefix}.decoder.${i + 1}.block`;
       return {
         snake: loadSnakeBeta(ckpt, `${p}.0`, inC),
-        // Block 1's transposed conv sees 4 rows per frame: its 75 MB stream like the transformer's (bf16 halves them).
-        up: loadCausalTransConv1d(ckpt, `${p}.1`, inC, outC, 2 * rate, rate, i === 0 ? format : 'float32'),
+        up: loadCausalTransConv1d(ckpt, `${p}.1`, inC, outC, 2 * rate, rate, streamingFormat(format, rows * c.upsample_rates.slice(0, i).reduce((a, b) => a * b, 1))),
         units: RESIDUAL_DILATIONS.map((d, u) => ({
           act1: loadSnakeBeta(ckpt, `${p}.${u + 2}.act1`, outC),
           conv1: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv1`, outC, outC, 7, d),
@@ -492,6 +494,11 @@ export class Code2Wav {
     }
     return { cos: tf.tensor2d(cos, [T, D]), sin: tf.tensor2d(sin, [T, D]) };
   }
+}
+
+/** The weight format for a layer a streamed frame feeds `rows` rows: bf16 pays only up to KERNEL_MAX_ROWS (measured). */
+function streamingFormat(format: WeightDtype, rows: number): WeightDtype {
+  return rows <= KERNEL_MAX_ROWS ? format : 'float32';
 }
 
 /** x · rsqrt(mean(x²) + eps) · w over the last axis. */
