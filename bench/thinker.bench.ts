@@ -1,7 +1,7 @@
 /**
  * Thinker text-model speed on the default backend, with random weights built in memory (no files):
  * - the mid-size config of issue 5 (hidden 1024, 8 layers, 16 experts top-4, moe_intermediate 512): prefill tokens/s
- *   and decode tokens/s through `generate`, decode also as effective bandwidth = bytes of the weights one decode step
+ *   and decode tokens/s through `generate`, with float32 weights and again with `weights: 'bf16'` (midSizeBf16), decode also as effective bandwidth = bytes of the weights one decode step
  *   reads (attention, router, the top-k experts, lm_head) ÷ step time, next to this machine's triad bandwidth
  *   (measured just before and after the timed decode, averaged);
  * - the decode step of ONE real-size thinker MoE layer (spec 2.3: hidden 2048, 32/4 heads × 128, 128 experts top-8,
@@ -11,7 +11,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, KVCache, type HostTensor } from '@omniflow/runtime-gpu';
 import {
   decoderAttention, disposeDecoderAttention, disposeSwiGluMlp, generate, loadDecoderAttention, loadRMSNorm, loadSwiGluMlp,
-  mropeTables, rmsNorm, ropeTensors, sparseMoe, swiGlu, TextModel, thinkerTextConfigSchema, type SparseMoe, type ThinkerTextConfig, type WeightSource,
+  mropeTables, rmsNorm, ropeTensors, sparseMoe, swiGlu, TextModel, THINKER_TEXT_KEYS, thinkerTextConfigSchema, type SparseMoe, type ThinkerTextConfig, type WeightDtype, type WeightSource,
 } from '@omniflow/nodes';
 import { measureTriadBandwidth, medianMs } from './memory.js';
 
@@ -52,21 +52,24 @@ function textConfig(json: Record<string, unknown>): ThinkerTextConfig {
   });
 }
 
-/** Bytes of weights one decode step reads: every attention/norm matrix, the router, top-k experts, lm_head. */
-function activeBytesPerToken(c: ThinkerTextConfig, withHead = true): number {
-  const D = c.hidden_size, hd = c.head_dim;
-  const attn = D * c.num_attention_heads * hd * 2 + D * c.num_key_value_heads * hd * 2 + 2 * hd + 2 * D;
-  const moe = D * c.num_experts + c.num_experts_per_tok * 3 * D * c.moe_intermediate_size;
-  return 4 * (c.num_hidden_layers * (attn + moe) + (withHead ? D * c.vocab_size + D : 0));
+/**
+ * Bytes of weights one decode step reads: every attention/norm matrix, the router, top-k experts, lm_head. With bf16
+ * weights the projections, experts and lm_head take 2 bytes a value; norms and the router stay float32.
+ */
+function activeBytesPerToken(c: ThinkerTextConfig, withHead = true, dtype: WeightDtype = 'float32'): number {
+  const D = c.hidden_size, hd = c.head_dim, m = dtype === 'bf16' ? 2 : 4;
+  const matrices = D * c.num_attention_heads * hd * 2 + D * c.num_key_value_heads * hd * 2 + c.num_experts_per_tok * 3 * D * c.moe_intermediate_size;
+  const float32 = 2 * hd + 2 * D + D * c.num_experts;
+  return c.num_hidden_layers * (m * matrices + 4 * float32) + (withHead ? m * D * c.vocab_size + 4 * D : 0);
 }
 
-export async function midSize(triad: () => number): Promise<object> {
+export async function midSize(triad: () => number, dtype: WeightDtype = 'float32'): Promise<object> {
   const c = textConfig({
     vocab_size: 32768, hidden_size: 1024, num_hidden_layers: 8, num_attention_heads: 16, num_key_value_heads: 2, head_dim: 128,
     intermediate_size: 512, moe_intermediate_size: 512, num_experts: 16, num_experts_per_tok: 4,
   });
   const weights = new RandomWeights();
-  const model = TextModel.load(weights, c);
+  const model = TextModel.load(weights, c, THINKER_TEXT_KEYS, { weights: dtype });
   try {
     const P = 128;
     const ids = Array.from({ length: P }, (_, i) => (i * 7919) % c.vocab_size);
@@ -86,10 +89,10 @@ export async function midSize(triad: () => number): Promise<object> {
     const triadGBs = (triadBefore + triad()) / 2;
     const steps = stamps.slice(2).map((t, i) => t - stamps[i + 1]!).sort((a, b) => a - b); // decode steps after a warm-up one
     const stepMs = steps[Math.floor(steps.length / 2)]!;
-    const bytes = activeBytesPerToken(c);
+    const bytes = activeBytesPerToken(c, true, dtype);
     const gbs = bytes / (stepMs / 1000) / 1e9;
     return {
-      config: { hidden: 1024, layers: 8, heads: '16/2 x 128', experts: '16 top-4', moe_intermediate: 512, vocab: c.vocab_size, weightsMiB: Math.round(weights.bytes / 2 ** 20) },
+      config: { hidden: 1024, layers: 8, heads: '16/2 x 128', experts: '16 top-4', moe_intermediate: 512, vocab: c.vocab_size, weights: dtype, float32WeightsMiB: Math.round(weights.bytes / 2 ** 20) },
       prefill: { tokens: P, ms: +prefillMs.toFixed(1), tokensPerSecond: +((P * 1000) / prefillMs).toFixed(1) },
       decode: {
         stepMsMedian: +stepMs.toFixed(2), stepMsP90: +steps[Math.floor(steps.length * 0.9)]!.toFixed(2), tokensPerSecond: +(1000 / stepMs).toFixed(1),
@@ -179,6 +182,7 @@ export async function run(): Promise<object> {
     return gbs;
   };
   const mid = await midSize(triad);
+  const midBf16 = await midSize(triad, 'bf16');
   const real = await realSizeLayer(triad);
-  return { backend: backend.name, triadGBpsSamples: triads, midSize: mid, realSizeMoeLayer: real };
+  return { backend: backend.name, triadGBpsSamples: triads, midSize: mid, midSizeBf16: midBf16, realSizeMoeLayer: real };
 }
