@@ -25,7 +25,6 @@ import {
   SIMD_MATMUL_MAX_ROWS,
   tensorBatchStage,
   tensorFuser,
-  TwoThreadMatMul,
   WorkerStage,
   writeSafetensors,
   type TensorToWrite,
@@ -214,7 +213,6 @@ async function bandwidth() {
     return [maxDiff(matMulSmall(x, w), ref), maxDiff(matMulBf16(x, packed), ref)];
   });
   tf.dispose([w, x, packed]);
-  const twoThreads = { [`${n}x${n}`]: await twoThreadMatvec(n, n), '1024x3072': await twoThreadMatvec(1024, 3072) };
   const bytes = n * n * 4, bf16Bytes = n * n * 2;
   const gbps = (b: number, t: number) => b / (t / 1000) / 1e9;
   const triad = measureTriadBandwidth();
@@ -234,35 +232,12 @@ async function bandwidth() {
     bf16Float32EquivalentGBps: +gbps(bytes, bf16Ms).toFixed(2),
     cpuTime: { ...cpu, matvecGBps: +gbps(bytes, cpu.matvecMs).toFixed(2), tfjsMatvecGBps: +gbps(bytes, cpu.tfjsMatvecMs).toFixed(2) },
     maxAbsErrorVsTfjs: { float32: f32Error, bf16: +bf16Error.toPrecision(3) },
-    // The same kernel over a weight in shared memory, split over this thread and a worker vs all on this thread.
-    twoThreads,
     triadGBps: triad.gbPerSecond,
     triadArrayMiB: triad.arrayMiB,
     fractionOfTriad: +(matvec / triad.gbPerSecond).toFixed(2),
     tfjsFractionOfTriad: +(gbps(bytes, tfjsMs) / triad.gbPerSecond).toFixed(2),
     goal: 0.6,
   };
-}
-
-/** One-row matvec on TwoThreadMatMul, threads 1 vs 2 alternating (median wall ms of 21 each). */
-async function twoThreadMatvec(K: number, N: number) {
-  const w = Float32Array.from({ length: K * N }, (_, i) => Math.sin(i) * 0.5);
-  const x = Float32Array.from({ length: K }, (_, i) => Math.cos(i));
-  const one = await TwoThreadMatMul.create(w, K, N, { threads: 1 }), two = await TwoThreadMatMul.create(w, K, N);
-  try {
-    const times: { one: number[]; two: number[] } = { one: [], two: [] };
-    for (let i = 0; i < 26; i++) {
-      for (const [name, mm] of [['one', one], ['two', two]] as const) {
-        const t0 = performance.now();
-        mm.run(x);
-        if (i >= 5) times[name].push(performance.now() - t0);
-      }
-    }
-    const med = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1]!;
-    return { oneThreadMs: +med(times.one).toFixed(3), twoThreadsMs: +med(times.two).toFixed(3), speedup: +(med(times.one) / med(times.two)).toFixed(2) };
-  } finally {
-    await Promise.all([one.close(), two.close()]);
-  }
 }
 
 // ------------------------------------------------------------------------------------------------
