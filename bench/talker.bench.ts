@@ -289,7 +289,7 @@ async function codePredictorBench(machineGBps: number): Promise<object> {
       unit: 'one codec frame = 15 sequential steps (a 2-row prefill, then 14 single rows)',
       ...report(t, perStep, 15, machineGBps),
       weightMiBPerStepFloat32: mb(perStep('float32')),
-      msPerStep: +(t.bf16.wallMs / 15).toFixed(2),
+      bf16MsPerStep: +(t.bf16.wallMs / 15).toFixed(2),
       goalMsPerFrame: 130,
       referenceAnchor: { pytorchMsPerFrame: 270 },
     };
