@@ -141,7 +141,7 @@ async function batching() {
     );
   const once = async (maxBatch: number) => {
     const streams = packets();
-    // matMulSmall as the model layers call it: the SIMD kernel for M = 1 and M = 8 on wasm, tf.matMul elsewhere.
+    // matMulSmall as the model layers call it: on wasm the SIMD kernel for M = 1, tf.matMul for M = 8 (see SIMD_MATMUL_MAX_ROWS).
     const stage = tensorBatchStage({ maxBatch, maxWaitMs: 1, run: (x) => matMulSmall(x, w) as tf.Tensor2D });
     const c0 = process.cpuUsage();
     const t0 = performance.now();

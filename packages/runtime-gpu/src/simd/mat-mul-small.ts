@@ -9,11 +9,12 @@ export const OMNIFLOW_MATMUL_BF16 = 'OmniflowMatMulBf16';
 
 /**
  * Up to this many rows (x's leading axes flattened) matMulSmall runs the SIMD kernel on wasm; above it, tf.matMul.
- * Measured (CPU time, [M, 4096]·[4096, 4096] and [M, 1024]·[1024, 3072]): the kernel is 1.4-2x faster than tf.matMul
- * at 1-3 rows, level with it from 4 to 64 rows (both compute-bound then); 16 keeps decode and small batches on the
- * kernel, with bias and relu fused. matMulBf16 always runs its kernel on wasm: the alternative unpacks W per call.
+ * Measured (process CPU time, best of 15, same run), [M, 4096]·[4096, 4096]: kernel vs tf.matMul 3.1 vs 4.4 ms at
+ * M = 1, 3.9 vs 5.9 at 2, 5.1 vs 5.9 at 3, 6.7 vs 6.2 at 4, 13.3 vs 11.9 at 8; [M, 1024]·[1024, 3072]: 0.48 vs 0.77
+ * at 1, 1.19 vs 1.15 at 4. From 4 rows both are compute-bound (wasm SIMD has no fused multiply-add) and XNNPACK's
+ * register tiling edges ahead. matMulBf16 runs its kernel on wasm for any rows: the alternative unpacks W per call.
  */
-export const SIMD_MATMUL_MAX_ROWS = 16;
+export const SIMD_MATMUL_MAX_ROWS = 3;
 
 /** Options of matMulSmall / matMulBf16: y = activation(alpha · x·W + bias). */
 export interface MatMulSmallOptions {

@@ -1,0 +1,54 @@
+/**
+ * SIMD matmul kernels (`npm run bench -- simd`): omniflow's kernel (float32 and packed bf16 weights) against
+ * tf.matMul for 1–8 rows over [4096, 4096] and [1024, 3072] weights, called directly so every row count shows the
+ * kernel itself (matMulSmall hands 4+ rows to tf.matMul, see SIMD_MATMUL_MAX_ROWS). Process CPU time, best and
+ * median of 15 calls, the three interleaved in one run so they see the same machine.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend, packBf16, registerSimdKernels } from '@omniflow/runtime-gpu';
+
+function cpuMs(fns: Record<string, () => void>, repeats = 15): Record<string, { bestMs: number; medianMs: number }> {
+  const times: Record<string, number[]> = {};
+  for (const f of Object.values(fns)) for (let i = 0; i < 3; i++) f();
+  for (let r = 0; r < repeats; r++) {
+    for (const [name, f] of Object.entries(fns)) {
+      const c0 = process.cpuUsage();
+      f();
+      const c = process.cpuUsage(c0);
+      (times[name] ??= []).push((c.user + c.system) / 1000);
+    }
+  }
+  return Object.fromEntries(
+    Object.entries(times).map(([name, t]) => {
+      t.sort((a, b) => a - b);
+      return [name, { bestMs: +t[0]!.toFixed(3), medianMs: +t[t.length >> 1]!.toFixed(3) }];
+    }),
+  );
+}
+
+export async function run(): Promise<object> {
+  const backend = await initBackend();
+  if (backend.name !== 'wasm') return { backend: backend.name, skipped: 'the SIMD kernels run on the wasm backend only' };
+  registerSimdKernels();
+  const attrs = { alpha: 1, activation: 'linear' };
+  const shapes: Record<string, unknown> = {};
+  for (const [K, N] of [[4096, 4096], [1024, 3072]] as const) {
+    const w = tf.tidy(() => tf.randomUniform([K, N], -1, 1, 'float32', 1) as tf.Tensor2D);
+    const packed = packBf16(w);
+    const rows: Record<string, unknown> = {};
+    for (const M of [1, 2, 3, 4, 8]) {
+      const x = tf.randomUniform([M, K], -1, 1, 'float32', M) as tf.Tensor2D;
+      const t = cpuMs({
+        tfjs: () => tf.matMul(x, w).dispose(),
+        simd: () => (tf.engine().runKernel('OmniflowMatMul', { x, w }, attrs) as tf.Tensor).dispose(),
+        simdBf16: () => (tf.engine().runKernel('OmniflowMatMulBf16', { x, w: packed }, attrs) as tf.Tensor).dispose(),
+      });
+      rows[`M=${M}`] = { ...t, simdSpeedup: +(t.tfjs!.bestMs / t.simd!.bestMs).toFixed(2), bf16Speedup: +(t.tfjs!.bestMs / t.simdBf16!.bestMs).toFixed(2) };
+      x.dispose();
+    }
+    const one = rows['M=1'] as Record<string, { bestMs: number }>;
+    shapes[`${K}x${N}`] = { ...rows, matvecGBps: { tfjs: +((K * N * 4) / one.tfjs!.bestMs / 1e6).toFixed(2), simd: +((K * N * 4) / one.simd!.bestMs / 1e6).toFixed(2), bf16BytesRead: +((K * N * 2) / one.simdBf16!.bestMs / 1e6).toFixed(2) } };
+    tf.dispose([w, packed]);
+  }
+  return { backend: backend.name, timing: 'process CPU time per call, best and median of 15', shapes };
+}
