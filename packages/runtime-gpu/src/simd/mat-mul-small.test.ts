@@ -2,9 +2,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
 import { packBf16, unpackBf16 } from './bf16.js';
-import { matMulBf16, matMulSmall, OMNIFLOW_MATMUL, OMNIFLOW_MATMUL_BF16, SIMD_MATMUL_MAX_ROWS } from './mat-mul-small.js';
+import { heapImportLimits, matMulBf16, matMulSmall, OMNIFLOW_MATMUL, OMNIFLOW_MATMUL_BF16, SIMD_MATMUL_MAX_ROWS } from './mat-mul-small.js';
 import { buildMatMulModule, DEFAULT_VARIANT, MATMUL_EPILOGUE, type MatMulVariant } from './matmul-module.js';
-import type { WasmMemoryLike } from './wasm-emitter.js';
+import { webAssembly, type WasmMemoryLike } from './wasm-emitter.js';
 
 /** Deterministic values in [-1, 1). */
 function values(n: number, seed: number): Float32Array {
@@ -185,6 +185,18 @@ describe('SIMD kernel specifics (wasm)', () => {
         }
       }
     });
+  });
+
+  it('links to a shared memory too (the threaded tfjs-wasm builds share their heap)', () => {
+    const memory = new (webAssembly().Memory)({ initial: 2, maximum: 16, shared: true });
+    expect(heapImportLimits(memory)).toEqual({ initial: 1, maximum: 65536, shared: true });
+    expect(heapImportLimits((tf.backend() as unknown as { wasm: { asm: { memory: WasmMemoryLike } } }).wasm.asm.memory)).toEqual({ initial: 1 });
+    const mod = buildMatMulModule(memory, DEFAULT_VARIANT, heapImportLimits(memory));
+    const f = new Float32Array(memory.buffer);
+    f.set([1, 2, 3], 0); // x [1, 3]
+    f.set([1, 0, 0, 1, 1, 1], 4); // W [3, 2] at byte 16
+    mod.f32[1]!(0, 16, 0, 64, 3, 2, 1, MATMUL_EPILOGUE.none);
+    expect([...f.subarray(16, 18)]).toEqual([4, 5]);
   });
 
   it('stays right after the tfjs heap grew under the compiled module', () => {

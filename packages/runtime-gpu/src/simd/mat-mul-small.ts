@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { buildMatMulModule, MATMUL_EPILOGUE, type MatMulEpilogue, type MatMulFn, type MatMulModule } from './matmul-module.js';
+import { buildMatMulModule, DEFAULT_VARIANT, MATMUL_EPILOGUE, type MatMulEpilogue, type MatMulFn, type MatMulModule } from './matmul-module.js';
 import { unpackBf16 } from './bf16.js';
-import type { WasmMemoryLike } from './wasm-emitter.js';
+import type { MemoryLimits, WasmMemoryLike } from './wasm-emitter.js';
 
 /** Kernel names registered for the 'wasm' backend. */
 export const OMNIFLOW_MATMUL = 'OmniflowMatMul';
@@ -44,10 +44,21 @@ const modules = new WeakMap<object, MatMulModule>();
 function moduleFor(backend: WasmBackendInternals): MatMulModule {
   let mod = modules.get(backend);
   if (!mod) {
-    mod = buildMatMulModule(wasmHeap(backend));
+    const heap = wasmHeap(backend);
+    mod = buildMatMulModule(heap, DEFAULT_VARIANT, heapImportLimits(heap));
     modules.set(backend, mod);
   }
   return mod;
+}
+
+/**
+ * How a module must declare the import of `memory`: unshared with no maximum (tfjs-wasm's single-threaded builds), or
+ * shared with the largest maximum (the threaded builds' heap is shared; an import links when the memory's own maximum
+ * is at most the declared one).
+ */
+export function heapImportLimits(memory: WasmMemoryLike): MemoryLimits {
+  const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+  return shared ? { initial: 1, maximum: 65536, shared: true } : { initial: 1 };
 }
 
 /** tfjs-wasm's WebAssembly.Memory: exported by its Emscripten module as `memory` (older builds: `wasmMemory`). */
