@@ -7,8 +7,7 @@ import { type WasmCode, type WasmLocal, type MemoryLimits, WasmModuleBuilder, ty
  *   y[R, N] = epilogue(alpha · x[R, K] · W[K, N] + b[N])      for a fixed R (rows) per exported function
  *
  * Decoding multiplies one to a few rows by a large weight, so the time is reading W once from memory. The loop order
- * keeps W reads sequential: for each block of columns (its y rows stay in L1), for each group of `kUnroll` rows of W
- * read side by side (several sequential streams keep more loads in flight than one), add
+ * keeps W reads sequential: for each group of `kUnroll` rows of W read side by side (several sequential streams keep more loads in flight than one), add
  * x[m, k+j] · W[k+j, n:n+4] into y[m, n:n+4] for every row m — each W vector loaded once serves all R rows. x values
  * sit splatted in locals for the whole pass over the columns.
  *
@@ -34,7 +33,7 @@ export interface MatMulVariant {
   readonly kUnroll: readonly number[];
   /** Vectors (4 f32 columns, or 8 bf16 columns) per inner-loop iteration. */
   readonly nUnroll: number;
-  /** Columns per block: the R×colBlock slab of y is what stays in L1 while W streams past. */
+  /** Columns per block (the R×colBlock slab of y is reused while W streams past); measured best: no blocking. */
   readonly colBlock: number;
 }
 
@@ -42,11 +41,12 @@ export interface MatMulVariant {
  * Measured (process CPU time, best of 15) on this repo's 2-core AMD EPYC (Zen 3) box over [M, 4096]·[4096, 4096],
  * M = 1..8, against kUnroll 4/8/16, nUnroll 1/2/4, colBlock 1024/2048/4096/8192 and maxRows 1/2/4/6/8: 8 W rows
  * per pass at M = 1 (4 was ~8% slower, 16 spills
- * ~2x slower), one 4096-column block (2048: ~20% slower), and row blocks of 4 (6 and 8 run out of the 16 vector
- * registers). Also tried and dropped: x splats loaded inside the loop instead of held in locals, and summing the
+ * ~2x slower), no column blocking (blocks of 4096 columns: 20% slower at N = 11008, 512-2048 up to 2x slower at
+ * N = 4096 — W rows read in pieces stream worse, and a y row in L2 costs less than that), and row blocks of 4 (6 and 8
+ * run out of the 16 vector registers). Also tried and dropped: x splats loaded inside the loop instead of held in locals, and summing the
  * 8 products as a tree before adding to y (shorter dependency chains) — no gain.
  */
-export const DEFAULT_VARIANT: MatMulVariant = { maxRows: 4, kUnroll: [8, 4, 3, 2], nUnroll: 2, colBlock: 4096 };
+export const DEFAULT_VARIANT: MatMulVariant = { maxRows: 4, kUnroll: [8, 4, 3, 2], nUnroll: 2, colBlock: 1 << 20 };
 
 /** Signature of every exported kernel: pointers are byte offsets into the imported memory; `bias` 0 means none. */
 export type MatMulFn = (x: number, w: number, bias: number, y: number, K: number, N: number, alpha: number, epilogue: number) => void;
