@@ -91,14 +91,16 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
   const S = x.shape[0];
   return tf.tidy(() => {
     const q = normRope(tf.reshape(linear(x, attn.q_proj), [S, H, D]), attn.q_norm, { cos, sin });
-    const kNew = tf.transpose(normRope(tf.reshape(linear(x, attn.k_proj), [S, Hkv, D]), attn.k_norm, { cos, sin }), [1, 0, 2]);
-    const vNew = tf.transpose(tf.reshape(linear(x, attn.v_proj), [S, Hkv, D]), [1, 0, 2]);
+    // [S, heads, D] <-> [heads, S, D]: for one row (a decode step) the same memory, so a reshape instead of a copy.
+    const swap01 = (t: tf.Tensor) => (S === 1 ? tf.reshape(t, [t.shape[1]!, t.shape[0]!, D]) : tf.transpose(t, [1, 0, 2]));
+    const kNew = swap01(normRope(tf.reshape(linear(x, attn.k_proj), [S, Hkv, D]), attn.k_norm, { cos, sin }));
+    const vNew = swap01(tf.reshape(linear(x, attn.v_proj), [S, Hkv, D]));
     let k: tf.Tensor3D = kNew as tf.Tensor3D, v: tf.Tensor3D = vNew as tf.Tensor3D;
     if (slot) ({ k, v } = slot.cache.append(slot.layer, kNew, vNew));
     const T = k.shape[1];
     const past = T - S;
     // [S, H, D] -> [Hkv, groups·S, D]: the queries of one KV group become the rows of one matrix.
-    const qg = tf.reshape(tf.transpose(tf.mul(q, 1 / Math.sqrt(D)), [1, 0, 2]), [Hkv, groups * S, D]);
+    const qg = tf.reshape(swap01(tf.mul(q, 1 / Math.sqrt(D))), [Hkv, groups * S, D]);
     const mask = S > 1 ? causalMask(S, T, past) : undefined;
     let out: tf.Tensor; // [Hkv, groups·S, D]
     if ((S === 1 && BATCHED_ATTENTION_MAX_MACS >= 0) || Hkv * groups * S * T * D <= BATCHED_ATTENTION_MAX_MACS) {
@@ -120,7 +122,7 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
       });
       out = tf.stack(heads);
     }
-    const merged = tf.reshape(tf.transpose(tf.reshape(out, [H, S, D]), [1, 0, 2]), [S, H * D]) as tf.Tensor2D;
+    const merged = tf.reshape(swap01(tf.reshape(out, [H, S, D])), [S, H * D]) as tf.Tensor2D;
     return linear(merged, attn.o_proj) as tf.Tensor2D;
   });
 }

@@ -79,7 +79,8 @@ export class CodePredictor {
         const x = k === 0 ? tf.concat([hTalker, code0Embedding], 0) as tf.Tensor2D : tf.tensor2d(this.embeddingRow(k - 1, codes[k - 1]), [1, D]);
         const positions = k === 0 ? [0, 1] : [k + 1];
         const { lastHiddenState } = this.model.forward(x, { positions, cache: this.cache, logits: 'none' });
-        const last = tf.slice(lastHiddenState, [lastHiddenState.shape[0] - 1, 0], [1, D]) as tf.Tensor2D;
+        const rows = lastHiddenState.shape[0];
+        const last = rows === 1 ? lastHiddenState : tf.slice(lastHiddenState, [rows - 1, 0], [1, D]) as tf.Tensor2D;
         return linear(last, this.heads[k]);
       });
       const l = row.dataSync() as Float32Array;
