@@ -22,7 +22,7 @@ import {
   matMulBf16,
   matMulSmall,
   packBf16,
-  SIMD_MATMUL_MAX_ROWS,
+  simdMatMulMaxRows,
   tensorBatchStage,
   tensorFuser,
   WorkerStage,
@@ -130,7 +130,7 @@ function kernelBreakdown(kernels: KernelNode[], steps: readonly FusedStep[]) {
 // ------------------------------------------------------------------------------------------------
 // Batching: 8 sessions through a matvec-heavy stage, batched vs one by one.
 
-const kernelFor = (rows: number) => (tf.getBackend() === 'wasm' && rows <= SIMD_MATMUL_MAX_ROWS ? 'omniflow SIMD' : 'tf.matMul');
+const kernelFor = (rows: number) => (tf.getBackend() === 'wasm' && rows <= simdMatMulMaxRows() ? 'omniflow SIMD' : 'tf.matMul');
 
 async function batching() {
   const dim = 4096, sessions = 8, steps = 16; // 64 MiB of weights: batch-1 decoding is memory-bound
@@ -141,7 +141,8 @@ async function batching() {
     );
   const once = async (maxBatch: number) => {
     const streams = packets();
-    // matMulSmall as the model layers call it: on wasm the SIMD kernel for M = 1, tf.matMul for M = 8 (see SIMD_MATMUL_MAX_ROWS).
+    // matMulSmall as the model layers call it: on wasm the SIMD kernel for M = 1; for M = 8 the kernel with relaxed
+    // SIMD (FMA), else tf.matMul (see simdMatMulMaxRows).
     const stage = tensorBatchStage({ maxBatch, maxWaitMs: 1, run: (x) => matMulSmall(x, w) as tf.Tensor2D });
     const c0 = process.cpuUsage();
     const t0 = performance.now();

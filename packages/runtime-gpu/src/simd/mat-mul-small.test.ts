@@ -1,10 +1,18 @@
+import v8 from 'node:v8';
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
 import { packBf16, unpackBf16 } from './bf16.js';
-import { heapImportLimits, matMulBf16, matMulSmall, OMNIFLOW_MATMUL, OMNIFLOW_MATMUL_BF16, SIMD_MATMUL_MAX_ROWS } from './mat-mul-small.js';
-import { buildMatMulModule, DEFAULT_VARIANT, MATMUL_EPILOGUE, type MatMulVariant } from './matmul-module.js';
-import { webAssembly, type WasmMemoryLike } from './wasm-emitter.js';
+import { heapImportLimits, matMulBf16, matMulSmall, OMNIFLOW_MATMUL, OMNIFLOW_MATMUL_BF16, SIMD_MATMUL_MAX_ROWS, simdMatMulMaxRows } from './mat-mul-small.js';
+import { buildMatMulModule, DEFAULT_VARIANT, FMA_VARIANT, MATMUL_EPILOGUE, relaxedSimdAvailable, type MatMulVariant } from './matmul-module.js';
+import { webAssembly, WasmModuleBuilder, type WasmMemoryLike } from './wasm-emitter.js';
+
+/** relaxedSimdAvailable() caches its answer; this asks the engine again. */
+function relaxedSimdAvailableNow(): boolean {
+  const m = new WasmModuleBuilder();
+  m.func('madd', { params: ['v128', 'v128', 'v128'], results: ['v128'] }, (c, [a, b, d]) => c.localGet(a!).localGet(b!).localGet(d!).f32x4RelaxedMadd());
+  return (webAssembly() as unknown as { validate(bytes: Uint8Array): boolean }).validate(m.encode());
+}
 
 /** Deterministic values in [-1, 1). */
 function values(n: number, seed: number): Float32Array {
@@ -148,8 +156,11 @@ describe('SIMD kernel specifics (wasm)', () => {
     const w = tf.ones([8, 8]) as tf.Tensor2D;
     const kernels = async (rows: number) => (await tf.profile(() => matMulSmall(tf.ones([rows, 8]), w))).kernelNames;
     expect(await kernels(1)).toContain(OMNIFLOW_MATMUL);
-    expect(await kernels(SIMD_MATMUL_MAX_ROWS)).toContain(OMNIFLOW_MATMUL);
-    expect(await kernels(SIMD_MATMUL_MAX_ROWS + 1)).not.toContain(OMNIFLOW_MATMUL);
+    // 3 rows; 8 where the engine has relaxed SIMD (Node 20: only with --experimental-wasm-relaxed-simd)
+    const limit = simdMatMulMaxRows();
+    expect(limit).toBe(relaxedSimdAvailable() ? 8 : SIMD_MATMUL_MAX_ROWS);
+    expect(await kernels(limit)).toContain(OMNIFLOW_MATMUL);
+    expect(await kernels(limit + 1)).not.toContain(OMNIFLOW_MATMUL);
     const packed = packBf16(w);
     const bf16Kernels = async (rows: number) => (await tf.profile(() => matMulBf16(tf.ones([rows, 8]), packed))).kernelNames;
     expect(await bf16Kernels(1)).toEqual([OMNIFLOW_MATMUL_BF16]);
@@ -160,8 +171,13 @@ describe('SIMD kernel specifics (wasm)', () => {
   it('computes the same with every loop variant buildMatMulModule accepts', () => {
     const backend = tf.backend() as unknown as { wasm: { asm: { memory: WasmMemoryLike } }; dataIdMap: { get(d: object): { memoryOffset: number } } };
     const off = (t: tf.Tensor) => backend.dataIdMap.get(t.dataId).memoryOffset;
+    // Relaxed SIMD is behind a flag in Node 20: enable it in this test process to check the FMA kernels too.
+    v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+    expect(relaxedSimdAvailableNow()).toBe(true);
     const variants: MatMulVariant[] = [
       DEFAULT_VARIANT,
+      FMA_VARIANT,
+      { maxRows: 3, kUnroll: [3, 2, 1], nUnroll: 2, colBlock: 16, fma: true },
       { maxRows: 2, kUnroll: [16, 3], nUnroll: 1, colBlock: 16 },
       { maxRows: 3, kUnroll: [5, 4, 2], nUnroll: 4, colBlock: 48 },
       { maxRows: 3, kUnroll: [1, 1, 1], nUnroll: 3, colBlock: 32 },

@@ -35,6 +35,8 @@ export interface MatMulVariant {
   readonly nUnroll: number;
   /** Columns per block (the R×colBlock slab of y is reused while W streams past); measured best: no blocking. */
   readonly colBlock: number;
+  /** Multiply-add with f32x4.relaxed_madd (one fused op where the CPU has FMA); needs relaxed SIMD in the engine. */
+  readonly fma?: boolean;
 }
 
 /**
@@ -47,6 +49,24 @@ export interface MatMulVariant {
  * 8 products as a tree before adding to y (shorter dependency chains) — no gain.
  */
 export const DEFAULT_VARIANT: MatMulVariant = { maxRows: 4, kUnroll: [8, 4, 3, 2], nUnroll: 2, colBlock: 1 << 20 };
+
+/**
+ * The same with f32x4.relaxed_madd, used where the engine has relaxed SIMD (Node 20 with
+ * `--experimental-wasm-relaxed-simd`; on by default in later V8): with FMA, 20-30% faster than DEFAULT_VARIANT from 4
+ * rows ([4, 4096]·[4096, 4096]: 5.4 vs 6.6 ms CPU), where the kernel is compute-bound; 3 W rows per pass for 4 rows.
+ */
+export const FMA_VARIANT: MatMulVariant = { maxRows: 4, kUnroll: [8, 4, 3, 3], nUnroll: 1, colBlock: 1 << 20, fma: true };
+
+/** Whether this engine accepts relaxed SIMD (f32x4.relaxed_madd), checked once by validating a one-op module. */
+export function relaxedSimdAvailable(): boolean {
+  if (relaxedSimd === undefined) {
+    const m = new WasmModuleBuilder();
+    m.func('madd', { params: ['v128', 'v128', 'v128'], results: ['v128'] }, (c, [a, b, d]) => c.localGet(a!).localGet(b!).localGet(d!).f32x4RelaxedMadd());
+    relaxedSimd = (webAssembly() as unknown as { validate(bytes: Uint8Array): boolean }).validate(m.encode());
+  }
+  return relaxedSimd;
+}
+let relaxedSimd: boolean | undefined;
 
 /** Signature of every exported kernel: pointers are byte offsets into the imported memory; `bias` 0 means none. */
 export type MatMulFn = (x: number, w: number, bias: number, y: number, K: number, N: number, alpha: number, epilogue: number) => void;
@@ -75,7 +95,7 @@ export function matMulModuleBytes(variant: MatMulVariant = DEFAULT_VARIANT, memo
   for (const format of ['f32', 'bf16'] as const) {
     for (let rows = 1; rows <= variant.maxRows; rows++) {
       m.func(`${format}_r${rows}`, { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'], results: [] }, (c, p) =>
-        emitMatMul(c, p, format, { rows, kUnroll: variant.kUnroll[rows - 1]!, nUnroll: variant.nUnroll, colBlock }),
+        emitMatMul(c, p, format, { rows, kUnroll: variant.kUnroll[rows - 1]!, nUnroll: variant.nUnroll, colBlock, fma: variant.fma ?? false }),
       );
     }
   }
@@ -107,6 +127,7 @@ interface Shape {
   kUnroll: number;
   nUnroll: number;
   colBlock: number;
+  fma: boolean;
 }
 
 function emitMatMul(c: WasmCode, params: WasmLocal[], format: WeightFormat, s: Shape): void {
@@ -191,7 +212,8 @@ function emitMatMul(c: WasmCode, params: WasmLocal[], format: WeightFormat, s: S
           loadW(j, u, wv);
           for (let r = 0; r < R; r++) {
             for (let h = 0; h < halves; h++) {
-              c.localGet(acc[r]![h]!).localGet(splat[r]![j]!).localGet(wv[h]!).f32x4Mul().f32x4Add().localSet(acc[r]![h]!);
+              if (s.fma) c.localGet(splat[r]![j]!).localGet(wv[h]!).localGet(acc[r]![h]!).f32x4RelaxedMadd().localSet(acc[r]![h]!);
+              else c.localGet(acc[r]![h]!).localGet(splat[r]![j]!).localGet(wv[h]!).f32x4Mul().f32x4Add().localSet(acc[r]![h]!);
             }
           }
         }

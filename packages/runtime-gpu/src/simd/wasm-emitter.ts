@@ -75,6 +75,7 @@ const SIMD = {
   'v128.and': 0x4e, 'v128.or': 0x50,
   'i32x4.extend_low_i16x8_u': 0xa9, 'i32x4.extend_high_i16x8_u': 0xaa, 'i32x4.shl': 0xab, 'i32x4.shr_u': 0xad,
   'f32x4.add': 0xe4, 'f32x4.sub': 0xe5, 'f32x4.mul': 0xe6, 'f32x4.pmin': 0xea, 'f32x4.pmax': 0xeb,
+  'f32x4.relaxed_madd': 0x105,
 } as const;
 
 /**
@@ -273,6 +274,8 @@ export class WasmCode {
   f32x4ExtractLane(lane: number): this { return this.simd('f32x4.extract_lane').raw(lane); }
   f32x4Add(): this { return this.simd('f32x4.add'); }
   f32x4Mul(): this { return this.simd('f32x4.mul'); }
+  /** a·b + c of the three vectors on the stack, fused or not (relaxed SIMD: Node 20 needs --experimental-wasm-relaxed-simd). */
+  f32x4RelaxedMadd(): this { return this.simd('f32x4.relaxed_madd'); }
   /** `b < a ? a : b` lane-wise — with a zero operand, a cheap relu (no NaN canonicalisation). */
   f32x4Pmax(): this { return this.simd('f32x4.pmax'); }
   i32x4Shl(): this { return this.simd('i32x4.shl'); }
