@@ -90,7 +90,8 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
   const groups = H / Hkv;
   const S = x.shape[0];
   return tf.tidy(() => {
-    const q = normRope(tf.reshape(linear(x, attn.q_proj), [S, H, D]), attn.q_norm, { cos, sin });
+    // q carries the 1/√head_dim score scale from its norm on (RoPE is linear).
+    const q = normRope(tf.reshape(linear(x, attn.q_proj), [S, H, D]), attn.q_norm, { cos, sin }, 1 / Math.sqrt(D));
     // [S, heads, D] <-> [heads, S, D]: for one row (a decode step) the same memory, so a reshape instead of a copy.
     const swap01 = (t: tf.Tensor) => (S === 1 ? tf.reshape(t, [t.shape[1]!, t.shape[0]!, D]) : tf.transpose(t, [1, 0, 2]));
     const kNew = swap01(normRope(tf.reshape(linear(x, attn.k_proj), [S, Hkv, D]), attn.k_norm, { cos, sin }));
@@ -100,7 +101,7 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
     const T = k.shape[1];
     const past = T - S;
     // [S, H, D] -> [Hkv, groups·S, D]: the queries of one KV group become the rows of one matrix.
-    const qg = tf.reshape(swap01(tf.mul(q, 1 / Math.sqrt(D))), [Hkv, groups * S, D]);
+    const qg = tf.reshape(swap01(q), [Hkv, groups * S, D]);
     const mask = S > 1 ? causalMask(S, T, past) : undefined;
     let out: tf.Tensor; // [Hkv, groups·S, D]
     if ((S === 1 && BATCHED_ATTENTION_MAX_MACS >= 0) || Hkv * groups * S * T * D <= BATCHED_ATTENTION_MAX_MACS) {

@@ -29,6 +29,10 @@ describe('normRope (one-pass RMSNorm + RoPE for decode rows)', () => {
       const fused = normRope(x, n, { cos, sin }), ops = normRopeOps(x, n, { cos, sin });
       expect(fused.shape).toEqual([S, H, D]);
       expect(maxDiff(fused, ops)).toBeLessThan(2e-6);
+      const scaled = normRope(x, n, { cos, sin }, 0.25), scaledOps = normRopeOps(x, n, { cos, sin }, 0.25);
+      expect(maxDiff(scaled, scaledOps)).toBeLessThan(1e-6);
+      expect(tf.tidy(() => maxDiff(scaled, tf.mul(ops, 0.25)))).toBeLessThan(1e-6);
+      tf.dispose([scaled, scaledOps]);
       const x2 = tf.reshape(x, [S * H, D]);
       const plain = normRope(x2, n), plainOps = normRopeOps(x2, n);
       expect(maxDiff(plain, plainOps)).toBeLessThan(2e-6);
@@ -43,8 +47,8 @@ describe('normRope (one-pass RMSNorm + RoPE for decode rows)', () => {
     const [cos, sin] = ropeTensors(ropeTables([4, 9], D, 1e4));
     const x = tf.tensor3d(values(2 * 3 * D, 5), [2, 3, D]);
     const up = tf.tensor3d(values(2 * 3 * D, 8), [2, 3, D]); // a fixed upstream gradient
-    for (const rope of [{ cos, sin }, undefined]) {
-      const loss = (f: typeof normRope) => (a: tf.Tensor, w: tf.Tensor) => tf.sum(tf.mul(f(a, { weight: w as tf.Tensor1D, eps: n.eps }, rope), up));
+    for (const [rope, scale] of [[{ cos, sin }, 1], [{ cos, sin }, 0.3], [undefined, 1]] as const) {
+      const loss = (f: typeof normRope) => (a: tf.Tensor, w: tf.Tensor) => tf.sum(tf.mul(f(a, { weight: w as tf.Tensor1D, eps: n.eps }, rope, scale), up));
       const [gx, gw] = tf.grads(loss(normRope))([x, n.weight]);
       const [wx, ww] = tf.grads(loss(normRopeOps))([x, n.weight]);
       expect(maxDiff(gx!, wx!)).toBeLessThan(1e-5);

@@ -21,12 +21,15 @@ const NORM_ROPE = 'OmniflowRmsNormRope';
 
 interface NormRopeAttrs {
   eps: number;
+  /** Output scale (attention's 1/√head_dim folded into q's norm). */
+  scale: number;
   /** Rows sharing one position's cos/sin row (heads); 0: no RoPE. */
   rowsPerPosition: number;
 }
 
 /**
- * `applyRope(rmsNorm(x, norm), cos, sin)` — or `rmsNorm(x, norm)` without `rope` — over the last axis of `x`.
+ * `scale · applyRope(rmsNorm(x, norm), cos, sin)` — or `scale · rmsNorm(x, norm)` without `rope` — over the last axis
+ * of `x` (`scale` defaults to 1; attention passes 1/√head_dim for q, which RoPE's linearity lets it fold in).
  * With RoPE, x is `[S, heads, head_dim]` and cos/sin `[S, 1, head_dim]` (ropeTensors). On the wasm backend with at most
  * NORM_ROPE_MAX_ROWS rows it is one kernel (differentiable); otherwise the tfjs ops of rmsNorm and applyRope.
  *
@@ -35,23 +38,26 @@ interface NormRopeAttrs {
  * const h = normRope(x, layer.input_layernorm); // [S, hidden]
  * ```
  */
-export function normRope(x: tf.Tensor, norm: RMSNorm, rope?: { cos: tf.Tensor; sin: tf.Tensor }): tf.Tensor {
+export function normRope(x: tf.Tensor, norm: RMSNorm, rope?: { cos: tf.Tensor; sin: tf.Tensor }, scale = 1): tf.Tensor {
   const D = x.shape[x.rank - 1]!;
   if (norm.weight.shape[0] !== D) throw new Error(`normRope: input [${x.shape}] has ${D} features on its last axis, the norm weight has ${norm.weight.shape[0]}`);
   const rows = x.size / D;
   if (rope && (x.rank !== 3 || rope.cos.size !== x.shape[0]! * D || rope.sin.size !== rope.cos.size)) {
     throw new Error(`normRope: RoPE needs x [S, heads, ${D}] and cos/sin [S, 1, ${D}], got x [${x.shape}], cos [${rope.cos.shape}], sin [${rope.sin.shape}]`);
   }
-  if (tf.getBackend() !== 'wasm' || rows > NORM_ROPE_MAX_ROWS || x.dtype !== 'float32' || D % 2 !== 0) return normRopeOps(x, norm, rope);
+  if (tf.getBackend() !== 'wasm' || rows > NORM_ROPE_MAX_ROWS || x.dtype !== 'float32' || D % 2 !== 0) return normRopeOps(x, norm, rope, scale);
   register();
-  const attrs: NormRopeAttrs = { eps: norm.eps, rowsPerPosition: rope ? x.shape[1]! : 0 };
+  const attrs: NormRopeAttrs = { eps: norm.eps, scale, rowsPerPosition: rope ? x.shape[1]! : 0 };
   const inputs: tf.NamedTensorMap = rope ? { x, weight: norm.weight, cos: rope.cos, sin: rope.sin } : { x, weight: norm.weight };
   return tf.engine().runKernel(rope ? NORM_ROPE : RMS_NORM, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor;
 }
 
 /** The same as tfjs ops (any backend, any size). */
-export function normRopeOps(x: tf.Tensor, norm: RMSNorm, rope?: { cos: tf.Tensor; sin: tf.Tensor }): tf.Tensor {
-  return tf.tidy(() => (rope ? applyRope(rmsNorm(x, norm), rope.cos, rope.sin) : rmsNorm(x, norm)));
+export function normRopeOps(x: tf.Tensor, norm: RMSNorm, rope?: { cos: tf.Tensor; sin: tf.Tensor }, scale = 1): tf.Tensor {
+  return tf.tidy(() => {
+    const y = rope ? applyRope(rmsNorm(x, norm), rope.cos, rope.sin) : rmsNorm(x, norm);
+    return scale === 1 ? y : tf.mul(y, scale);
+  });
 }
 
 let registered = false;
@@ -71,9 +77,10 @@ function normRopeGrad(dy: tf.Tensor, saved: tf.Tensor[], attrs: NormRopeAttrs): 
   const D = x.shape[x.rank - 1]!;
   // Through RoPE (linear): n = y·cos + rot(y)·sin with rot(y) = [-y2, y1], so dn = dy·cos + rotᵀ(dy·sin), rotᵀ(u) = [u2, -u1].
   const dn = () => {
-    if (!attrs.rowsPerPosition) return dy;
-    const [u1, u2] = tf.split(tf.mul(dy, sin!), 2, -1);
-    return tf.add(tf.mul(dy, cos!), tf.concat([u2!, tf.neg(u1!)], -1));
+    const d = attrs.scale === 1 ? dy : tf.mul(dy, attrs.scale);
+    if (!attrs.rowsPerPosition) return d;
+    const [u1, u2] = tf.split(tf.mul(d, sin!), 2, -1);
+    return tf.add(tf.mul(d, cos!), tf.concat([u2!, tf.neg(u1!)], -1));
   };
   // Through the norm n = x·r·w, r = (mean(x²) + eps)^-½: dx = r·g − x·r³·mean(g·x), g = dn·w; dw = Σ dn·x·r.
   const r = () => tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), attrs.eps));
@@ -108,7 +115,7 @@ function normRopeWasm(args: { inputs: { x: tf.TensorInfo; weight: tf.TensorInfo;
     let ss = 0;
     for (let d = 0; d < D; d++) ss += f[xr + d]! * f[xr + d]!;
     // float32 like the reference: mean, + eps, rsqrt, then the products
-    const inv = Math.fround(1 / Math.sqrt(Math.fround(Math.fround(ss / D) + attrs.eps)));
+    const inv = Math.fround(Math.fround(1 / Math.sqrt(Math.fround(Math.fround(ss / D) + attrs.eps))) * attrs.scale);
     if (!per) {
       for (let d = 0; d < D; d++) f[yr + d] = Math.fround(f[xr + d]! * inv) * f[wo + d]!;
       continue;
