@@ -109,12 +109,13 @@ export function disposeLinear(l: Linear): void {
   l.bias?.dispose();
 }
 
-/** Bytes a weight occupies (and a matvec reads): 4 per float32 value, 2 per bf16 value. */
-export function weightBytes(w: tf.Tensor): number {
-  return w.size * 4;
-}
-
-/** PyTorch [out, in] → [in, out] on the host, so the device holds only the final layout. */
+/**
+ * PyTorch [out, in] → [in, out] on the host, so the device holds only the final layout.
+ *
+ * ```ts
+ * transposeHost(Float32Array.of(1, 2, 3, 4, 5, 6), 2, 3); // [1, 4, 2, 5, 3, 6]
+ * ```
+ */
 export function transposeHost(w: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(rows * cols);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = w[r * cols + c]!;
