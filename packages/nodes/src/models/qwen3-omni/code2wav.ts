@@ -7,6 +7,7 @@ import {
   loadCausalConv1d, causalConv1d, loadCausalTransConv1d, causalTransConv1d, causalTransConv1dTail, disposeConv, KERNEL_MAX_ROWS,
   type CausalConv1d, type CausalTransConv1d,
 } from '../../layers/causal-conv.js';
+import { normRope } from '../../layers/norm-rope.js';
 import { loadConvNeXtBlock, convNeXtBlock, disposeConvNeXtBlock, type ConvNeXtBlock } from '../../layers/convnext.js';
 import type { StreamState } from '../../layers/stream-state.js';
 import type { Code2WavConfig } from './config.js';
@@ -276,10 +277,10 @@ export class Code2Wav {
   preTransformer(x: tf.Tensor3D, state?: StreamState, position = 0): tf.Tensor3D {
     return tf.tidy(() => {
       const T = x.shape[1];
-      const { cos, sin } = this.rope(position, T);
+      const rope = this.rope(position, T);
       let h: tf.Tensor = tf.reshape(x, [T, this.config.hidden_size]);
       this.layers.forEach((layer, n) => {
-        const attn = this.attention(rmsNorm(h, layer.inputLayernorm, this.config.rms_norm_eps), layer, cos, sin, position, state, `pre_transformer.layers.${n}`);
+        const attn = this.attention(rmsNorm(h, layer.inputLayernorm, this.config.rms_norm_eps), layer, rope, position, state, `pre_transformer.layers.${n}`);
         h = tf.add(h, layerScale(attn, layer.selfAttnLayerScale));
         const gu = linear(rmsNorm(h, layer.postAttentionLayernorm, this.config.rms_norm_eps), layer.gateUp);
         const [gate, up] = tf.split(gu, 2, 1);
@@ -440,15 +441,18 @@ export class Code2Wav {
    * keys (already rotated) and the chunk itself. No q/k norm in Code2Wav.
    */
   private attention(
-    x: tf.Tensor, layer: PreTransformerLayer, cos: tf.Tensor, sin: tf.Tensor,
+    x: tf.Tensor, layer: PreTransformerLayer, rope: Rope,
     position: number, state: StreamState | undefined, name: string,
   ): tf.Tensor {
     const c = this.config, T = x.shape[0], D = this.headDim;
     const heads = c.num_attention_heads, kvHeads = c.num_key_value_heads;
     // [T, n·D] -> [n, T, D]; for one frame (streaming) that is a reshape, no transpose kernel.
     const toHeads = (t: tf.Tensor, n: number) => (T === 1 ? tf.reshape(t, [n, 1, D]) : tf.transpose(tf.reshape(t, [T, n, D]), [1, 0, 2]));
-    const q = applyRope(toHeads(linear(x, layer.q), heads), cos, sin);
-    let k = applyRope(toHeads(linear(x, layer.k), kvHeads), cos, sin);
+    const rotate = (t: tf.Tensor, n: number) => (rope.matrix
+      ? tf.reshape(tf.matMul(tf.reshape(t, [n, D]), rope.matrix), [n, 1, D])
+      : applyRope(toHeads(t, n), rope.cos, rope.sin));
+    const q = rotate(linear(x, layer.q), heads);
+    let k = rotate(linear(x, layer.k), kvHeads);
     let v = toHeads(linear(x, layer.v), kvHeads);
     const pastK = state?.get(`${name}.k`), pastV = state?.get(`${name}.v`);
     if (pastK && pastV) {
@@ -483,8 +487,12 @@ export class Code2Wav {
     return linear(T === 1 ? tf.reshape(out, [1, heads * D]) : tf.reshape(tf.transpose(out, [1, 0, 2]), [T, heads * D]), layer.o);
   }
 
-  /** cos/sin [T, headDim] for positions [position, position+T), halves duplicated (rotate-half layout). */
-  private rope(position: number, T: number): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
+  /**
+   * cos/sin [T, headDim] for positions [position, position+T), halves duplicated (rotate-half layout). For one position
+   * also RoPE as a [headDim, headDim] matrix M (x·M = x·cos + rotate_half(x)·sin): each column has just the two
+   * entries cos_k and ±sin_k, so one matMul gives the same float32 result as the six ops of applyRope.
+   */
+  private rope(position: number, T: number): Rope {
     const D = this.headDim, half = D / 2;
     const cos = new Float32Array(T * D), sin = new Float32Array(T * D);
     for (let t = 0; t < T; t++) {
@@ -494,8 +502,25 @@ export class Code2Wav {
         sin[t * D + j] = sin[t * D + j + half] = Math.sin(angle);
       }
     }
-    return { cos: tf.tensor2d(cos, [T, D]), sin: tf.tensor2d(sin, [T, D]) };
+    let matrix: tf.Tensor2D | undefined;
+    if (T === 1) {
+      const m = new Float32Array(D * D);
+      for (let k = 0; k < D; k++) {
+        m[k * D + k] = cos[k];
+        if (k < half) m[(k + half) * D + k] = -sin[k]; // rotate_half(x)_k = −x_{k+half}
+        else m[(k - half) * D + k] = sin[k]; //            rotate_half(x)_k = x_{k−half}
+      }
+      matrix = tf.tensor2d(m, [D, D]);
+    }
+    return { cos: tf.tensor2d(cos, [T, D]), sin: tf.tensor2d(sin, [T, D]), matrix };
   }
+}
+
+/** RoPE tables for a chunk: cos/sin [T, headDim], and for a single position the rotation as one matrix. */
+interface Rope {
+  cos: tf.Tensor2D;
+  sin: tf.Tensor2D;
+  matrix?: tf.Tensor2D;
 }
 
 /** The weight format for a layer a streamed frame feeds `rows` rows: bf16 pays only up to KERNEL_MAX_ROWS (measured). */
@@ -503,9 +528,9 @@ function streamingFormat(format: WeightDtype, rows: number): WeightDtype {
   return rows <= KERNEL_MAX_ROWS ? format : 'float32';
 }
 
-/** x · rsqrt(mean(x²) + eps) · w over the last axis. */
+/** x · rsqrt(mean(x²) + eps) · w over the last axis: one kernel pass on wasm for a few rows (normRope), else tfjs ops. */
 function rmsNorm(x: tf.Tensor, weight: tf.Tensor1D, eps: number): tf.Tensor {
-  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), eps))), weight);
+  return normRope(x, { weight, eps });
 }
 
 /** q·cos + rotate_half(q)·sin, rotate_half([x1, x2]) = [−x2, x1]; x [heads, T, D]. */
