@@ -3,8 +3,9 @@ import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
 import { packBf16, unpackBf16 } from './bf16.js';
-import { heapImportLimits, matMulBf16, matMulSmall, OMNIFLOW_MATMUL, OMNIFLOW_MATMUL_BF16, SIMD_MATMUL_MAX_ROWS, simdMatMulMaxRows } from './mat-mul-small.js';
-import { buildMatMulModule, DEFAULT_VARIANT, FMA_VARIANT, MATMUL_EPILOGUE, relaxedSimdAvailable, type MatMulVariant } from './matmul-module.js';
+import { BLOCKED_MIN_ROWS, heapImportLimits, matMulBf16, matMulSmall, OMNIFLOW_MATMUL, OMNIFLOW_MATMUL_BF16, SIMD_MATMUL_MAX_ROWS, simdMatMulMaxRows } from './mat-mul-small.js';
+import { BLOCKED_FMA_VARIANT, BLOCKED_VARIANT, blockedMatMulModuleBytes, blockedScratchBytes, buildBlockedMatMul, type BlockedMatMulVariant } from './matmul-blocked-module.js';
+import { buildMatMulModule, DEFAULT_VARIANT, FMA_VARIANT, MATMUL_EPILOGUE, type MatMulVariant } from './matmul-module.js';
 import { webAssembly, WasmModuleBuilder, type WasmMemoryLike } from './wasm-emitter.js';
 
 /** relaxedSimdAvailable() caches its answer; this asks the engine again. */
@@ -42,7 +43,8 @@ function expected(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | undefined,
   });
 }
 
-const ROWS = [1, 2, 3, 5, 8, 16, 17];
+// 1-3: the streaming row kernels; 4-16: the register-blocked kernel (full and partial row blocks); 17: tf.matMul.
+const ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17];
 // K, N with tails that are not multiples of 4 / 8 / the unrolls, and N above one column block (2048).
 const SHAPES: Array<[number, number]> = [[1, 1], [3, 17], [17, 3], [130, 1000], [1000, 130], [1000, 17], [17, 1000], [7, 2501], [4099, 37]];
 
@@ -116,7 +118,7 @@ describe.each(['wasm', 'cpu'])('matMulSmall on %s', (backend) => {
 
   it('has gradients equal to tf.matMul chains (x, W, bias; linear and relu, alpha)', () => {
     const start = tf.memory().numTensors;
-    for (const [M, relu] of [[1, false], [3, true], [20, true]] as Array<[number, boolean]>) {
+    for (const [M, relu] of [[1, false], [3, true], [8, false], [11, true], [20, true]] as Array<[number, boolean]>) {
       tf.tidy(() => {
         const K = 19, N = 13;
         const x = tf.tensor2d(values(M * K, 5 + M), [M, K]);
@@ -152,13 +154,14 @@ describe('SIMD kernel specifics (wasm)', () => {
     await tf.setBackend('wasm');
   });
 
-  it('runs the f32 kernel up to SIMD_MATMUL_MAX_ROWS rows and tf.matMul above; the bf16 kernel for any rows', async () => {
+  it('runs the f32 kernels up to SIMD_MATMUL_MAX_ROWS rows and tf.matMul above; the bf16 kernel for any rows', async () => {
     const w = tf.ones([8, 8]) as tf.Tensor2D;
     const kernels = async (rows: number) => (await tf.profile(() => matMulSmall(tf.ones([rows, 8]), w))).kernelNames;
     expect(await kernels(1)).toContain(OMNIFLOW_MATMUL);
-    // 3 rows; 8 where the engine has relaxed SIMD (Node 20: only with --experimental-wasm-relaxed-simd)
     const limit = simdMatMulMaxRows();
-    expect(limit).toBe(relaxedSimdAvailable() ? 8 : SIMD_MATMUL_MAX_ROWS);
+    expect(limit).toBe(SIMD_MATMUL_MAX_ROWS);
+    expect(limit).toBe(16);
+    expect(await kernels(BLOCKED_MIN_ROWS)).toContain(OMNIFLOW_MATMUL);
     expect(await kernels(limit)).toContain(OMNIFLOW_MATMUL);
     expect(await kernels(limit + 1)).not.toContain(OMNIFLOW_MATMUL);
     const packed = packBf16(w);
@@ -166,6 +169,54 @@ describe('SIMD kernel specifics (wasm)', () => {
     expect(await bf16Kernels(1)).toEqual([OMNIFLOW_MATMUL_BF16]);
     expect(await bf16Kernels(40)).toEqual([OMNIFLOW_MATMUL_BF16]); // any row count: no unpacking on wasm
     tf.dispose([w, packed]);
+  });
+
+  it('frees the blocked kernel\'s scratch (no data left on the backend)', () => {
+    const backend = tf.backend();
+    tf.tidy(() => matMulSmall(tf.ones([8, 64]), tf.ones([64, 64]) as tf.Tensor2D)); // warm: kernel module built
+    const tensors = tf.memory().numTensors, ids = backend.numDataIds();
+    tf.tidy(() => {
+      const x = tf.tensor2d(values(9 * 130, 21), [9, 130]);
+      const w = tf.tensor2d(values(130 * 70, 22), [130, 70]);
+      expect(maxAbsDiff(matMulSmall(x, w), tf.matMul(x, w))).toBeLessThan(1e-5);
+    });
+    expect(tf.memory().numTensors).toBe(tensors);
+    expect(backend.numDataIds()).toBe(ids);
+  });
+
+  it('blocked kernel: every variant agrees with tf.matMul over odd M, K, N (row, panel and column tails)', () => {
+    const backend = tf.backend() as unknown as { wasm: { asm: { memory: WasmMemoryLike } }; dataIdMap: { get(d: object): { memoryOffset: number } } };
+    const off = (t: tf.Tensor) => backend.dataIdMap.get(t.dataId).memoryOffset;
+    v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+    const variants: BlockedMatMulVariant[] = [
+      BLOCKED_VARIANT,
+      BLOCKED_FMA_VARIANT,
+      { rowBlock: 3, kPanel: 5, nUnroll: 3 },
+      { rowBlock: 1, kPanel: 1, nUnroll: 1 },
+      { rowBlock: 5, kPanel: 2, nUnroll: 4, fma: true },
+    ];
+    const start = tf.memory().numTensors;
+    for (const variant of variants) {
+      const f = buildBlockedMatMul(backend.wasm.asm.memory, variant);
+      for (const [M, K, N] of [[4, 8, 8], [7, 37, 106], [9, 3, 5], [1, 17, 2], [13, 130, 33]] as Array<[number, number, number]>) {
+        tf.tidy(() => {
+          const x = tf.tensor2d(values(M * K, 11 + M), [M, K]);
+          const w = tf.tensor2d(values(K * N, 12 + K), [K, N]);
+          const b = tf.tensor1d(values(N, 13));
+          // scratch filled with garbage: the kernel must not depend on it being zero
+          const scratch = tf.fill([blockedScratchBytes(variant, M, K, N) / 4 + 1], Number.NaN);
+          const y = tf.fill([M, N], Number.NaN);
+          f(off(x), off(w), off(b), off(y), M, K, N, 2, MATMUL_EPILOGUE.relu, off(scratch));
+          const tol = 2e-6 * Math.sqrt(K) + 1e-6;
+          expect(maxAbsDiff(y, expected(x, w, b, 2, true)), `${JSON.stringify(variant)} M=${M} K=${K} N=${N}`).toBeLessThanOrEqual(4 * tol);
+          const plain = tf.fill([M, N], Number.NaN);
+          f(off(x), off(w), 0, off(plain), M, K, N, 1, MATMUL_EPILOGUE.none, off(scratch));
+          expect(maxAbsDiff(plain, tf.matMul(x, w)), `plain ${JSON.stringify(variant)} M=${M} K=${K} N=${N}`).toBeLessThanOrEqual(2 * tol);
+        });
+      }
+    }
+    expect(tf.memory().numTensors).toBe(start);
+    expect(() => blockedMatMulModuleBytes({ rowBlock: 0, kPanel: 8, nUnroll: 2 })).toThrow(/rowBlock must be an integer in 1..64, got 0/);
   });
 
   it('computes the same with every loop variant buildMatMulModule accepts', () => {

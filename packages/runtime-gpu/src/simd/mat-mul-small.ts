@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { buildMatMulModule, DEFAULT_VARIANT, FMA_VARIANT, relaxedSimdAvailable, MATMUL_EPILOGUE, type MatMulEpilogue, type MatMulFn, type MatMulModule } from './matmul-module.js';
 import { unpackBf16 } from './bf16.js';
+import { BLOCKED_FMA_VARIANT, BLOCKED_VARIANT, blockedScratchBytes, buildBlockedMatMul, type BlockedMatMulFn, type BlockedMatMulVariant } from './matmul-blocked-module.js';
 import type { MemoryLimits, WasmMemoryLike } from './wasm-emitter.js';
 
 /** Kernel names registered for the 'wasm' backend. */
@@ -8,21 +9,23 @@ export const OMNIFLOW_MATMUL = 'OmniflowMatMul';
 export const OMNIFLOW_MATMUL_BF16 = 'OmniflowMatMulBf16';
 
 /**
- * Up to this many rows (x's leading axes flattened) matMulSmall runs the SIMD kernel on wasm; above it, tf.matMul.
- * Measured (process CPU time, best of 15, same run), [M, 4096]·[4096, 4096]: kernel vs tf.matMul 3.1 vs 4.4 ms at
- * M = 1, 3.9 vs 5.9 at 2, 5.1 vs 5.9 at 3, 6.7 vs 6.2 at 4, 13.3 vs 11.9 at 8; [M, 1024]·[1024, 3072]: 0.48 vs 0.77
- * at 1, 1.19 vs 1.15 at 4. From 4 rows both are compute-bound (wasm SIMD has no fused multiply-add) and XNNPACK's
- * register tiling edges ahead. matMulBf16 runs its kernel on wasm for any rows: the alternative unpacks W per call.
+ * Up to this many rows (x's leading axes flattened) matMulSmall runs omniflow's SIMD kernels on wasm; above it,
+ * tf.matMul. 1-3 rows run the streaming kernels of matmul-module.ts (bandwidth-bound: one pass over W), 4-16 the
+ * register-blocked kernel (compute-bound; from BLOCKED_MIN_ROWS). Measured (process CPU time, best of 9, one run,
+ * machine busy), [M, 4096]·[4096, 4096], blocked kernel vs tf.matMul: 5.9 vs 6.4 ms at M = 4, 11.2 vs 12.3 at 8,
+ * 20.1 vs 24.8 at 16; [M, 1024]·[1024, 3072]: 1.05 vs 1.35, 2.02 vs 2.34, 3.75 vs 4.58. Above 16 rows not measured.
  */
-export const SIMD_MATMUL_MAX_ROWS = 3;
+export const SIMD_MATMUL_MAX_ROWS = 16;
+
+/** From this many rows the f32 kernel is the register-blocked one (below: the streaming row kernels). */
+export const BLOCKED_MIN_ROWS = 4;
 
 /**
- * The row limit matMulSmall applies: SIMD_MATMUL_MAX_ROWS, or 8 where the engine has relaxed SIMD and the kernels use
- * fused multiply-add (FMA_VARIANT: ahead of tf.matMul at every row count up to 8, measured: [8, 4096]·[4096, 4096]
- * 10.5 vs 12.5 ms CPU). Node 20 needs `node --experimental-wasm-relaxed-simd` for that.
+ * The row limit matMulSmall applies (SIMD_MATMUL_MAX_ROWS, with or without relaxed SIMD: where the engine has it,
+ * both kernels use fused multiply-add, [8, 4096]·[4096, 4096] 8.9 vs 12.3 ms CPU for tf.matMul).
  */
 export function simdMatMulMaxRows(): number {
-  return relaxedSimdAvailable() ? 8 : SIMD_MATMUL_MAX_ROWS;
+  return SIMD_MATMUL_MAX_ROWS;
 }
 
 /** Options of matMulSmall / matMulBf16: y = activation(alpha · x·W + bias). */
@@ -45,9 +48,23 @@ export interface WasmBackendInternals {
   wasm: { asm?: Record<string, unknown>; wasmMemory?: WasmMemoryLike };
   dataIdMap: { get(dataId: object): { memoryOffset: number } | undefined };
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  disposeData(dataId: object, force?: boolean): boolean;
 }
 
 const modules = new WeakMap<object, MatMulModule>();
+const blockedKernels = new WeakMap<object, { f32: BlockedMatMulFn; variant: BlockedMatMulVariant }>();
+
+/** The blocked kernel over this backend's heap, built on first use. */
+function blockedFor(backend: WasmBackendInternals): { f32: BlockedMatMulFn; variant: BlockedMatMulVariant } {
+  let kernel = blockedKernels.get(backend);
+  if (!kernel) {
+    const heap = wasmHeap(backend);
+    const variant = relaxedSimdAvailable() ? BLOCKED_FMA_VARIANT : BLOCKED_VARIANT;
+    kernel = { f32: buildBlockedMatMul(heap, variant, heapImportLimits(heap)), variant };
+    blockedKernels.set(backend, kernel);
+  }
+  return kernel;
+}
 
 /** The kernel module over this backend's heap, built on first use (about a millisecond). */
 function moduleFor(backend: WasmBackendInternals): MatMulModule {
@@ -104,9 +121,21 @@ function simdKernel(format: 'f32' | 'bf16') {
     const N = format === 'f32' ? w.shape[1]! : 2 * w.shape[1]!;
     const out = backend.makeOutput([M, N], 'float32');
     if (M === 0 || N === 0) return out;
-    const mod = moduleFor(backend);
     const act = activation === 'linear' ? MATMUL_EPILOGUE.none : MATMUL_EPILOGUE[activation];
     const b = bias ? heapOffset(backend, bias, 'bias') : 0;
+    if (format === 'f32' && M >= BLOCKED_MIN_ROWS) {
+      const blocked = blockedFor(backend);
+      // Scratch on the tfjs heap (packed x, partial sums), freed before returning. Allocated after `out`, and offsets
+      // read after both: an allocation can grow the heap, but offsets stay valid.
+      const scratch = backend.makeOutput([blockedScratchBytes(blocked.variant, M, K, N) / 4 + 1], 'float32');
+      try {
+        blocked.f32(heapOffset(backend, x, 'x'), heapOffset(backend, w, 'w'), b, heapOffset(backend, out, 'y'), M, K, N, alpha, act, heapOffset(backend, scratch, 'scratch'));
+      } finally {
+        backend.disposeData(scratch.dataId);
+      }
+      return out;
+    }
+    const mod = moduleFor(backend);
     runRows(mod[format], heapOffset(backend, x, 'x'), heapOffset(backend, w, 'w'), b, heapOffset(backend, out, 'y'), M, K, N, alpha, act);
     return out;
   };
@@ -182,8 +211,8 @@ const useKernel = (rows: number) => tf.getBackend() === 'wasm' && rows <= simdMa
 
 /**
  * `activation(alpha · x·W + bias)` over x's last axis, W float32 [K, N] (`[in, out]`, as layers/linear.ts stores it).
- * On the wasm backend with at most `simdMatMulMaxRows()` rows (3; 8 with relaxed SIMD) it runs omniflow's SIMD kernel (one pass over W, bias and
- * activation fused); otherwise tf.matMul and friends. Differentiable on both paths.
+ * On the wasm backend with at most `simdMatMulMaxRows()` rows (16) it runs omniflow's SIMD kernels (bias and activation
+ * fused; 1-3 rows stream W once, 4-16 the register-blocked kernel); otherwise tf.matMul and friends. Differentiable on both paths.
  *
  * ```ts
  * const y = matMulSmall(h, w, { bias: b, activation: 'relu' }); // h [1, 4096], w [4096, 4096] → y [1, 4096]

@@ -255,6 +255,8 @@ export class WasmCode {
   i32Add(): this { return this.raw(0x6a); }
   i32Sub(): this { return this.raw(0x6b); }
   i32Mul(): this { return this.raw(0x6c); }
+  i32DivU(): this { return this.raw(0x6e); }
+  i32RemU(): this { return this.raw(0x70); }
   i32And(): this { return this.raw(0x71); }
   i32Shl(): this { return this.raw(0x74); }
   i32ShrU(): this { return this.raw(0x76); }
