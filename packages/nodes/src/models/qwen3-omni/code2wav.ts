@@ -84,10 +84,10 @@ export class Code2Wav {
 
   /**
    * Where a two-thread decoder (Code2WavPipeline) is cut by default, in decoder steps: the cut that best balances the
-   * two threads' estimated time per frame (`frameCostMs`). For the release: step 5 with float32 weights (the front
-   * thread runs the transformer, upsampling, decoder.0 and block 1; the back thread blocks 2–4 and the output), step 6
-   * with bf16 (block 2's upsampling moves to the front). Measured per step on the wasm backend, the best cut was the
-   * same or one step off, the halves within 10%.
+   * two threads' estimated time per frame (`frameCostMs`). For the release: step 6 with float32 weights (the front
+   * thread runs the transformer, upsampling, decoder.0, block 1 and block 2's upsampling; the back thread the rest),
+   * step 7 with bf16 (block 2's first residual unit moves to the front) — the best cuts of the measured per-step
+   * profile.
    */
   static pipelineSplit(config: Code2WavConfig, weights: WeightDtype = 'float32'): number {
     const { front, steps } = Code2Wav.frameCostMs(config, weights);
@@ -102,15 +102,16 @@ export class Code2Wav {
   }
 
   /**
-   * A cost model of one codec frame on one wasm thread, in ms: each product costs its multiply-adds at 30 GFLOP/s
-   * (XNNPACK's conv rate here is 25–45) plus its weight bytes at 8 GB/s (a batch-1 product streams its weights once;
-   * with the ops around it the transformer gets about that).
-   * `front` is the embedding, transformer and upsampling; `steps[s]` decoder step s. Used to place the pipeline cut;
-   * the ratios, not the absolute values, are what it gets right (bench/talker.bench.ts measures).
+   * A cost model of one codec frame on one wasm thread, in ms: each product costs its multiply-adds at 24 GFLOP/s plus
+   * its weight bytes at 10 GB/s (a batch-1 product streams its weights once). Fitted to a per-stage profile of the
+   * release on this repository's shared two-core machine (bench/talker.bench.ts `perStageCpuMs`): the totals agree
+   * within 1% for float32 and bf16. On an idle core the convolutions run faster (~45 GFLOP/s), which can move the best
+   * cut earlier; `split` overrides it. `front` is the embedding, transformer and upsampling; `steps[s]` decoder
+   * step s.
    */
   static frameCostMs(config: Code2WavConfig, weights: WeightDtype = 'float32'): { front: number; steps: number[] } {
     const c = config, H = c.hidden_size, D = c.decoder_dim;
-    const cost = (macs: number, weightBytes: number) => (2 * macs) / 30e6 + weightBytes / 8e6;
+    const cost = (macs: number, weightBytes: number) => (2 * macs) / 24e6 + weightBytes / 10e6;
     const kv = (c.num_key_value_heads * H) / c.num_attention_heads;
     const layerWeights = 2 * H * H + 2 * H * kv + 3 * H * c.intermediate_size;
     let positions = 1;
