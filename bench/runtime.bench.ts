@@ -23,6 +23,7 @@ import {
   matMulSmall,
   packBf16,
   simdMatMulMaxRows,
+  BLOCKED_MIN_ROWS,
   tensorBatchStage,
   tensorFuser,
   WorkerStage,
@@ -130,7 +131,8 @@ function kernelBreakdown(kernels: KernelNode[], steps: readonly FusedStep[]) {
 // ------------------------------------------------------------------------------------------------
 // Batching: 8 sessions through a matvec-heavy stage, batched vs one by one.
 
-const kernelFor = (rows: number) => (tf.getBackend() === 'wasm' && rows <= simdMatMulMaxRows() ? 'omniflow SIMD' : 'tf.matMul');
+const kernelFor = (rows: number) =>
+  tf.getBackend() !== 'wasm' || rows > simdMatMulMaxRows() ? 'tf.matMul' : rows >= BLOCKED_MIN_ROWS ? 'omniflow SIMD, register-blocked' : 'omniflow SIMD, streaming';
 
 async function batching() {
   const dim = 4096, sessions = 8, steps = 16; // 64 MiB of weights: batch-1 decoding is memory-bound
@@ -141,8 +143,8 @@ async function batching() {
     );
   const once = async (maxBatch: number) => {
     const streams = packets();
-    // matMulSmall as the model layers call it: on wasm the SIMD kernel for M = 1; for M = 8 the kernel with relaxed
-    // SIMD (FMA), else tf.matMul (see simdMatMulMaxRows).
+    // matMulSmall as the model layers call it: on wasm the streaming SIMD kernel for M = 1 (bandwidth-bound), the
+    // register-blocked one for M = 8 (compute-bound; FMA where the engine has relaxed SIMD).
     const stage = tensorBatchStage({ maxBatch, maxWaitMs: 1, run: (x) => matMulSmall(x, w) as tf.Tensor2D });
     const c0 = process.cpuUsage();
     const t0 = performance.now();
@@ -164,7 +166,7 @@ async function batching() {
   const wall = (xs: typeof batched) => med(xs.map((x) => x.wall)), cpu = (xs: typeof batched) => med(xs.map((x) => x.cpu));
   return {
     stage: `matMulSmall(x[B, ${dim}], W[${dim}, ${dim}]) float32 (${((dim * dim * 4) / 2 ** 20).toFixed(0)} MiB of weights)`,
-    // Which matmul ran: omniflow's SIMD kernel up to SIMD_MATMUL_MAX_ROWS rows on wasm, tf.matMul otherwise.
+    // Which matmul ran: omniflow's SIMD kernels up to SIMD_MATMUL_MAX_ROWS (16) rows on wasm, tf.matMul otherwise.
     oneByOneKernel: kernelFor(1),
     batchedKernel: kernelFor(sessions),
     sessions,

@@ -1,8 +1,9 @@
 /**
- * SIMD matmul kernels (`npm run bench -- simd`): omniflow's kernel (float32 and packed bf16 weights) against
- * tf.matMul for 1–8 rows over [4096, 4096] and [1024, 3072] weights, called directly so every row count shows the
- * kernel itself (matMulSmall hands 4+ rows to tf.matMul, see SIMD_MATMUL_MAX_ROWS). Process CPU time, best and
- * median of 15 calls, the three interleaved in one run so they see the same machine.
+ * SIMD matmul kernels (`npm run bench -- simd`): omniflow's kernels (float32 and packed bf16 weights) against
+ * tf.matMul for 1–16 rows over [4096, 4096] and [1024, 3072] weights, called directly so every row count shows the
+ * kernel itself (float32: the streaming row kernels for 1–3 rows, the register-blocked kernel from BLOCKED_MIN_ROWS = 4;
+ * matMulSmall hands more than SIMD_MATMUL_MAX_ROWS = 16 rows to tf.matMul). Process CPU time, best and median of 15
+ * calls, the three interleaved in one run so they see the same machine.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, packBf16, registerSimdKernels } from '@omniflow/runtime-gpu';
@@ -36,7 +37,7 @@ export async function run(): Promise<object> {
     const w = tf.tidy(() => tf.randomUniform([K, N], -1, 1, 'float32', 1) as tf.Tensor2D);
     const packed = packBf16(w);
     const rows: Record<string, unknown> = {};
-    for (const M of [1, 2, 3, 4, 8]) {
+    for (const M of [1, 2, 3, 4, 8, 16]) {
       const x = tf.randomUniform([M, K], -1, 1, 'float32', M) as tf.Tensor2D;
       const t = cpuMs({
         tfjs: () => tf.matMul(x, w).dispose(),
