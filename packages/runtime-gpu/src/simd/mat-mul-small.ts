@@ -12,7 +12,7 @@ export const OMNIFLOW_MATMUL_BF16 = 'OmniflowMatMulBf16';
  * Up to this many rows (x's leading axes flattened) matMulSmall runs omniflow's SIMD kernels on wasm; above it,
  * tf.matMul. 1-3 rows run the streaming kernels of matmul-module.ts (bandwidth-bound: one pass over W), 4-16 the
  * register-blocked kernel (compute-bound; from BLOCKED_MIN_ROWS). Measured (process CPU time, best of 9, one run,
- * machine busy), [M, 4096]·[4096, 4096], blocked kernel vs tf.matMul: 5.9 vs 6.4 ms at M = 4, 11.2 vs 12.3 at 8,
+ * machine busy), [M, 4096]·[4096, 4096], blocked kernel vs tf.matMul: 6.0 vs 6.5 ms at M = 4, 11.2 vs 12.3 at 8,
  * 20.1 vs 24.8 at 16; [M, 1024]·[1024, 3072]: 1.05 vs 1.35, 2.02 vs 2.34, 3.75 vs 4.58. Above 16 rows not measured.
  */
 export const SIMD_MATMUL_MAX_ROWS = 16;
