@@ -15,7 +15,7 @@ import { MATMUL_EPILOGUE } from './matmul-module.js';
  * column groups each W row of the panel is read sequentially (kPanel streams, as the prefetchers like them).
  *
  * Two scratch layouts keep every address in the inner loop a pointer plus a constant (no per-row pointers, no adds):
- *   xP[block][K][rowBlock]     x packed so row block b's x[·, k] values are adjacent (padding rows are zero);
+ *   xP[block][K][rowBlock]     x packed so row block b's x[·, k] values are adjacent (the last block's are padded);
  *   yP[block][N/4][rowBlock][4] the partial sums, so a block's accumulators for a column vector are adjacent.
  * The epilogue writes y = act(alpha · yP + b) in y's own layout; the last N mod 4 columns are a scalar loop.
  * The scratch (`blockedScratchBytes`) is the caller's: a temporary on tfjs-wasm's heap.
@@ -41,10 +41,11 @@ export type BlockedMatMulFn = (x: number, w: number, bias: number, y: number, M:
 
 /**
  * Measured (process CPU time, best of 9, machine busy, one run) over [M, 4096]·[4096, 4096] and [M, 1024]·[1024, 3072],
- * M = 4, 8, 16 (an M that is not a multiple of rowBlock costs as the next multiple: padding rows): rowBlock 2/3/4/5/6/8 × nUnroll 1-4 (4 × 2 best: 8 accumulators + 2 W vectors + a splat + a product
+ * M = 4, 8, 16 (and 5, 6, 9, 13: the last M mod rowBlock rows run as a smaller block): rowBlock 2/3/4/5/6/8 × nUnroll 1-4 (4 × 2 best: 8 accumulators + 2 W vectors + a splat + a product
  * fit the 16 registers; 3 × 3, 5 × 2, 6 × 2 and 8 × 1 spill or waste padded rows, 10-60% slower), kPanel 4/6/8/16/32
  * (8; from 16 the panel's W lines, N·4 bytes apart, collide in L1's sets: 40% slower at N = 4096), and W panels
- * packed into scratch first (sequential, but the copy is one more pass over W: 50% slower at 4 rows).
+ * packed into scratch first (sequential, but the copy is one more pass over W: 50% slower at 4 rows), and 2 or 4 k
+ * steps per loop iteration (TurboFan hoists their loads to the top again: 25-50% slower).
  */
 export const BLOCKED_VARIANT: BlockedMatMulVariant = { rowBlock: 4, kPanel: 8, nUnroll: 2 };
 
@@ -92,7 +93,7 @@ function emitBlocked(c: WasmCode, params: WasmLocal[], s: BlockedMatMulVariant):
   const [x, w, b, y, M, K, N, alpha, act, scratch] = params as [WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal];
   const R = s.rowBlock, KP = s.kPanel, NU = s.nUnroll;
   const i32 = () => c.local('i32');
-  const [xj, wEnd, mPad, blocks, n4, xP, yP, k0, kEnd, g, gEnd, blk, xb, yb, wk, wj, m, k, o, src, dst, wRow, blockBytes] = Array.from({ length: 23 }, i32);
+  const [fullBlocks, tailRows, xj, wEnd, mPad, blocks, n4, xP, yP, k0, kEnd, g, gEnd, blk, xb, yb, wk, wj, m, k, o, src, dst, wRow, blockBytes] = Array.from({ length: 25 }, i32);
   const acc = Array.from({ length: R }, () => Array.from({ length: NU }, () => c.local('v128')));
   const wv = Array.from({ length: NU }, () => c.local('v128'));
   const sv = c.local('v128');
@@ -102,6 +103,8 @@ function emitBlocked(c: WasmCode, params: WasmLocal[], s: BlockedMatMulVariant):
   const fa = c.local('f32');
 
   c.localGet(M).i32Const(R - 1).i32Add().i32Const(R).i32DivU().localTee(blocks).i32Const(R).i32Mul().localSet(mPad);
+  c.localGet(M).i32Const(R).i32DivU().localSet(fullBlocks);
+  c.localGet(M).i32Const(R).i32RemU().localSet(tailRows);
   c.localGet(N).i32Const(~3).i32And().localSet(n4);
   c.localGet(N).i32Const(4).i32Mul().localSet(wRow);
   c.localGet(scratch).localSet(xP);
@@ -128,15 +131,15 @@ function emitBlocked(c: WasmCode, params: WasmLocal[], s: BlockedMatMulVariant):
    * The k steps are a real loop, not unrolled: TurboFan hoists every load of straight-line code to its top, and with
    * kp·(R + nu) loads in flight the accumulators no longer fit in registers (measured: 2-4x slower).
    */
-  const registerBlock = (kp: number, nu: number) => {
-    for (let r = 0; r < R; r++) for (let u = 0; u < nu; u++) c.localGet(yb).v128Load(16 * (u * R + r)).localSet(acc[r]![u]!);
+  const registerBlock = (kp: number, nu: number, rows: number) => {
+    for (let r = 0; r < rows; r++) for (let u = 0; u < nu; u++) c.localGet(yb).v128Load(16 * (u * R + r)).localSet(acc[r]![u]!);
     c.localGet(xb).localSet(xj);
     c.localGet(wk).i32Const(kp).localGet(wRow).i32Mul().i32Add().localSet(wEnd);
     c.localGet(wk).localSet(wj);
     // kp >= 1: test at the bottom
     c.loop((top) => {
       for (let u = 0; u < nu; u++) c.localGet(wj).v128Load(16 * u).localSet(wv[u]!);
-      for (let r = 0; r < R; r++) {
+      for (let r = 0; r < rows; r++) {
         c.localGet(xj).v128Load32Splat(4 * r).localSet(sv);
         for (let u = 0; u < nu; u++) {
           if (s.fma) c.localGet(sv).localGet(wv[u]!).localGet(acc[r]![u]!).f32x4RelaxedMadd().localSet(acc[r]![u]!);
@@ -146,7 +149,7 @@ function emitBlocked(c: WasmCode, params: WasmLocal[], s: BlockedMatMulVariant):
       c.localGet(xj).i32Const(4 * R).i32Add().localSet(xj);
       c.localGet(wj).localGet(wRow).i32Add().localTee(wj).localGet(wEnd).i32LtS().brIf(top);
     });
-    for (let r = 0; r < R; r++) for (let u = 0; u < nu; u++) c.localGet(yb).localGet(acc[r]![u]!).v128Store(16 * (u * R + r));
+    for (let r = 0; r < rows; r++) for (let u = 0; u < nu; u++) c.localGet(yb).localGet(acc[r]![u]!).v128Store(16 * (u * R + r));
   };
 
   /** One panel of kp rows of W at k0: column groups of nu vectors (then single vectors), every row block. */
@@ -157,11 +160,13 @@ function emitBlocked(c: WasmCode, params: WasmLocal[], s: BlockedMatMulVariant):
         c.localGet(w).localGet(k0).localGet(wRow).i32Mul().i32Add().localGet(g).i32Const(4).i32Mul().i32Add().localSet(wk);
         c.localGet(xP).localGet(k0).i32Const(4 * R).i32Mul().i32Add().localSet(xb);
         c.localGet(yP).localGet(g).i32Const(4 * R).i32Mul().i32Add().localSet(yb);
-        c.for(blk, () => c.i32Const(0), () => c.localGet(blocks), 1, () => {
-          registerBlock(kp, nu);
+        c.for(blk, () => c.i32Const(0), () => c.localGet(fullBlocks), 1, () => {
+          registerBlock(kp, nu, R);
           c.localGet(xb).localGet(K).i32Const(4 * R).i32Mul().i32Add().localSet(xb);
           c.localGet(yb).localGet(blockBytes).i32Add().localSet(yb);
         });
+        // The last M mod R rows: a block with fewer accumulators (computing padding rows would cost a whole block).
+        for (let rows = 1; rows < R; rows++) c.localGet(tailRows).i32Const(rows).i32Eq().if(() => registerBlock(kp, nu, rows));
       });
     };
     groups(NU, () => c.i32Const(0));
