@@ -40,12 +40,13 @@ export interface BlockedMatMulVariant {
 export type BlockedMatMulFn = (x: number, w: number, bias: number, y: number, M: number, K: number, N: number, alpha: number, epilogue: number, scratch: number) => void;
 
 /**
- * Measured (process CPU time, best of 9, machine busy, one run) over [M, 4096]·[4096, 4096] and [M, 1024]·[1024, 3072],
- * M = 4, 8, 16 (and 5, 6, 9, 13: the last M mod rowBlock rows run as a smaller block): rowBlock 2/3/4/5/6/8 × nUnroll 1-4 (4 × 2 best: 8 accumulators + 2 W vectors + a splat + a product
- * fit the 16 registers; 3 × 3, 5 × 2, 6 × 2 and 8 × 1 spill or waste padded rows, 10-60% slower), kPanel 4/6/8/16/32
- * (8; from 16 the panel's W lines, N·4 bytes apart, collide in L1's sets: 40% slower at N = 4096), and W panels
- * packed into scratch first (sequential, but the copy is one more pass over W: 50% slower at 4 rows), and 2 or 4 k
- * steps per loop iteration (TurboFan hoists their loads to the top again: 25-50% slower).
+ * Measured (process CPU time, best of 9, machine busy, one run) over [M, 4096]·[4096, 4096] and
+ * [M, 1024]·[1024, 3072], M = 4, 8, 16 (and 5, 6, 9, 13), against rowBlock 2/3/4/5/6/8 × nUnroll 1-4 (4 × 2 best:
+ * 8 accumulators + 2 W vectors + a splat + a product fit the 16 registers; 3 × 3, 5 × 2, 6 × 2 and 8 × 1 spill or
+ * waste rows, 10-60% slower), kPanel 4/6/8/16/32 (8; from 16 the panel's W lines, N·4 bytes apart, collide in L1's
+ * sets: 40% slower at N = 4096), W panels packed into scratch first (sequential, but the copy is one more pass over
+ * W: 50% slower at 4 rows), and 2 or 4 k steps per loop iteration (TurboFan hoists their loads to the top again:
+ * 25-50% slower).
  */
 export const BLOCKED_VARIANT: BlockedMatMulVariant = { rowBlock: 4, kPanel: 8, nUnroll: 2 };
 
