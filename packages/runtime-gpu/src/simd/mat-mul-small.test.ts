@@ -99,7 +99,7 @@ describe.each(['wasm', 'cpu'])('matMulSmall on %s', (backend) => {
 
   it('bf16 kernel equals the float32 kernel on the unpacked weight', () => {
     const start = tf.memory().numTensors;
-    for (const M of [1, 3, 8, 17]) {
+    for (const M of [1, 3, 4, 5, 8, 13, 17]) {
       for (const [K, N] of [[1, 2], [17, 6], [130, 1000], [1000, 18], [5, 2502]] as Array<[number, number]>) {
         tf.tidy(() => {
           const x = tf.tensor2d(values(M * K, M * 31 + K), [M, K]);
@@ -184,7 +184,7 @@ describe('SIMD kernel specifics (wasm)', () => {
     expect(backend.numDataIds()).toBe(ids);
   });
 
-  it('blocked kernel: every variant agrees with tf.matMul over odd M, K, N (row, panel and column tails)', () => {
+  it('blocked kernels (f32, bf16): every variant agrees with tf.matMul over odd M, K, N (row, panel and column tails)', () => {
     const backend = tf.backend() as unknown as { wasm: { asm: { memory: WasmMemoryLike } }; dataIdMap: { get(d: object): { memoryOffset: number } } };
     const off = (t: tf.Tensor) => backend.dataIdMap.get(t.dataId).memoryOffset;
     v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
@@ -197,21 +197,28 @@ describe('SIMD kernel specifics (wasm)', () => {
     ];
     const start = tf.memory().numTensors;
     for (const variant of variants) {
-      const f = buildBlockedMatMul(backend.wasm.asm.memory, variant);
-      for (const [M, K, N] of [[4, 8, 8], [7, 37, 106], [9, 3, 5], [1, 17, 2], [13, 130, 33]] as Array<[number, number, number]>) {
+      const kernels = buildBlockedMatMul(backend.wasm.asm.memory, variant);
+      for (const [format, M, K, N] of [
+        ['f32', 4, 8, 8], ['f32', 7, 37, 106], ['f32', 9, 3, 5], ['f32', 1, 17, 2], ['f32', 13, 130, 33],
+        ['bf16', 4, 8, 8], ['bf16', 7, 37, 106], ['bf16', 9, 3, 6], ['bf16', 1, 17, 2], ['bf16', 13, 130, 34],
+      ] as Array<['f32' | 'bf16', number, number, number]>) {
         tf.tidy(() => {
+          const f = kernels[format];
           const x = tf.tensor2d(values(M * K, 11 + M), [M, K]);
-          const w = tf.tensor2d(values(K * N, 12 + K), [K, N]);
+          const w32 = tf.tensor2d(values(K * N, 12 + K), [K, N]);
+          // bf16: the kernel reads the packed weight; the reference uses the same rounded values as float32
+          const packed = format === 'bf16' ? packBf16(w32) : w32;
+          const w = format === 'bf16' ? unpackBf16(packed) : w32;
           const b = tf.tensor1d(values(N, 13));
           // scratch filled with garbage: the kernel must not depend on it being zero
           const scratch = tf.fill([blockedScratchBytes(variant, M, K, N) / 4 + 1], Number.NaN);
           const y = tf.fill([M, N], Number.NaN);
-          f(off(x), off(w), off(b), off(y), M, K, N, 2, MATMUL_EPILOGUE.relu, off(scratch));
+          f(off(x), off(packed), off(b), off(y), M, K, N, 2, MATMUL_EPILOGUE.relu, off(scratch));
           const tol = 2e-6 * Math.sqrt(K) + 1e-6;
-          expect(maxAbsDiff(y, expected(x, w, b, 2, true)), `${JSON.stringify(variant)} M=${M} K=${K} N=${N}`).toBeLessThanOrEqual(4 * tol);
+          expect(maxAbsDiff(y, expected(x, w, b, 2, true)), `${format} ${JSON.stringify(variant)} M=${M} K=${K} N=${N}`).toBeLessThanOrEqual(4 * tol);
           const plain = tf.fill([M, N], Number.NaN);
-          f(off(x), off(w), 0, off(plain), M, K, N, 1, MATMUL_EPILOGUE.none, off(scratch));
-          expect(maxAbsDiff(plain, tf.matMul(x, w)), `plain ${JSON.stringify(variant)} M=${M} K=${K} N=${N}`).toBeLessThanOrEqual(2 * tol);
+          f(off(x), off(packed), 0, off(plain), M, K, N, 1, MATMUL_EPILOGUE.none, off(scratch));
+          expect(maxAbsDiff(plain, tf.matMul(x, w)), `plain ${format} ${JSON.stringify(variant)} M=${M} K=${K} N=${N}`).toBeLessThanOrEqual(2 * tol);
         });
       }
     }

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { buildMatMulModule, DEFAULT_VARIANT, FMA_VARIANT, relaxedSimdAvailable, MATMUL_EPILOGUE, type MatMulEpilogue, type MatMulFn, type MatMulModule } from './matmul-module.js';
 import { unpackBf16 } from './bf16.js';
-import { BLOCKED_FMA_VARIANT, BLOCKED_VARIANT, blockedScratchBytes, buildBlockedMatMul, type BlockedMatMulFn, type BlockedMatMulVariant } from './matmul-blocked-module.js';
+import { BLOCKED_FMA_VARIANT, BLOCKED_VARIANT, blockedScratchBytes, buildBlockedMatMul, type BlockedMatMul, type BlockedMatMulVariant } from './matmul-blocked-module.js';
 import type { MemoryLimits, WasmMemoryLike } from './wasm-emitter.js';
 
 /** Kernel names registered for the 'wasm' backend. */
@@ -14,6 +14,8 @@ export const OMNIFLOW_MATMUL_BF16 = 'OmniflowMatMulBf16';
  * register-blocked kernel (compute-bound; from BLOCKED_MIN_ROWS). Measured (process CPU time, best of 9, one run,
  * machine busy), [M, 4096]·[4096, 4096], blocked kernel vs tf.matMul: 6.0 vs 6.5 ms at M = 4, 11.2 vs 12.3 at 8,
  * 20.1 vs 24.8 at 16; [M, 1024]·[1024, 3072]: 1.05 vs 1.35, 2.02 vs 2.34, 3.75 vs 4.58. Above 16 rows not measured.
+ * matMulBf16 uses the blocked kernel from 4 rows as well (bf16 variant: [8, 4096]·[4096, 4096] 12.6 vs 13.8 ms for
+ * the streaming bf16 kernel).
  */
 export const SIMD_MATMUL_MAX_ROWS = 16;
 
@@ -52,15 +54,15 @@ export interface WasmBackendInternals {
 }
 
 const modules = new WeakMap<object, MatMulModule>();
-const blockedKernels = new WeakMap<object, { f32: BlockedMatMulFn; variant: BlockedMatMulVariant }>();
+const blockedKernels = new WeakMap<object, { kernels: BlockedMatMul; variant: BlockedMatMulVariant }>();
 
-/** The blocked kernel over this backend's heap, built on first use. */
-function blockedFor(backend: WasmBackendInternals): { f32: BlockedMatMulFn; variant: BlockedMatMulVariant } {
+/** The blocked kernels over this backend's heap, built on first use. */
+function blockedFor(backend: WasmBackendInternals): { kernels: BlockedMatMul; variant: BlockedMatMulVariant } {
   let kernel = blockedKernels.get(backend);
   if (!kernel) {
     const heap = wasmHeap(backend);
     const variant = relaxedSimdAvailable() ? BLOCKED_FMA_VARIANT : BLOCKED_VARIANT;
-    kernel = { f32: buildBlockedMatMul(heap, variant, heapImportLimits(heap)), variant };
+    kernel = { kernels: buildBlockedMatMul(heap, variant, heapImportLimits(heap)), variant };
     blockedKernels.set(backend, kernel);
   }
   return kernel;
@@ -123,13 +125,13 @@ function simdKernel(format: 'f32' | 'bf16') {
     if (M === 0 || N === 0) return out;
     const act = activation === 'linear' ? MATMUL_EPILOGUE.none : MATMUL_EPILOGUE[activation];
     const b = bias ? heapOffset(backend, bias, 'bias') : 0;
-    if (format === 'f32' && M >= BLOCKED_MIN_ROWS) {
+    if (M >= BLOCKED_MIN_ROWS) {
       const blocked = blockedFor(backend);
       // Scratch on the tfjs heap (packed x, partial sums), freed before returning. Allocated after `out`, and offsets
       // read after both: an allocation can grow the heap, but offsets stay valid.
       const scratch = backend.makeOutput([blockedScratchBytes(blocked.variant, M, K, N) / 4 + 1], 'float32');
       try {
-        blocked.f32(heapOffset(backend, x, 'x'), heapOffset(backend, w, 'w'), b, heapOffset(backend, out, 'y'), M, K, N, alpha, act, heapOffset(backend, scratch, 'scratch'));
+        blocked.kernels[format](heapOffset(backend, x, 'x'), heapOffset(backend, w, 'w'), b, heapOffset(backend, out, 'y'), M, K, N, alpha, act, heapOffset(backend, scratch, 'scratch'));
       } finally {
         backend.disposeData(scratch.dataId);
       }
