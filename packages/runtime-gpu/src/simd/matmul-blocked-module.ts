@@ -2,7 +2,7 @@ import { type WasmCode, type WasmLocal, type MemoryLimits, WasmModuleBuilder, ty
 import { MATMUL_EPILOGUE, type WeightFormat } from './matmul-module.js';
 
 /*
- * The many-row float32 kernel (4..16 rows: a batch of decoding sessions), one function for any M:
+ * The many-row kernels (4..16 rows: a batch of decoding sessions), float32 and bf16 weights, one function each for any M:
  *
  *   y[M, N] = epilogue(alpha · x[M, K] · W[K, N] + b[N])
  *
