@@ -7,6 +7,8 @@
  * not vectorise the JavaScript loop, which on this machine reaches only a fifth of what the memory system
  * delivers; a baseline that weak would flatter every ratio, so `gbPerSecond` is the faster of the two.
  */
+import { uleb } from '@omniflow/runtime-gpu';
+
 export function measureTriadBandwidth(options: { megabytes?: number; repeats?: number } = {}): {
   gbPerSecond: number;
   wasmSimdTriadGBps: number;
@@ -56,7 +58,7 @@ interface WasmMemory {
 }
 
 function wasmTriad(): { triad: (a: number, b: number, c: number, n: number) => void; memory: WasmMemory } {
-  const section = (id: number, body: number[]) => [id, ...leb(body.length), ...body];
+  const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
   const body = [
     0x02, 0x01, 0x7f, 0x01, 0x7b, // locals: i (i32), k (v128)
     0x43, 0x00, 0x00, 0x00, 0x3f, 0xfd, 0x13, 0x21, 0x05, // k = f32x4.splat(0.5)
@@ -77,23 +79,12 @@ function wasmTriad(): { triad: (a: number, b: number, c: number, n: number) => v
     ...section(3, [0x01, 0x00]), // one function of type 0
     ...section(5, [0x01, 0x00, 0x01]), // one memory, 1 page to start
     ...section(7, [0x02, 0x05, ...Buffer.from('triad'), 0x00, 0x00, 0x06, ...Buffer.from('memory'), 0x02, 0x00]),
-    ...section(10, [0x01, ...leb(body.length), ...body]),
+    ...section(10, [0x01, ...uleb(body.length), ...body]),
   ]);
   // The WebAssembly global is in every Node; its types live in the DOM lib, which this repo does not load.
   const wasm = (globalThis as unknown as { WebAssembly: { Instance: new (m: unknown) => { exports: unknown }; Module: new (b: Uint8Array) => unknown } }).WebAssembly;
   const instance = new wasm.Instance(new wasm.Module(bytes));
   return instance.exports as { triad: (a: number, b: number, c: number, n: number) => void; memory: WasmMemory };
-}
-
-function leb(x: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = x & 0x7f;
-    x >>>= 7;
-    if (x) byte |= 0x80;
-    out.push(byte);
-  } while (x);
-  return out;
 }
 
 /** Median of `repeats` timings (ms) of `fn` after `warmup` untimed calls. */
