@@ -107,8 +107,8 @@ function normRopeWasm(args: { inputs: { x: tf.TensorInfo; weight: tf.TensorInfo;
   if (rows === 0) return out;
   // The view is made after makeOutput, which may have grown the heap.
   const f = new Float32Array(wasmHeap(backend).buffer);
-  const xo = heapOffset(backend, x, 'x') >> 2, wo = heapOffset(backend, weight, 'weight') >> 2, yo = heapOffset(backend, out, 'y') >> 2;
-  const co = cos ? heapOffset(backend, cos, 'cos') >> 2 : 0, so = sin ? heapOffset(backend, sin, 'sin') >> 2 : 0;
+  const xo = heapOffset(backend, x, 'x') >>> 2, wo = heapOffset(backend, weight, 'weight') >>> 2, yo = heapOffset(backend, out, 'y') >>> 2;
+  const co = cos ? heapOffset(backend, cos, 'cos') >>> 2 : 0, so = sin ? heapOffset(backend, sin, 'sin') >>> 2 : 0;
   const per = attrs.rowsPerPosition;
   for (let r = 0; r < rows; r++) {
     const xr = xo + r * D, yr = yo + r * D;

@@ -125,7 +125,7 @@ function buildSnakeBetaSimd(memory: WasmMemoryLike): { snake4: SnakeFn; snake16:
       };
       c.block((exit) => {
         c.loop((top) => {
-          c.localGet(x).localGet(end).i32GeS().brIf(exit);
+          c.localGet(x).localGet(end).i32GeU().brIf(exit);
           // z = x · freq[ch]
           each((u) => c.localGet(x).v128Load(16 * u).localTee(xv[u]).localGet(freq).localGet(ch).i32Add().v128Load(16 * u).f32x4Mul().localSet(z[u]));
           // t = nearest(z / π); r = (z − t·π_hi) − t·π_lo; r2 = r²

@@ -174,7 +174,7 @@ function emitBlocked(c: WasmCode, params: WasmLocal[], s: BlockedMatMulVariant, 
         }
       }
       c.localGet(xj).i32Const(4 * R).i32Add().localSet(xj);
-      c.localGet(wj).localGet(wRow).i32Add().localTee(wj).localGet(wEnd).i32LtS().brIf(top);
+      c.localGet(wj).localGet(wRow).i32Add().localTee(wj).localGet(wEnd).i32LtU().brIf(top);
     });
     for (let r = 0; r < rows; r++) for (let u = 0; u < nu; u++) c.localGet(yb).localGet(acc[r]![u]!).v128Store(16 * (u * R + r));
   };

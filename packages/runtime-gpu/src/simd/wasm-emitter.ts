@@ -249,6 +249,7 @@ export class WasmCode {
   i32Ne(): this { return this.raw(0x47); }
   i32LtS(): this { return this.raw(0x48); }
   i32LtU(): this { return this.raw(0x49); }
+  i32GeU(): this { return this.raw(0x4f); }
   i32GtS(): this { return this.raw(0x4a); }
   i32LeS(): this { return this.raw(0x4c); }
   i32GeS(): this { return this.raw(0x4e); }
