@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { TensorHandle } from '@omniflow/core';
-import { matMulSmall, SIMD_MATMUL_MAX_ROWS } from './simd/mat-mul-small.js';
+import { matMulSmall, simdMatMulApplies } from './simd/mat-mul-small.js';
 
 /** Activations the backends' fused matMul implements (tf.fused.matMul). */
 export type FusableActivation = 'relu' | 'relu6' | 'sigmoid' | 'elu' | 'leakyrelu';
@@ -98,7 +98,7 @@ const SIMD_EPILOGUES: ReadonlySet<string> = new Set(['linear', 'relu']);
 
 /**
  * `activation(alpha · x·W + bias)` over the last axis of x, W already `[in, out]`, as ONE backend op:
- * - on wasm, for at most SIMD_MATMUL_MAX_ROWS rows and a linear or relu epilogue, omniflow's SIMD
+ * - where `simdMatMulApplies` (wasm, at most 16 rows) and for a linear or relu epilogue, omniflow's SIMD
  *   kernel (matMulSmall): one pass over W with alpha, bias and relu applied to each output block;
  * - otherwise the backend's `_FusedMatMul` kernel, called directly (`tf.fused.matMul` wraps it for
  *   gradients with customGrad, which costs about a third of a small matmul on wasm and buys nothing
@@ -113,7 +113,7 @@ export function fusedLinear(x: tf.Tensor, weight: tf.Tensor2D, epilogue: LinearE
   const { alpha = 1, bias, activation = 'linear', leakyreluAlpha = 0.2 } = epilogue;
   const [inF, outF] = weight.shape;
   return tf.tidy(() => overLastAxis(x, inF, outF, (x2) => {
-    if (x2.shape[0] <= SIMD_MATMUL_MAX_ROWS && SIMD_EPILOGUES.has(activation) && tf.getBackend() === 'wasm') {
+    if (SIMD_EPILOGUES.has(activation) && simdMatMulApplies(x2.shape[0])) {
       return matMulSmall(x2, weight, { alpha, ...(bias ? { bias } : {}), activation: activation as 'linear' | 'relu' }) as tf.Tensor2D;
     }
     const scaled = alpha === 1 ? x2 : tf.mul(x2, alpha);

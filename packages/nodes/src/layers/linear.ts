@@ -1,6 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { matMulBf16, matMulSmall, packBf16Bits, type Checkpoint } from '@omniflow/runtime-gpu';
 
+// The A/B switch lives with the kernel's routing rule in the runtime; re-exported for model code and benches.
+export { useSimdMatMul } from '@omniflow/runtime-gpu';
+
 /**
  * Where layer loaders read weights: a `Checkpoint`, or anything with the same `get(name, expectedShape)` (e.g.
  * random weights built in memory for a benchmark).
@@ -60,21 +63,6 @@ export function packWeight(data: Float32Array, rows: number, cols: number, forma
   return tf.tensor2d(packBf16Bits(new Uint32Array(data.buffer, data.byteOffset, data.length)), [rows, cols / 2], 'int32');
 }
 
-let simdFloat32 = true;
-
-/**
- * Turns omniflow's SIMD kernel for float32 weights off (every float32 product through plain tf.matMul, as before the
- * kernel existed) or back on (the default). For A/B measurements such as bench/talker.bench.ts's tfjs baseline;
- * packed bf16 weights always use their kernel.
- *
- * ```ts
- * useSimdMatMul(false); const tfjsMs = time(step); useSimdMatMul(true);
- * ```
- */
-export function useSimdMatMul(enabled: boolean): void {
-  simdFloat32 = enabled;
-}
-
 /**
  * x · W (+ bias) for a weight from {@link packWeight}: float32 or bf16-packed, chosen by the weight's dtype. Small-M
  * products (decode steps) run omniflow's wasm SIMD kernel; larger ones and other backends fall back to tfjs.
@@ -85,13 +73,7 @@ export function useSimdMatMul(enabled: boolean): void {
  * ```
  */
 export function matMulWeight(x: tf.Tensor2D, w: tf.Tensor2D, options: { bias?: tf.Tensor1D; alpha?: number } = {}): tf.Tensor2D {
-  if (w.dtype === 'int32') return matMulBf16(x, w, options) as tf.Tensor2D;
-  if (simdFloat32) return matMulSmall(x, w, options) as tf.Tensor2D;
-  return tf.tidy(() => {
-    let y: tf.Tensor2D = tf.matMul(x, w);
-    if (options.alpha !== undefined && options.alpha !== 1) y = tf.mul(y, tf.scalar(options.alpha));
-    return options.bias ? tf.add(y, options.bias) : y;
-  });
+  return (w.dtype === 'int32' ? matMulBf16(x, w, options) : matMulSmall(x, w, options)) as tf.Tensor2D;
 }
 
 /** y = x W (+ b) over the last axis of x; x may have any leading shape. */

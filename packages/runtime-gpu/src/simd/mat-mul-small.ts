@@ -209,7 +209,33 @@ function overRows(x: tf.Tensor, K: number, N: number, f: (x2: tf.Tensor2D) => tf
   return tf.tidy(() => tf.reshape(f(tf.reshape(x, [-1, K]) as tf.Tensor2D), [...x.shape.slice(0, -1), N]));
 }
 
-const useKernel = (rows: number) => tf.getBackend() === 'wasm' && rows <= simdMatMulMaxRows();
+let simdFloat32 = true;
+
+/**
+ * Turns omniflow's SIMD kernel for float32 weights off (every float32 product through plain tf.matMul and friends, as
+ * before the kernel existed) or back on (the default). For A/B measurements such as bench/talker.bench.ts's tfjs
+ * baseline; packed bf16 weights always use their kernel on wasm.
+ *
+ * ```ts
+ * useSimdMatMul(false); const tfjsMs = time(step); useSimdMatMul(true);
+ * ```
+ */
+export function useSimdMatMul(enabled: boolean): void {
+  simdFloat32 = enabled;
+}
+
+/**
+ * Whether matMulSmall runs omniflow's kernel for `rows` rows now: on the wasm backend, at most simdMatMulMaxRows()
+ * rows, and not turned off by useSimdMatMul(false). Callers that pick between the kernel and another backend op
+ * (fusedLinear) ask here so the rule lives in one place.
+ *
+ * ```ts
+ * simdMatMulApplies(1); // true on wasm
+ * ```
+ */
+export function simdMatMulApplies(rows: number): boolean {
+  return simdFloat32 && tf.getBackend() === 'wasm' && rows <= simdMatMulMaxRows();
+}
 
 /**
  * `activation(alpha · x·W + bias)` over x's last axis, W float32 [K, N] (`[in, out]`, as layers/linear.ts stores it).
@@ -225,7 +251,7 @@ export function matMulSmall(x: tf.Tensor, w: tf.Tensor2D, options: MatMulSmallOp
   const [K, N] = w.shape;
   const attrs = check('matMulSmall', x, K, N, options);
   return overRows(x, K, N, (x2) => {
-    if (!useKernel(x2.shape[0])) return reference(x2, w, options, attrs);
+    if (!simdMatMulApplies(x2.shape[0])) return reference(x2, w, options, attrs);
     registerSimdKernels();
     const inputs: tf.NamedTensorMap = options.bias ? { x: x2, w, bias: options.bias } : { x: x2, w };
     return tf.engine().runKernel(OMNIFLOW_MATMUL, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
