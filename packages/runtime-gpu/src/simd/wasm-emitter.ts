@@ -76,6 +76,10 @@ const SIMD = {
   'i32x4.extend_low_i16x8_u': 0xa9, 'i32x4.extend_high_i16x8_u': 0xaa, 'i32x4.shl': 0xab, 'i32x4.shr_u': 0xad,
   'f32x4.add': 0xe4, 'f32x4.sub': 0xe5, 'f32x4.mul': 0xe6, 'f32x4.pmin': 0xea, 'f32x4.pmax': 0xeb,
   'f32x4.relaxed_madd': 0x105,
+  // integer dot products (int8 weights): widen, multiply-add pairs, convert, and the quantizer's round/narrow
+  'f32x4.replace_lane': 0x20, 'f32x4.nearest': 0x6a, 'i16x8.narrow_i32x4_s': 0x85,
+  'i16x8.extend_low_i8x16_s': 0x87, 'i16x8.extend_high_i8x16_s': 0x88, 'i32x4.add': 0xae, 'i32x4.dot_i16x8_s': 0xba,
+  'f32x4.abs': 0xe0, 'f32x4.max': 0xe9, 'i32x4.trunc_sat_f32x4_s': 0xf8, 'f32x4.convert_i32x4_s': 0xfa,
 } as const;
 
 /**
@@ -227,6 +231,10 @@ export class WasmCode {
   i32Store(offset = 0): this {
     return this.raw(0x36, 2, ...uleb(offset));
   }
+  /** Stores the low 16 bits of an i32 (alignment hint 2 bytes). */
+  i32Store16(offset = 0): this {
+    return this.raw(0x3b, 1, ...uleb(offset));
+  }
   f32Store(offset = 0): this {
     return this.raw(0x38, 2, ...uleb(offset));
   }
@@ -265,6 +273,13 @@ export class WasmCode {
   f32Sub(): this { return this.raw(0x93); }
   f32Mul(): this { return this.raw(0x94); }
   f32Max(): this { return this.raw(0x97); }
+  f32Div(): this { return this.raw(0x95); }
+  f32Abs(): this { return this.raw(0x8b); }
+  /** Round to nearest, ties to even (as f32x4.nearest). */
+  f32Nearest(): this { return this.raw(0x90); }
+  f32Eq(): this { return this.raw(0x5b); }
+  /** f32 → i32 truncating; traps on NaN or out of range (callers keep values in range). */
+  i32TruncF32S(): this { return this.raw(0xa8); }
   f32ReinterpretI32(): this { return this.raw(0xbe); }
 
   // ---- SIMD ------------------------------------------------------------------------------------
@@ -285,6 +300,22 @@ export class WasmCode {
   v128And(): this { return this.simd('v128.and'); }
   i32x4ExtendLowI16x8U(): this { return this.simd('i32x4.extend_low_i16x8_u'); }
   i32x4ExtendHighI16x8U(): this { return this.simd('i32x4.extend_high_i16x8_u'); }
+  f32x4ReplaceLane(lane: number): this { return this.simd('f32x4.replace_lane').raw(lane); }
+  f32x4Abs(): this { return this.simd('f32x4.abs'); }
+  /** Lane-wise max (NaN if either is NaN). */
+  f32x4Max(): this { return this.simd('f32x4.max'); }
+  f32x4Nearest(): this { return this.simd('f32x4.nearest'); }
+  /** f32 → i32 lanes, rounding toward zero, saturating (NaN → 0). */
+  i32x4TruncSatF32x4S(): this { return this.simd('i32x4.trunc_sat_f32x4_s'); }
+  f32x4ConvertI32x4S(): this { return this.simd('f32x4.convert_i32x4_s'); }
+  /** Two i32x4 → one i16x8 (first vector's lanes low), saturating to [-32768, 32767]. */
+  i16x8NarrowI32x4S(): this { return this.simd('i16x8.narrow_i32x4_s'); }
+  /** Sign-extends the low / high 8 bytes of an i8x16 to i16x8. */
+  i16x8ExtendLowI8x16S(): this { return this.simd('i16x8.extend_low_i8x16_s'); }
+  i16x8ExtendHighI8x16S(): this { return this.simd('i16x8.extend_high_i8x16_s'); }
+  /** Lane i = a[2i]·b[2i] + a[2i+1]·b[2i+1] of two i16x8 (i32 lanes; wraps only for (-32768)² twice). */
+  i32x4DotI16x8S(): this { return this.simd('i32x4.dot_i16x8_s'); }
+  i32x4Add(): this { return this.simd('i32x4.add'); }
   /** Picks 32-bit lanes from the two vectors on the stack: indices 0..3 are the first's lanes, 4..7 the second's. */
   i32x4Shuffle(lanes: [number, number, number, number]): this {
     if (lanes.some((l) => !Number.isInteger(l) || l < 0 || l > 7)) throw new Error(`i32x4Shuffle: lanes must be 0..7, got [${lanes}]`);
