@@ -3,3 +3,7 @@ export * from './matmul-module.js';
 export * from './matmul-blocked-module.js';
 export * from './bf16.js';
 export * from './mat-mul-small.js';
+export * from './parallel-matmul.js';
+export * from './int8.js';
+export * from './matmul-int8-module.js';
+export * from './mat-mul-int8.js';
