@@ -1,0 +1,255 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initBackend } from '../backend.js';
+import { int8Parts, int8PaddedK, int8RowWords, int8WeightShape, isInt8Weight, markInt8Weight, packInt8, packInt8Bits, unpackInt8 } from './int8.js';
+import { matMulInt8, OMNIFLOW_MATMUL_INT8 } from './mat-mul-int8.js';
+import { packBf16 } from './bf16.js';
+import { buildInt8MatMul, int8MatMulModuleBytes, int8XMax } from './matmul-int8-module.js';
+import { MATMUL_EPILOGUE } from './matmul-module.js';
+import { webAssembly } from './wasm-emitter.js';
+
+/** Deterministic values in [-1, 1). */
+function values(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+/** Round half to even, as f32x4.nearest. */
+function nearest(v: number): number {
+  const r = Math.round(v);
+  return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * The kernel's arithmetic on the host: x rows quantized to int16 exactly as `quantize` does (f32 ops), exact integer
+ * dots with the packed weight, then y = sum · sx · alpha · s[n] + b[n] (relu). The kernel must match this to f32
+ * rounding, so any wrong index, lane or tail shows.
+ */
+function quantizedReference(x: Float32Array, M: number, K: number, bits: Int32Array, N: number, alpha: number, bias?: Float32Array, relu = false): Float32Array {
+  const { q, scales, rowBytes } = int8Parts(bits, K, N);
+  const xmax = int8XMax(K), f = Math.fround;
+  const y = new Float32Array(M * N);
+  for (let m = 0; m < M; m++) {
+    let amax = 0;
+    for (let k = 0; k < K; k++) amax = Math.max(amax, Math.abs(x[m * K + k]!));
+    const sx = f(amax / xmax), inv = amax === 0 ? 0 : f(xmax / amax);
+    const xq = Int16Array.from({ length: K }, (_, k) => nearest(f(x[m * K + k]! * inv)));
+    for (let n = 0; n < N; n++) {
+      let acc = 0;
+      for (let k = 0; k < K; k++) acc += xq[k]! * q[n * rowBytes + k]!;
+      let v = f(f(acc * f(sx * alpha)) * scales[n]!);
+      if (bias) v = f(v + bias[n]!);
+      y[m * N + n] = relu ? Math.max(0, v) : v;
+    }
+  }
+  return y;
+}
+
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]!));
+  return m;
+}
+
+beforeAll(async () => {
+  await initBackend();
+  await import('@tensorflow/tfjs-backend-cpu');
+});
+
+describe('packInt8', () => {
+  it('round-trips within half a column scale, scales per column, zero column, K padded to 16', () => {
+    const K = 37, N = 5;
+    const w = values(K * N, 11);
+    for (let k = 0; k < K; k++) {
+      w[k * N + 2] = 0; // an all-zero column: scale 0, values 0
+      w[k * N + 4]! *= 1000; // a large column keeps its own scale
+    }
+    const bits = packInt8Bits(w, K, N);
+    expect(bits.length).toBe(N * (int8PaddedK(K) / 4 + 1));
+    expect(int8PaddedK(K)).toBe(48);
+    const { q, scales, rowBytes } = int8Parts(bits, K, N);
+    for (let n = 0; n < N; n++) {
+      let colMax = 0;
+      for (let k = 0; k < K; k++) colMax = Math.max(colMax, Math.abs(w[k * N + n]!));
+      expect(scales[n]).toBeCloseTo(colMax / 127, 6);
+      let hit127 = false;
+      for (let k = 0; k < K; k++) {
+        const v = q[n * rowBytes + k]!;
+        expect(Math.abs(w[k * N + n]! - v * scales[n]!)).toBeLessThanOrEqual(scales[n]! / 2 + 1e-7 * Math.abs(w[k * N + n]!));
+        hit127 ||= Math.abs(v) === 127;
+      }
+      expect(hit127).toBe(n !== 2); // the column's largest value maps to ±127
+      for (let k = K; k < int8PaddedK(K); k++) expect(q[n * rowBytes + k]).toBe(0);
+    }
+    expect(scales[2]).toBe(0);
+    const packed = packInt8(tf.tensor2d(w, [K, N]));
+    expect(packed.shape).toEqual([N, int8RowWords(K)]);
+    expect(int8WeightShape(packed)).toEqual({ K, N });
+    const deq = unpackInt8(packed);
+    const d = deq.dataSync();
+    for (let i = 0; i < K * N; i++) expect(Math.abs(d[i]! - w[i]!)).toBeLessThanOrEqual(scales[i % N]! / 2 + 1e-7 * Math.abs(w[i]!));
+    expect(maxAbs(d.filter((_, i) => i % N === 2))).toBe(0);
+    tf.dispose([packed, deq]);
+  });
+
+  it('marks only its own tensors; bad input is named', () => {
+    const bf = packBf16(tf.tensor2d(values(8, 1), [2, 4]));
+    expect(isInt8Weight(bf)).toBe(false);
+    expect(() => matMulInt8(tf.zeros([1, 2]), bf)).toThrow(/int8 weight from packInt8.*int32 \[2,2\]/);
+    expect(() => packInt8Bits(new Float32Array(5), 2, 3)).toThrow(/5 values for a \[2, 3\] weight/);
+    expect(() => packInt8Bits(Float32Array.of(1, NaN), 2, 1)).toThrow(/column 0 .* non-finite/);
+    expect(() => packInt8(tf.tensor2d([[1, 2]], [1, 2], 'int32'))).toThrow(/float32 \[K, N\], got int32/);
+    expect(() => markInt8Weight(tf.zeros([3, 4], 'int32') as tf.Tensor2D, 16, 3)).toThrow(/int32 \[3, 5\], got int32 \[3,4\]/);
+    const w = packInt8(tf.tensor2d(values(12, 2), [4, 3]));
+    expect(() => matMulInt8(tf.zeros([2, 5]), w)).toThrow(/x's last axis must match W's 4 rows, got x \[2,5\]/);
+    expect(() => matMulInt8(tf.zeros([2, 4]), w, { bias: tf.zeros([4]) as tf.Tensor1D })).toThrow(/bias must be float32 \[3\]/);
+    expect(() => matMulInt8(tf.zeros([2, 4], 'int32'), w)).toThrow(/x must be float32/);
+    expect(() => matMulInt8(tf.zeros([2, 4]), w, { activation: 'gelu' as 'relu' })).toThrow(/activation 'gelu'/);
+    w.dispose();
+    expect(() => matMulInt8(tf.zeros([2, 4]), w)).toThrow(/disposed/);
+    bf.dispose();
+  });
+});
+
+// Row counts: decode (1, 2, 3 = a 2-row block and a 1-row block), 5, 16, 100 (tiled row blocks); K with tails not a
+// multiple of 16 (and below 8, the quantizer's vector step); N odd, below and above a group and a column tile.
+const ROWS = [1, 2, 3, 5, 16, 100];
+const SHAPES: Array<[number, number]> = [[1, 1], [7, 3], [16, 4], [37, 9], [300, 65], [1000, 131], [4099, 7]];
+
+describe.each(['wasm', 'cpu'])('matMulInt8 on %s', (backend) => {
+  beforeAll(async () => {
+    await tf.setBackend(backend);
+  });
+
+  it('is within the quantization bound of the float product, for every row count and odd K, N', () => {
+    const start = tf.memory().numTensors;
+    for (const M of ROWS) {
+      for (const [K, N] of SHAPES) {
+        if (M * K * N > 4e6) continue; // keeps the test fast; [100, 4099, 7] is covered at 16 rows
+        const xs = values(M * K, M * 31 + K), ws = values(K * N, K * 7 + N), bs = values(N, N + 3);
+        tf.tidy(() => {
+          const x = tf.tensor2d(xs, [M, K]), w = tf.tensor2d(ws, [K, N]), b = tf.tensor1d(bs);
+          const packed = packInt8(w);
+          const got = matMulInt8(x, packed, { bias: b, alpha: 0.75 }).dataSync();
+          const exact = tf.add(tf.mul(tf.matMul(x, w), tf.scalar(0.75)), b).dataSync();
+          // |Σ x̂·Ŵ - x·W| <= Σ |x|·s[n]/2 + Σ |W[:, n]|·sx/2 (per weight and per x rounding), times alpha, + f32 slack
+          const { scales } = int8Parts(packed.dataSync() as Int32Array, K, N);
+          let errSq = 0, refSq = 0;
+          for (let m = 0; m < M; m++) {
+            let sumX = 0, amax = 0;
+            for (let k = 0; k < K; k++) {
+              sumX += Math.abs(xs[m * K + k]!);
+              amax = Math.max(amax, Math.abs(xs[m * K + k]!));
+            }
+            const sx = backend === 'wasm' ? amax / int8XMax(K) : 0;
+            for (let n = 0; n < N; n++) {
+              let sumW = 0;
+              for (let k = 0; k < K; k++) sumW += Math.abs(ws[k * N + n]!);
+              const bound = 0.75 * (sumX * (scales[n]! / 2) + sumW * (sx / 2)) + 1e-5 * (1 + sumX);
+              const e = Math.abs(got[m * N + n]! - exact[m * N + n]!);
+              expect(e, `M=${M} K=${K} N=${N} at [${m}, ${n}]`).toBeLessThanOrEqual(bound);
+              errSq += e * e;
+              refSq += (exact[m * N + n]! - bs[n]!) ** 2;
+            }
+          }
+          // Rounding errors are independent, so the error is a few % of the product's size; a wrong index, lane or
+          // tail would be of the product's own size.
+          if (K >= 37) expect(Math.sqrt(errSq / refSq), `relative rms M=${M} K=${K} N=${N}`).toBeLessThan(0.03);
+        });
+      }
+    }
+    expect(tf.memory().numTensors).toBe(start);
+  });
+
+  it('relu, alpha, no bias, leading axes, an all-zero x row, zero columns', () => {
+    const start = tf.memory().numTensors;
+    tf.tidy(() => {
+      const K = 50, N = 6;
+      const ws = values(K * N, 5);
+      for (let k = 0; k < K; k++) ws[k * N + 1] = 0;
+      const xs = values(2 * 3 * K, 9);
+      xs.fill(0, K, 2 * K); // row 1 is all zero
+      const packed = packInt8(tf.tensor2d(ws, [K, N]));
+      const x = tf.tensor3d(xs, [2, 3, K]);
+      const y = matMulInt8(x, packed, { alpha: -2, activation: 'relu' });
+      expect(y.shape).toEqual([2, 3, N]);
+      const exact = tf.relu(tf.mul(tf.matMul(tf.reshape(x, [6, K]) as tf.Tensor2D, unpackInt8(packed)), tf.scalar(-2))).dataSync();
+      const got = y.dataSync();
+      for (let i = 0; i < 6 * N; i++) expect(Math.abs(got[i]! - exact[i]!)).toBeLessThanOrEqual(1e-3 * (1 + Math.abs(exact[i]!)));
+      expect([...got.slice(N, 2 * N)]).toEqual(new Array(N).fill(0)); // the zero row
+      for (let m = 0; m < 6; m++) expect(got[m * N + 1]).toBe(0); // the zero column
+      expect(got.filter((v) => v === 0).length).toBeGreaterThan(6 * N * 0.3); // relu clipped about half
+      expect(got.some((v) => v > 0.5)).toBe(true);
+    });
+    expect(tf.memory().numTensors).toBe(start);
+  });
+});
+
+describe('int8 kernel specifics (wasm)', () => {
+  beforeAll(async () => {
+    await tf.setBackend('wasm');
+  });
+
+  it('matches the quantized arithmetic done on the host to f32 rounding (every group, row block and tail)', () => {
+    for (const [M, K, N] of [[1, 4099, 7], [3, 37, 9], [5, 300, 65], [16, 17, 131], [100, 33, 70]] as const) {
+      const xs = values(M * K, M + K), ws = values(K * N, K + N), bs = values(N, 77);
+      const bits = packInt8Bits(ws, K, N);
+      const want = quantizedReference(xs, M, K, bits, N, 0.5, bs, true);
+      const got = tf.tidy(() => {
+        const packed = markInt8Weight(tf.tensor2d(bits, [N, int8RowWords(K)], 'int32'), K, N);
+        return matMulInt8(tf.tensor2d(xs, [M, K]), packed, { bias: tf.tensor1d(bs), alpha: 0.5, activation: 'relu' }).dataSync();
+      });
+      // the kernel sums the four i32 lanes in f32 (exact on the host): a few ulps of the row's scale apart
+      let worst = 0;
+      for (let i = 0; i < M * N; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
+      expect(worst / maxAbs(want), `M=${M} K=${K} N=${N}`).toBeLessThan(1e-6);
+      expect(maxAbs(want)).toBeGreaterThan(0.1);
+    }
+  });
+
+  it('accumulates without overflow at the largest x the K allows (every lane at its bound)', () => {
+    // x all at ±max and W all at ±127 with matching signs: every product is 127·xmax, the i32 sum is at its limit.
+    const K = 8192, N = 4;
+    const xs = new Float32Array(K).fill(3);
+    const ws = new Float32Array(K * N).fill(-1);
+    const got = tf.tidy(() => matMulInt8(tf.tensor2d(xs, [1, K]), packInt8(tf.tensor2d(ws, [K, N]))).dataSync());
+    for (const v of got) expect(v / (-3 * K)).toBeCloseTo(1, 5);
+  });
+
+  it('frees its scratch and leaves no tensor behind', () => {
+    const before = tf.memory().numTensors;
+    const bytesBefore = tf.memory().numBytes;
+    tf.tidy(() => {
+      const packed = packInt8(tf.tensor2d(values(64 * 40, 1), [64, 40]));
+      for (const M of [1, 2, 7]) matMulInt8(tf.ones([M, 64]), packed);
+    });
+    expect(tf.memory().numTensors).toBe(before);
+    expect(tf.memory().numBytes).toBe(bytesBefore);
+    expect(tf.getKernel(OMNIFLOW_MATMUL_INT8, 'wasm')).toBeDefined();
+  });
+
+  it('runs over any WebAssembly.Memory (quantize, then one row block)', () => {
+    const memory = new (webAssembly().Memory)({ initial: 2 });
+    const k = buildInt8MatMul(memory);
+    expect(int8MatMulModuleBytes().length).toBeLessThan(8192);
+    const K = 20, Kp = 32, N = 5;
+    const ws = values(K * N, 3), xs = values(K, 4);
+    const bits = packInt8Bits(ws, K, N);
+    new Int32Array(memory.buffer, 4096, bits.length).set(bits);
+    new Float32Array(memory.buffer, 0, K).set(xs);
+    k.quantize(0, 1, K, Kp, int8XMax(K), 1024, 2048);
+    k.rows[1]!(1024, 2048, 4096, 0, 8192, Kp, N, 0, N, 1, MATMUL_EPILOGUE.none);
+    const want = quantizedReference(xs, 1, K, bits, N, 1);
+    const got = new Float32Array(memory.buffer, 8192, N);
+    for (let n = 0; n < N; n++) expect(got[n]).toBeCloseTo(want[n]!, 5);
+    // the quantized row: int16 within xmax, zero padded to Kp
+    const xq = new Int16Array(memory.buffer, 1024, Kp);
+    expect(Math.max(...[...xq].map(Math.abs))).toBe(int8XMax(K));
+    expect([...xq.slice(K)]).toEqual(new Array(Kp - K).fill(0));
+  });
+});

@@ -1,0 +1,129 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { int8WeightShape, unpackInt8 } from './int8.js';
+import { heapImportLimits, heapOffset, wasmHeap, type MatMulSmallOptions, type WasmBackendInternals } from './mat-mul-small.js';
+import { MATMUL_EPILOGUE, type MatMulEpilogue } from './matmul-module.js';
+import { buildInt8MatMul, INT8_VARIANT, int8ScratchBytes, int8XMax, type Int8MatMul } from './matmul-int8-module.js';
+
+/** Kernel name registered for the 'wasm' backend: x float32 [M, K], w an int8 weight from packInt8, optional bias. */
+export const OMNIFLOW_MATMUL_INT8 = 'OmniflowMatMulInt8';
+
+/**
+ * Above the kernel's row block, columns run in tiles of about this many weight bytes, so every row block after the
+ * first finds the tile in L2 (512 KiB per core here) and W is read from memory once per call.
+ */
+const TILE_BYTES = 256 * 1024;
+
+interface Int8Attrs {
+  alpha: number;
+  activation: 'linear' | MatMulEpilogue;
+}
+
+const kernels = new WeakMap<object, Int8MatMul>();
+
+function kernelsFor(backend: WasmBackendInternals): Int8MatMul {
+  let k = kernels.get(backend);
+  if (!k) {
+    const heap = wasmHeap(backend);
+    k = buildInt8MatMul(heap, INT8_VARIANT, heapImportLimits(heap));
+    kernels.set(backend, k);
+  }
+  return k;
+}
+
+function int8Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo {
+  const backend = args.backend as WasmBackendInternals;
+  const { x, w, bias } = args.inputs as { x: tf.TensorInfo; w: tf.TensorInfo; bias?: tf.TensorInfo };
+  const { alpha, activation } = args.attrs as unknown as Int8Attrs;
+  const [M, K] = x.shape as [number, number];
+  const N = w.shape[0]!, Kp = (w.shape[1]! - 1) * 4;
+  const out = backend.makeOutput([M, N], 'float32');
+  if (M === 0 || N === 0) return out;
+  const k = kernelsFor(backend);
+  const act = activation === 'linear' ? MATMUL_EPILOGUE.none : MATMUL_EPILOGUE[activation];
+  // Scratch on the tfjs heap for the quantized x rows and their scales, freed before returning. Offsets are read after
+  // every allocation (an allocation can grow the heap; offsets stay valid).
+  const scratch = backend.makeOutput([Math.ceil(int8ScratchBytes(M, Kp) / 4)], 'int32');
+  try {
+    const xq = heapOffset(backend, scratch, 'scratch'), sx = xq + M * Kp * 2;
+    const wOff = heapOffset(backend, w, 'w'), yOff = heapOffset(backend, out, 'y');
+    const bOff = bias ? heapOffset(backend, bias, 'bias') : 0;
+    k.quantize(heapOffset(backend, x, 'x'), M, K, Kp, int8XMax(K), xq, sx);
+    const maxRows = k.variant.maxRows;
+    const block = (r0: number, n0: number, n1: number) => {
+      const R = Math.min(maxRows, M - r0);
+      k.rows[R]!(xq + r0 * Kp * 2, sx + 4 * r0, wOff, bOff, yOff + r0 * N * 4, Kp, N, n0, n1, alpha, act);
+    };
+    if (M <= maxRows) {
+      block(0, 0, N); // decode: one pass over W
+    } else {
+      const G = k.variant.group;
+      const tile = Math.max(G, Math.floor(TILE_BYTES / (Kp + 4) / G) * G);
+      for (let n0 = 0; n0 < N; n0 += tile) for (let r0 = 0; r0 < M; r0 += maxRows) block(r0, n0, Math.min(N, n0 + tile));
+    }
+  } finally {
+    backend.disposeData(scratch.dataId);
+  }
+  return out;
+}
+
+let registered = false;
+
+/**
+ * Registers OmniflowMatMulInt8 for the 'wasm' backend (inference only: no gradient). matMulInt8 calls this itself.
+ *
+ * ```ts
+ * registerInt8Kernel();
+ * const y = tf.engine().runKernel('OmniflowMatMulInt8', { x, w: packInt8(w32) }, { alpha: 1, activation: 'linear' });
+ * ```
+ */
+export function registerInt8Kernel(): void {
+  if (registered) return;
+  registered = true;
+  tf.registerKernel({ kernelName: OMNIFLOW_MATMUL_INT8, backendName: 'wasm', kernelFunc: int8Kernel as unknown as tf.KernelFunc });
+}
+
+/**
+ * `activation(alpha · x·dequant(W) + bias)` over x's last axis, for a weight quantized by `packInt8` (int8, one scale
+ * per output column; a quarter of float32's bytes). On wasm, omniflow's integer-dot kernel: x is quantized per row to
+ * int16 for the call (relative error about 1e-4 of max|x|, small next to the weights' own rounding), products
+ * accumulate exactly in int32. On other backends the weight is dequantized for the call and tf.matMul runs on float x.
+ * Any number of rows; not differentiable (inference weights).
+ *
+ * ```ts
+ * const packed = packInt8(w); // once, at load: w float32 [K, N]
+ * const y = matMulInt8(h, packed, { bias: b, activation: 'relu' }); // h [1, K] → y [1, N]
+ * ```
+ */
+export function matMulInt8(x: tf.Tensor, packed: tf.Tensor2D, options: MatMulSmallOptions = {}): tf.Tensor {
+  const shape = int8WeightShape(packed);
+  if (!shape) throw new Error(`matMulInt8: W must be an int8 weight from packInt8, got an unmarked ${packed.dtype} [${packed.shape}] tensor`);
+  const { K, N } = shape;
+  if (packed.isDisposed) throw new Error(`matMulInt8: the int8 weight [${K}, ${N}] is disposed`);
+  if (x.dtype !== 'float32') throw new Error(`matMulInt8: x must be float32, got ${x.dtype} [${x.shape}]`);
+  if (x.rank < 1 || x.shape[x.rank - 1] !== K) throw new Error(`matMulInt8: x's last axis must match W's ${K} rows, got x [${x.shape}] and W [${K}, ${N}] (int8)`);
+  const { bias } = options;
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== N || bias.dtype !== 'float32')) {
+    throw new Error(`matMulInt8: bias must be float32 [${N}] for W [${K}, ${N}] (int8), got ${bias.dtype} [${bias.shape}]`);
+  }
+  const alpha = options.alpha ?? 1;
+  if (!Number.isFinite(alpha)) throw new Error(`matMulInt8: alpha must be a finite number, got ${alpha}`);
+  const activation = options.activation ?? 'linear';
+  if (activation !== 'linear' && !(activation in MATMUL_EPILOGUE)) throw new Error(`matMulInt8: activation '${activation}' is not one of linear, ${Object.keys(MATMUL_EPILOGUE).filter((e) => e !== 'none').join(', ')}`);
+  const attrs: Int8Attrs = { alpha, activation: activation === 'none' ? 'linear' : activation };
+
+  const run = (x2: tf.Tensor2D): tf.Tensor2D => {
+    if (tf.getBackend() === 'wasm') {
+      registerInt8Kernel();
+      const inputs: tf.NamedTensorMap = bias ? { x: x2, w: packed, bias } : { x: x2, w: packed };
+      return tf.engine().runKernel(OMNIFLOW_MATMUL_INT8, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+    }
+    return tf.tidy(() => {
+      let y: tf.Tensor2D = tf.matMul(x2, unpackInt8(packed));
+      if (alpha !== 1) y = tf.mul(y, tf.scalar(alpha));
+      if (bias) y = tf.add(y, bias);
+      return attrs.activation === 'relu' ? tf.relu(y) : y;
+    });
+  };
+  if (x.rank === 2) return run(x as tf.Tensor2D);
+  return tf.tidy(() => tf.reshape(run(tf.reshape(x, [-1, K]) as tf.Tensor2D), [...x.shape.slice(0, -1), N]));
+}
