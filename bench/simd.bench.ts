@@ -3,10 +3,12 @@
  * tf.matMul for 1–16 rows over [4096, 4096] and [1024, 3072] weights, called directly so every row count shows the
  * kernel itself (float32: the streaming row kernels for 1–3 rows, the register-blocked kernel from BLOCKED_MIN_ROWS = 4;
  * matMulSmall hands more than SIMD_MATMUL_MAX_ROWS = 16 rows to tf.matMul). Process CPU time, best and median of 15
- * calls, the three interleaved in one run so they see the same machine.
+ * calls, the three interleaved in one run so they see the same machine. `parallel`: ParallelMatMul (W split by columns
+ * over the cores) against matMulSmall for M = 1-16 over [4096, 4096], wall and CPU time (CPU time counts the worker
+ * threads too, so it shows the work, and wall time the gain).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, packBf16, registerSimdKernels } from '@omniflow/runtime-gpu';
+import { initBackend, matMulSmall, packBf16, ParallelMatMul, registerSimdKernels } from '@omniflow/runtime-gpu';
 
 function cpuMs(fns: Record<string, () => void>, repeats = 15): Record<string, { bestMs: number; medianMs: number }> {
   const times: Record<string, number[]> = {};
@@ -51,5 +53,45 @@ export async function run(): Promise<object> {
     shapes[`${K}x${N}`] = { ...rows, matvecGBps: { tfjs: +((K * N * 4) / one.tfjs!.bestMs / 1e6).toFixed(2), simd: +((K * N * 4) / one.simd!.bestMs / 1e6).toFixed(2), bf16BytesRead: +((K * N * 2) / one.simdBf16!.bestMs / 1e6).toFixed(2) } };
     tf.dispose([w, packed]);
   }
-  return { backend: backend.name, timing: 'process CPU time per call, best and median of 15', shapes };
+  return { backend: backend.name, timing: 'process CPU time per call, best and median of 15', shapes, parallel: parallelSweep() };
+}
+
+/** Wall and process CPU ms per call (medians of `repeats`), the functions interleaved. */
+function wallAndCpuMs(fns: Record<string, () => void>, repeats = 15): Record<string, { wallMs: number; cpuMs: number }> {
+  const times: Record<string, Array<{ wall: number; cpu: number }>> = {};
+  for (const f of Object.values(fns)) for (let i = 0; i < 3; i++) f();
+  for (let r = 0; r < repeats; r++) {
+    for (const [name, f] of Object.entries(fns)) {
+      const c0 = process.cpuUsage(), t0 = performance.now();
+      f();
+      const wall = performance.now() - t0, c = process.cpuUsage(c0);
+      (times[name] ??= []).push({ wall, cpu: (c.user + c.system) / 1000 });
+    }
+  }
+  const med = (xs: number[]) => +xs.sort((a, b) => a - b)[xs.length >> 1]!.toFixed(3);
+  return Object.fromEntries(Object.entries(times).map(([name, t]) => [name, { wallMs: med(t.map((x) => x.wall)), cpuMs: med(t.map((x) => x.cpu)) }]));
+}
+
+/** ParallelMatMul vs matMulSmall over [4096, 4096]; from PARALLEL_MIN_ROWS rows ParallelMatMul splits the columns. */
+function parallelSweep(): Record<string, unknown> {
+  const K = 4096, N = 4096;
+  const w = tf.tidy(() => tf.randomUniform([K, N], -1, 1, 'float32', 1) as tf.Tensor2D);
+  const parallel = new ParallelMatMul(w);
+  // The same object forced to split one row too: shows why one row stays on the calling thread.
+  const splitAll = new ParallelMatMul(w, { parallelFromRows: 1 });
+  const rows: Record<string, unknown> = {};
+  for (const M of [1, 2, 4, 8, 16]) {
+    const x = tf.randomUniform([M, K], -1, 1, 'float32', M) as tf.Tensor2D;
+    const t = wallAndCpuMs({
+      matMulSmall: () => matMulSmall(x, w).dispose(),
+      parallel: () => parallel.apply(x).dispose(),
+      ...(M < parallel.parallelFromRows ? { splitAnyway: () => splitAll.apply(x).dispose() } : {}),
+    });
+    rows[`M=${M}`] = { ...t, wallSpeedup: +(t.matMulSmall!.wallMs / t.parallel!.wallMs).toFixed(2) };
+    x.dispose();
+  }
+  parallel.dispose();
+  splitAll.dispose();
+  w.dispose();
+  return { weights: `[${K}, ${N}] float32`, threads: parallel.threads, parallelFromRows: parallel.parallelFromRows, timing: 'median of 15, wall and process CPU (all threads)', rows };
 }
