@@ -268,12 +268,23 @@ function report(t: Record<Variant, { wallMs: number; cpuMs: number }>, bytes: (v
   }]));
 }
 
+/** code_predictor_config of the release (spec 2.6). */
+export const CODE_PREDICTOR_RELEASE = {
+  vocab_size: 2048, hidden_size: 1024, num_hidden_layers: 5, num_attention_heads: 16, num_key_value_heads: 8, head_dim: 128,
+  intermediate_size: 3072, num_code_groups: 16, rms_norm_eps: 1e-6, rope_theta: 1_000_000,
+};
+
+/** talker_config.text_config of the release (spec 2.6). */
+export const TALKER_TEXT_RELEASE = {
+  vocab_size: 3072, hidden_size: 1024, num_hidden_layers: 20, num_attention_heads: 16, num_key_value_heads: 2, head_dim: 128,
+  intermediate_size: 2048, moe_intermediate_size: 384, num_experts: 128, num_experts_per_tok: 6, norm_topk_prob: true,
+  shared_expert_intermediate_size: 768, rms_norm_eps: 1e-6, rope_theta: 1_000_000,
+  rope_scaling: { type: 'default', mrope_section: [24, 20, 20], interleaved: true },
+};
+
 /** Code predictor at spec 2.6 dims: ms per codec frame (15 predictions) and effective bandwidth, per variant. */
 async function codePredictorBench(machineGBps: number): Promise<object> {
-  const config = codePredictorConfigSchema.parse({
-    vocab_size: 2048, hidden_size: 1024, num_hidden_layers: 5, num_attention_heads: 16, num_key_value_heads: 8, head_dim: 128,
-    intermediate_size: 3072, num_code_groups: 16, rms_norm_eps: 1e-6, rope_theta: 1_000_000,
-  });
+  const config = codePredictorConfigSchema.parse(CODE_PREDICTOR_RELEASE);
   const h = tf.randomNormal([1, 1024]) as tf.Tensor2D, e0 = tf.randomNormal([1, 1024]) as tf.Tensor2D;
   try {
     const sampler = new Sampler(GREEDY);
@@ -299,7 +310,7 @@ async function codePredictorBench(machineGBps: number): Promise<object> {
 }
 
 /** A talker decode model at spec 2.6 dims whose expert slots share a pool (see the header). */
-interface PooledTalker {
+export interface PooledTalker {
   model: TextModel;
   head: CodecHead;
   layers: TextDecoderLayer[];
@@ -307,7 +318,7 @@ interface PooledTalker {
   cache: KVCache;
 }
 
-function pooledTalker(c: ThinkerTextConfig, weights: WeightDtype): PooledTalker {
+export function pooledTalker(c: ThinkerTextConfig, weights: WeightDtype): PooledTalker {
   const ckpt = randomCheckpoint();
   const D = c.hidden_size, E = c.num_experts;
   const pool: SwiGluMlp[] = Array.from({ length: EXPERT_POOL }, (_, i) => loadSwiGluMlp(ckpt, `pool.${i}`, D, c.moe_intermediate_size, weights));
@@ -326,7 +337,7 @@ function pooledTalker(c: ThinkerTextConfig, weights: WeightDtype): PooledTalker 
     };
     return {
       input_layernorm: loadRMSNorm(ckpt, `${p}.input_layernorm.weight`, D, c.rms_norm_eps),
-      self_attn: loadDecoderAttention(ckpt, `${p}.self_attn`, { hidden: D, numHeads: 16, numKvHeads: 2, headDim: 128, rmsNormEps: c.rms_norm_eps, weights }),
+      self_attn: loadDecoderAttention(ckpt, `${p}.self_attn`, { hidden: D, numHeads: 16, numKvHeads: 2, headDim: 128, rmsNormEps: c.rms_norm_eps, weights, fuseQkv: true }),
       post_attention_layernorm: loadRMSNorm(ckpt, `${p}.post_attention_layernorm.weight`, D, c.rms_norm_eps),
       mlp,
     };
@@ -344,7 +355,7 @@ function pooledTalker(c: ThinkerTextConfig, weights: WeightDtype): PooledTalker 
   return { model, head, layers, pool, cache };
 }
 
-function disposePooledTalker(t: PooledTalker): void {
+export function disposePooledTalker(t: PooledTalker): void {
   t.cache.dispose();
   t.head.dispose();
   for (const l of t.layers) {
@@ -358,12 +369,7 @@ function disposePooledTalker(t: PooledTalker): void {
 
 /** Talker decode step at spec 2.6 dims and context 100 (experts from a shared pool, see the header), per variant. */
 async function talkerBench(machineGBps: number): Promise<object> {
-  const c = talkerTextConfigSchema.parse({
-    vocab_size: 3072, hidden_size: 1024, num_hidden_layers: 20, num_attention_heads: 16, num_key_value_heads: 2, head_dim: 128,
-    intermediate_size: 2048, moe_intermediate_size: 384, num_experts: 128, num_experts_per_tok: 6, norm_topk_prob: true,
-    shared_expert_intermediate_size: 768, rms_norm_eps: 1e-6, rope_theta: 1_000_000,
-    rope_scaling: { type: 'default', mrope_section: [24, 20, 20], interleaved: true },
-  });
+  const c = talkerTextConfigSchema.parse(TALKER_TEXT_RELEASE);
   const D = c.hidden_size, E = c.num_experts;
   const sampler = new Sampler(GREEDY);
   const t = await variants((weights) => pooledTalker(c, weights), disposePooledTalker, ({ model, head, cache }) => medianWallCpu(() => {

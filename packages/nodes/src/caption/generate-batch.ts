@@ -69,6 +69,7 @@ export async function generateBatch(model: TextModel, prompts: readonly BatchPro
     if (p.inputsEmbeds.shape[0] !== p.inputIds.length) throw new Error(`generateBatch: prompt ${b} has ${p.inputsEmbeds.shape[0]} embedding rows for ${p.inputIds.length} ids`);
   });
   if (!model.lmHead) throw new Error('generateBatch: the text model was loaded without an lm_head');
+  if (model.layers.some((l) => !l.self_attn.q_proj)) throw new Error('generateBatch: the text model was loaded with fused q/k/v (fuseQkv); load it with separate projections');
   const stops = new Set(options.stopTokens);
   const V = model.config.vocab_size;
   const out: number[][] = prompts.map(() => []);
@@ -257,9 +258,9 @@ function prefillStep(model: TextModel, prompts: readonly BatchPrompt[]): Prefill
       const a = layer.self_attn;
       const { numHeads: H, numKvHeads: Hkv, headDim: D } = a;
       const xn = rmsNorm(h, layer.input_layernorm) as tf.Tensor2D;
-      const q = applyRope(rmsNorm(tf.reshape(linear(xn, a.q_proj), [N, H, D]), a.q_norm), cos, sin);
-      const k = applyRope(rmsNorm(tf.reshape(linear(xn, a.k_proj), [N, Hkv, D]), a.k_norm), cos, sin);
-      const v = tf.reshape(linear(xn, a.v_proj), [N, Hkv, D]);
+      const q = applyRope(rmsNorm(tf.reshape(linear(xn, a.q_proj!), [N, H, D]), a.q_norm), cos, sin);
+      const k = applyRope(rmsNorm(tf.reshape(linear(xn, a.k_proj!), [N, Hkv, D]), a.k_norm), cos, sin);
+      const v = tf.reshape(linear(xn, a.v_proj!), [N, Hkv, D]);
       const Kt = tf.keep(tf.transpose(tf.reshape(k, [B, S, Hkv, D]), [0, 2, 3, 1]) as tf.Tensor4D); // [B, Hkv, D, S]
       const Vv = tf.keep(tf.transpose(tf.reshape(v, [B, S, Hkv, D]), [0, 2, 1, 3]) as tf.Tensor4D);
       kv.push({ k: Kt, v: Vv });
@@ -302,9 +303,9 @@ function decodeStep(model: TextModel, ids: number[], positions: number[], kv: KV
         const { numHeads: H, numKvHeads: Hkv, headDim: D } = a;
         const groups = H / Hkv;
         const xn = rmsNorm(h, layer.input_layernorm) as tf.Tensor2D;
-        const q = applyRope(rmsNorm(tf.reshape(linear(xn, a.q_proj), [B, H, D]), a.q_norm), cos, sin);
-        const k = applyRope(rmsNorm(tf.reshape(linear(xn, a.k_proj), [B, Hkv, D]), a.k_norm), cos, sin);
-        const v = tf.reshape(linear(xn, a.v_proj), [B, Hkv, D]);
+        const q = applyRope(rmsNorm(tf.reshape(linear(xn, a.q_proj!), [B, H, D]), a.q_norm), cos, sin);
+        const k = applyRope(rmsNorm(tf.reshape(linear(xn, a.k_proj!), [B, Hkv, D]), a.k_norm), cos, sin);
+        const v = tf.reshape(linear(xn, a.v_proj!), [B, Hkv, D]);
         const Kt = tf.keep(tf.concat([kv[l].k, tf.reshape(k, [B, Hkv, D, 1])], 3) as tf.Tensor4D);
         const Vv = tf.keep(tf.concat([kv[l].v, tf.reshape(v, [B, Hkv, 1, D])], 2) as tf.Tensor4D);
         next.push({ k: Kt, v: Vv });

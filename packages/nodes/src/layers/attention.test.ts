@@ -9,18 +9,20 @@ import { ropeTensors } from './rope.js';
 const BATCHED_ATTENTION_MAX_MACS_DEFAULT = BATCHED_ATTENTION_MAX_MACS;
 let ckpt: Checkpoint;
 let attn: DecoderAttention;
+let fused: DecoderAttention; // the same layer with q/k/v as one matrix
 const { config } = readQwen3OmniConfig(fixtureDir());
 const c = config.thinker_config.text_config;
 
 beforeAll(async () => {
   await initBackend();
   ckpt = Checkpoint.open(fixtureDir());
-  attn = loadDecoderAttention(ckpt, 'thinker.model.layers.1.self_attn', {
-    hidden: c.hidden_size, numHeads: c.num_attention_heads, numKvHeads: c.num_key_value_heads, headDim: c.head_dim, rmsNormEps: c.rms_norm_eps,
-  });
+  const sizes = { hidden: c.hidden_size, numHeads: c.num_attention_heads, numKvHeads: c.num_key_value_heads, headDim: c.head_dim, rmsNormEps: c.rms_norm_eps };
+  attn = loadDecoderAttention(ckpt, 'thinker.model.layers.1.self_attn', sizes);
+  fused = loadDecoderAttention(ckpt, 'thinker.model.layers.1.self_attn', { ...sizes, fuseQkv: true });
 });
 afterAll(() => {
   disposeDecoderAttention(attn);
+  disposeDecoderAttention(fused);
   ckpt.close();
 });
 
@@ -34,7 +36,7 @@ function naive(x: number[][], positions: number[]): number[][] {
   return tf.tidy(() => {
     const xt = tf.tensor2d(x);
     const [cos, sin] = rope(positions);
-    const proj = (l: typeof attn.q_proj) => tf.matMul(xt, l.weight);
+    const proj = (l: typeof attn.q_proj) => tf.matMul(xt, l!.weight);
     const norm = (t: tf.Tensor, n: typeof attn.q_norm, heads: number) => {
       const r = tf.reshape(t, [x.length, heads, D]);
       return tf.mul(tf.div(r, tf.sqrt(tf.add(tf.mean(tf.square(r), -1, true), n.eps))), n.weight);
@@ -66,8 +68,21 @@ describe('decoderAttention', () => {
   const x = Array.from({ length: S }, (_, i) => Array.from({ length: c.hidden_size }, (_, d) => Math.sin(1 + i * 0.7 + d * 0.31)));
   const positions = [0, 1, 2, 5, 6, 7];
 
-  // The fixture's sizes are small enough for the batched path everywhere; -1 forces the per-head path.
-  for (const [path, limit] of [['batched', BATCHED_ATTENTION_MAX_MACS], ['per-head', -1]] as const) {
+  it('loads q/k/v fused as one [hidden, q + k + v] matrix holding the three projections side by side', () => {
+    const { numHeads: H, numKvHeads: Hkv, headDim: D } = attn;
+    expect(fused.q_proj).toBeUndefined();
+    expect(fused.qkv_proj!.weight.shape).toEqual([c.hidden_size, (H + 2 * Hkv) * D]);
+    const joined = tf.tidy(() => tf.concat([attn.q_proj!.weight, attn.k_proj!.weight, attn.v_proj!.weight], 1));
+    expect(tf.tidy(() => tf.max(tf.abs(tf.sub(joined, fused.qkv_proj!.weight))).dataSync()[0])).toBe(0);
+    joined.dispose();
+  });
+
+  // The fixture's sizes are small enough for the batched path everywhere; -1 forces the per-head path. Each runs with
+  // separate q/k/v projections and with the fused matrix (one kernel for the split, norms and RoPE).
+  for (const [path, limit, layer] of [
+    ['batched', BATCHED_ATTENTION_MAX_MACS, () => attn], ['per-head', -1, () => attn],
+    ['batched, fused q/k/v', BATCHED_ATTENTION_MAX_MACS, () => fused], ['per-head, fused q/k/v', -1, () => fused],
+  ] as const) {
     describe(`${path} products`, () => {
       beforeAll(() => setBatchedAttentionMaxMacs(limit));
       afterAll(() => setBatchedAttentionMaxMacs(BATCHED_ATTENTION_MAX_MACS_DEFAULT));
@@ -76,7 +91,7 @@ describe('decoderAttention', () => {
         const before = tf.memory().numTensors;
         const [cos, sin] = rope(positions);
         const xt = tf.tensor2d(x);
-        const got = tf.tidy(() => decoderAttention(xt, attn, cos, sin).arraySync());
+        const got = tf.tidy(() => decoderAttention(xt, layer(), cos, sin).arraySync());
         const want = naive(x, positions);
         let max = 0;
         got.forEach((r, i) => r.forEach((v, d) => (max = Math.max(max, Math.abs(v - want[i]![d]!)))));
@@ -87,13 +102,13 @@ describe('decoderAttention', () => {
 
       it('gives the same rows with a KV cache fed one chunk, then one token at a time', () => {
         const [cos, sin] = rope(positions);
-        const full = tf.tidy(() => decoderAttention(tf.tensor2d(x), attn, cos, sin).arraySync());
+        const full = tf.tidy(() => decoderAttention(tf.tensor2d(x), layer(), cos, sin).arraySync());
         const cache = new KVCache({ layers: 1, kvHeads: c.num_key_value_heads, headDim: c.head_dim, capacity: 2 });
         const before = tf.memory().numTensors;
         const rows: number[][] = [];
         const step = (from: number, to: number) => {
           const [cs, sn] = rope(positions.slice(from, to));
-          const y = tf.tidy(() => decoderAttention(tf.tensor2d(x.slice(from, to)), attn, cs, sn, { cache, layer: 0 }));
+          const y = tf.tidy(() => decoderAttention(tf.tensor2d(x.slice(from, to)), layer(), cs, sn, { cache, layer: 0 }));
           rows.push(...(y.arraySync() as number[][]));
           tf.dispose([cs, sn, y]);
         };

@@ -1,18 +1,26 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { KVCache } from '@omniflow/runtime-gpu';
-import { disposeLinear, linear, loadLinear, type Linear, type WeightDtype, type WeightSource } from './linear.js';
+import { disposeLinear, linear, loadLinear, packWeight, transposeHost, type Linear, type WeightDtype, type WeightSource } from './linear.js';
 import { loadRMSNorm, type RMSNorm } from './rms-norm.js';
-import { normRope } from './norm-rope.js';
+import { normRope, qkvNormRope } from './norm-rope.js';
 
 /**
  * Decoder self-attention of the Qwen3 family (thinker, talker, code predictor; spec 3.4): q/k/v/o projections without
  * bias, per-head RMSNorm `q_norm`/`k_norm` over head_dim applied BEFORE RoPE, grouped-query attention (head h reads
  * KV head floor(h / groups)), scaling head_dim^-0.5, causal, float32 softmax.
+ *
+ * The q/k/v projections are either three Linears (`q_proj`, `k_proj`, `v_proj`: trainable, what the captioner and
+ * its training read) or, loaded with `fuseQkv`, one Linear `qkv_proj` whose output row is [q | k | v]: a decode step
+ * then reads the three matrices in one kernel call and splits, normalises and rotates them in one more
+ * (qkvNormRope). Inference only.
  */
 export interface DecoderAttention {
-  readonly q_proj: Linear;
-  readonly k_proj: Linear;
-  readonly v_proj: Linear;
+  /** Absent when fused into qkv_proj (likewise k_proj, v_proj). */
+  readonly q_proj?: Linear;
+  readonly k_proj?: Linear;
+  readonly v_proj?: Linear;
+  /** [hidden, (heads + 2·kvHeads)·head_dim]: q_proj, k_proj, v_proj side by side (loaded with `fuseQkv`). */
+  readonly qkv_proj?: Linear;
   readonly o_proj: Linear;
   readonly q_norm: RMSNorm;
   readonly k_norm: RMSNorm;
@@ -30,6 +38,8 @@ export interface DecoderAttentionSizes {
   attentionBias?: boolean;
   /** Format of the q/k/v/o weights (default float32); the norms stay float32. */
   weights?: WeightDtype;
+  /** Load q/k/v as one fused `qkv_proj` (fewer kernels per decode step; inference only). Default false. */
+  fuseQkv?: boolean;
 }
 
 /**
@@ -43,10 +53,16 @@ export interface DecoderAttentionSizes {
 export function loadDecoderAttention(ckpt: WeightSource, prefix: string, s: DecoderAttentionSizes): DecoderAttention {
   if (s.numHeads % s.numKvHeads !== 0) throw new Error(`${prefix}: num_attention_heads ${s.numHeads} is not a multiple of num_key_value_heads ${s.numKvHeads}`);
   const bias = s.attentionBias ?? false, f = s.weights;
+  const qOut = s.numHeads * s.headDim, kvOut = s.numKvHeads * s.headDim;
+  const projections = s.fuseQkv
+    ? { qkv_proj: loadQkvLinear(ckpt, prefix, s.hidden, [qOut, kvOut, kvOut], bias, f) }
+    : {
+      q_proj: loadLinear(ckpt, `${prefix}.q_proj`, s.hidden, qOut, bias, f),
+      k_proj: loadLinear(ckpt, `${prefix}.k_proj`, s.hidden, kvOut, bias, f),
+      v_proj: loadLinear(ckpt, `${prefix}.v_proj`, s.hidden, kvOut, bias, f),
+    };
   return {
-    q_proj: loadLinear(ckpt, `${prefix}.q_proj`, s.hidden, s.numHeads * s.headDim, bias, f),
-    k_proj: loadLinear(ckpt, `${prefix}.k_proj`, s.hidden, s.numKvHeads * s.headDim, bias, f),
-    v_proj: loadLinear(ckpt, `${prefix}.v_proj`, s.hidden, s.numKvHeads * s.headDim, bias, f),
+    ...projections,
     o_proj: loadLinear(ckpt, `${prefix}.o_proj`, s.numHeads * s.headDim, s.hidden, bias, f),
     q_norm: loadRMSNorm(ckpt, `${prefix}.q_norm.weight`, s.headDim, s.rmsNormEps),
     k_norm: loadRMSNorm(ckpt, `${prefix}.k_norm.weight`, s.headDim, s.rmsNormEps),
@@ -54,6 +70,24 @@ export function loadDecoderAttention(ckpt: WeightSource, prefix: string, s: Deco
     numKvHeads: s.numKvHeads,
     headDim: s.headDim,
   };
+}
+
+/**
+ * `${prefix}.{q,k,v}_proj` as one Linear [hidden, q + k + v], assembled on the host (one device tensor, packed in the
+ * requested format after the columns are joined).
+ */
+function loadQkvLinear(ckpt: WeightSource, prefix: string, hidden: number, outs: readonly number[], bias: boolean, format?: WeightDtype): Linear {
+  const total = outs.reduce((a, o) => a + o, 0);
+  const w = new Float32Array(hidden * total), b = bias ? new Float32Array(total) : undefined;
+  let col = 0;
+  (['q_proj', 'k_proj', 'v_proj'] as const).forEach((name, i) => {
+    const out = outs[i]!;
+    const part = transposeHost(ckpt.get(`${prefix}.${name}.weight`, [out, hidden]).data as Float32Array, out, hidden); // [hidden, out]
+    for (let r = 0; r < hidden; r++) w.set(part.subarray(r * out, (r + 1) * out), r * total + col);
+    b?.set(ckpt.get(`${prefix}.${name}.bias`, [out]).data as Float32Array, col);
+    col += out;
+  });
+  return { weight: packWeight(w, hidden, total, format), bias: b && tf.tensor1d(b), inFeatures: hidden, outFeatures: total };
 }
 
 /**
@@ -90,18 +124,22 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
   const groups = H / Hkv;
   const S = x.shape[0];
   return tf.tidy(() => {
-    // q carries the 1/√head_dim score scale from its norm on (RoPE is linear).
-    const q = normRope(tf.reshape(linear(x, attn.q_proj), [S, H, D]), attn.q_norm, { cos, sin }, 1 / Math.sqrt(D));
     // [S, heads, D] <-> [heads, S, D]: for one row (a decode step) the same memory, so a reshape instead of a copy.
     const swap01 = (t: tf.Tensor) => (S === 1 ? tf.reshape(t, [t.shape[1]!, t.shape[0]!, D]) : tf.transpose(t, [1, 0, 2]));
-    const kNew = swap01(normRope(tf.reshape(linear(x, attn.k_proj), [S, Hkv, D]), attn.k_norm, { cos, sin }));
-    const vNew = swap01(tf.reshape(linear(x, attn.v_proj), [S, Hkv, D]));
-    let k: tf.Tensor3D = kNew as tf.Tensor3D, v: tf.Tensor3D = vNew as tf.Tensor3D;
+    // Head-major q [H, S, D], k and v [Hkv, S, D]; q carries the 1/√head_dim score scale from its norm on (RoPE is linear).
+    const { q, k: kNew, v: vNew } = attn.qkv_proj
+      ? qkvNormRope(linear(x, attn.qkv_proj) as tf.Tensor2D, attn.q_norm, attn.k_norm, { cos, sin }, H, Hkv, 1 / Math.sqrt(D))
+      : {
+        q: swap01(normRope(tf.reshape(linear(x, attn.q_proj!), [S, H, D]), attn.q_norm, { cos, sin }, 1 / Math.sqrt(D))) as tf.Tensor3D,
+        k: swap01(normRope(tf.reshape(linear(x, attn.k_proj!), [S, Hkv, D]), attn.k_norm, { cos, sin })) as tf.Tensor3D,
+        v: swap01(tf.reshape(linear(x, attn.v_proj!), [S, Hkv, D])) as tf.Tensor3D,
+      };
+    let k: tf.Tensor3D = kNew, v: tf.Tensor3D = vNew;
     if (slot) ({ k, v } = slot.cache.append(slot.layer, kNew, vNew));
     const T = k.shape[1];
     const past = T - S;
-    // [S, H, D] -> [Hkv, groups·S, D]: the queries of one KV group become the rows of one matrix.
-    const qg = tf.reshape(swap01(q), [Hkv, groups * S, D]);
+    // [H, S, D] -> [Hkv, groups·S, D]: the queries of one KV group become the rows of one matrix.
+    const qg = tf.reshape(q, [Hkv, groups * S, D]);
     const mask = S > 1 ? causalMask(S, T, past) : undefined;
     let out: tf.Tensor; // [Hkv, groups·S, D]
     if ((S === 1 && BATCHED_ATTENTION_MAX_MACS >= 0) || Hkv * groups * S * T * D <= BATCHED_ATTENTION_MAX_MACS) {
@@ -140,7 +178,7 @@ function causalMask(S: number, T: number, past: number): tf.Tensor2D {
 }
 
 export function disposeDecoderAttention(a: DecoderAttention): void {
-  for (const l of [a.q_proj, a.k_proj, a.v_proj, a.o_proj]) disposeLinear(l);
+  for (const l of [a.q_proj, a.k_proj, a.v_proj, a.qkv_proj, a.o_proj]) if (l) disposeLinear(l);
   a.q_norm.weight.dispose();
   a.k_norm.weight.dispose();
 }

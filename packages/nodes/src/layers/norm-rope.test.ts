@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '@omniflow/runtime-gpu';
-import { NORM_ROPE_MAX_ROWS, normRope, normRopeOps } from './norm-rope.js';
+import { NORM_ROPE_MAX_ROWS, normRope, normRopeOps, qkvNormRope, qkvNormRopeOps } from './norm-rope.js';
 import { ropeTables, ropeTensors } from './rope.js';
 
 function values(n: number, seed: number): Float32Array {
@@ -66,5 +66,30 @@ describe('normRope (one-pass RMSNorm + RoPE for decode rows)', () => {
     const bad = tf.zeros([1, 8]);
     expect(() => normRope(bad, n)).toThrow('normRope: input [1,8] has 8 features on its last axis, the norm weight has 16');
     tf.dispose([x, y, want, bad, n.weight]);
+  });
+});
+
+describe('qkvNormRope (fused q/k/v rows -> head-major q, k, v)', () => {
+  const D = 16, H = 4, Hkv = 2;
+  it('equals split + normRope + head-major reorder (tfjs ops), and names a row width that does not fit', () => {
+    const qNorm = { weight: tf.tensor1d(values(D, 3)), eps: 1e-6 }, kNorm = { weight: tf.tensor1d(values(D, 4)), eps: 1e-5 };
+    const before = tf.memory().numTensors;
+    for (const S of [1, 3]) {
+      const [cos, sin] = ropeTensors(ropeTables(Array.from({ length: S }, (_, i) => 5 + 2 * i), D, 1e4));
+      const qkv = tf.tensor2d(values(S * (H + 2 * Hkv) * D, 10 + S), [S, (H + 2 * Hkv) * D]);
+      const got = qkvNormRope(qkv, qNorm, kNorm, { cos, sin }, H, Hkv, 0.25), want = qkvNormRopeOps(qkv, qNorm, kNorm, { cos, sin }, H, Hkv, 0.25);
+      expect([got.q.shape, got.k.shape, got.v.shape]).toEqual([[H, S, D], [Hkv, S, D], [Hkv, S, D]]);
+      expect(maxDiff(got.q, want.q)).toBeLessThan(1e-6);
+      expect(maxDiff(got.k, want.k)).toBeLessThan(2e-6);
+      expect(maxDiff(got.v, want.v)).toBe(0);
+      // v is the last 2·D columns, head-major: v[h, s] = qkv[s, (H + Hkv + h)·D ...].
+      expect(Array.from(tf.tidy(() => tf.slice(got.v, [1, S - 1, 0], [1, 1, D]).dataSync()))).toEqual(Array.from(tf.tidy(() => tf.slice(qkv, [S - 1, (H + Hkv + 1) * D], [1, D]).dataSync())));
+      tf.dispose([cos, sin, qkv, got.q, got.k, got.v, want.q, want.k, want.v]);
+    }
+    expect(tf.memory().numTensors).toBe(before);
+    const [cos, sin] = ropeTensors(ropeTables([0], D, 1e4));
+    const bad = tf.zeros([1, 5 * D]) as tf.Tensor2D;
+    expect(() => qkvNormRope(bad, qNorm, kNorm, { cos, sin }, H, Hkv)).toThrow('qkvNormRope: rows of 80 features do not hold 4 q heads and 2 × 2 k/v heads of 16');
+    tf.dispose([cos, sin, bad, qNorm.weight, kNorm.weight]);
   });
 });

@@ -103,7 +103,7 @@ function normRopeWasm(args: { inputs: { x: tf.TensorInfo; weight: tf.TensorInfo;
   const { backend, attrs } = args;
   const { x, weight, cos, sin } = args.inputs;
   const out = backend.makeOutput(x.shape.slice(), 'float32');
-  const D = x.shape[x.shape.length - 1]!, rows = x.shape.reduce((a, b) => a * b, 1) / D, half = D / 2;
+  const D = x.shape[x.shape.length - 1]!, rows = x.shape.reduce((a, b) => a * b, 1) / D;
   if (rows === 0) return out;
   // The view is made after makeOutput, which may have grown the heap.
   const f = new Float32Array(wasmHeap(backend).buffer);
@@ -111,22 +111,124 @@ function normRopeWasm(args: { inputs: { x: tf.TensorInfo; weight: tf.TensorInfo;
   const co = cos ? heapOffset(backend, cos, 'cos') >>> 2 : 0, so = sin ? heapOffset(backend, sin, 'sin') >>> 2 : 0;
   const per = attrs.rowsPerPosition;
   for (let r = 0; r < rows; r++) {
-    const xr = xo + r * D, yr = yo + r * D;
-    let ss = 0;
-    for (let d = 0; d < D; d++) ss += f[xr + d]! * f[xr + d]!;
-    // float32 like the reference: mean, + eps, rsqrt, then the products
-    const inv = Math.fround(Math.fround(1 / Math.sqrt(Math.fround(Math.fround(ss / D) + attrs.eps))) * attrs.scale);
-    if (!per) {
-      for (let d = 0; d < D; d++) f[yr + d] = Math.fround(f[xr + d]! * inv) * f[wo + d]!;
-      continue;
-    }
-    const cr = co + Math.floor(r / per) * D, sr = so + Math.floor(r / per) * D;
-    for (let j = 0; j < half; j++) {
-      const a = Math.fround(Math.fround(f[xr + j]! * inv) * f[wo + j]!);
-      const b = Math.fround(Math.fround(f[xr + half + j]! * inv) * f[wo + half + j]!);
-      f[yr + j] = Math.fround(a * f[cr + j]!) - Math.fround(b * f[sr + j]!);
-      f[yr + half + j] = Math.fround(b * f[cr + half + j]!) + Math.fround(a * f[sr + half + j]!);
-    }
+    const p = per ? Math.floor(r / per) * D : -1;
+    normRopeRow(f, xo + r * D, yo + r * D, wo, D, attrs.eps, attrs.scale, per ? co + p : -1, so + p);
   }
   return out;
+}
+
+/**
+ * One row of normRope on the heap view `f` (float indices): y[yr..] = scale · rope(rmsNorm(x[xr..])) with the cos/sin
+ * row at `cr`/`sr`, or the norm alone when `cr` < 0.
+ */
+function normRopeRow(f: Float32Array, xr: number, yr: number, wo: number, D: number, eps: number, scale: number, cr: number, sr: number): void {
+  let ss = 0;
+  for (let d = 0; d < D; d++) ss += f[xr + d]! * f[xr + d]!;
+  // float32 like the reference: mean, + eps, rsqrt, then the products
+  const inv = Math.fround(Math.fround(1 / Math.sqrt(Math.fround(Math.fround(ss / D) + eps))) * scale);
+  if (cr < 0) {
+    for (let d = 0; d < D; d++) f[yr + d] = Math.fround(f[xr + d]! * inv) * f[wo + d]!;
+    return;
+  }
+  const half = D / 2;
+  for (let j = 0; j < half; j++) {
+    const a = Math.fround(Math.fround(f[xr + j]! * inv) * f[wo + j]!);
+    const b = Math.fround(Math.fround(f[xr + half + j]! * inv) * f[wo + half + j]!);
+    f[yr + j] = Math.fround(a * f[cr + j]!) - Math.fround(b * f[sr + j]!);
+    f[yr + half + j] = Math.fround(b * f[cr + half + j]!) + Math.fround(a * f[sr + half + j]!);
+  }
+}
+
+/*
+ * Attention's q, k and v come from one fused projection (a row [q | k | v] per position, see DecoderAttention.qkv_proj).
+ * Splitting it, normalising q and k and rotating them, and reordering all three head-major is 8-10 tfjs kernels per
+ * layer; `qkvNormRope` is one pass that writes the three head-major tensors attention consumes.
+ */
+const QKV_NORM_ROPE = 'OmniflowQkvNormRope';
+
+interface QkvNormRopeAttrs {
+  heads: number;
+  kvHeads: number;
+  qEps: number;
+  kEps: number;
+  /** Output scale of q (attention's 1/√head_dim). */
+  qScale: number;
+}
+
+/** The head-major q, k, v of one attention call: [heads, S, D], [kvHeads, S, D], [kvHeads, S, D]. */
+export interface HeadMajorQkv {
+  q: tf.Tensor3D;
+  k: tf.Tensor3D;
+  v: tf.Tensor3D;
+}
+
+/**
+ * Splits fused projection rows `qkv` ([S, (heads + 2·kvHeads)·D], q then k then v) into head-major q, k, v, with q
+ * and k RMS-normed (`qNorm`, `kNorm`) and rotated by RoPE (cos/sin `[S, 1, D]`), and q scaled by `qScale`. On the wasm
+ * backend with at most NORM_ROPE_MAX_ROWS rows one kernel; otherwise the tfjs ops. Inference only (no gradient).
+ *
+ * ```ts
+ * const { q, k, v } = qkvNormRope(linear(x, attn.qkv_proj), attn.q_norm, attn.k_norm, { cos, sin }, 16, 2, 1 / Math.sqrt(128));
+ * ```
+ */
+export function qkvNormRope(qkv: tf.Tensor2D, qNorm: RMSNorm, kNorm: RMSNorm, rope: { cos: tf.Tensor; sin: tf.Tensor }, heads: number, kvHeads: number, qScale = 1): HeadMajorQkv {
+  const [S, W] = qkv.shape;
+  const D = qNorm.weight.shape[0];
+  if (kNorm.weight.shape[0] !== D || W !== (heads + 2 * kvHeads) * D) {
+    throw new Error(`qkvNormRope: rows of ${W} features do not hold ${heads} q heads and 2 × ${kvHeads} k/v heads of ${D} (q_norm ${D}, k_norm ${kNorm.weight.shape[0]})`);
+  }
+  if (rope.cos.size !== S * D || rope.sin.size !== rope.cos.size) {
+    throw new Error(`qkvNormRope: cos/sin must be [${S}, 1, ${D}], got cos [${rope.cos.shape}], sin [${rope.sin.shape}]`);
+  }
+  if (tf.getBackend() !== 'wasm' || S * heads > NORM_ROPE_MAX_ROWS || qkv.dtype !== 'float32' || D % 2 !== 0) {
+    return qkvNormRopeOps(qkv, qNorm, kNorm, rope, heads, kvHeads, qScale);
+  }
+  registerQkv();
+  const attrs: QkvNormRopeAttrs = { heads, kvHeads, qEps: qNorm.eps, kEps: kNorm.eps, qScale };
+  const [q, k, v] = tf.engine().runKernel(QKV_NORM_ROPE, { qkv, qWeight: qNorm.weight, kWeight: kNorm.weight, cos: rope.cos, sin: rope.sin }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor3D[];
+  return { q: q!, k: k!, v: v! };
+}
+
+/** The same as tfjs ops (any backend, any size). */
+export function qkvNormRopeOps(qkv: tf.Tensor2D, qNorm: RMSNorm, kNorm: RMSNorm, rope: { cos: tf.Tensor; sin: tf.Tensor }, heads: number, kvHeads: number, qScale = 1): HeadMajorQkv {
+  const S = qkv.shape[0], D = qNorm.weight.shape[0];
+  return tf.tidy(() => {
+    const [q, k, v] = tf.split(qkv, [heads * D, kvHeads * D, kvHeads * D], 1);
+    const headMajor = (t: tf.Tensor, h: number) => (S === 1 ? tf.reshape(t, [h, 1, D]) : tf.transpose(tf.reshape(t, [S, h, D]), [1, 0, 2])) as tf.Tensor3D;
+    return {
+      q: headMajor(normRope(tf.reshape(q!, [S, heads, D]), qNorm, rope, qScale), heads),
+      k: headMajor(normRope(tf.reshape(k!, [S, kvHeads, D]), kNorm, rope), kvHeads),
+      v: headMajor(v!, kvHeads),
+    };
+  });
+}
+
+let qkvRegistered = false;
+
+function registerQkv(): void {
+  if (qkvRegistered) return;
+  qkvRegistered = true;
+  tf.registerKernel({ kernelName: QKV_NORM_ROPE, backendName: 'wasm', kernelFunc: qkvNormRopeWasm as unknown as tf.KernelFunc });
+}
+
+function qkvNormRopeWasm(args: { inputs: { qkv: tf.TensorInfo; qWeight: tf.TensorInfo; kWeight: tf.TensorInfo; cos: tf.TensorInfo; sin: tf.TensorInfo }; backend: WasmBackendInternals; attrs: QkvNormRopeAttrs }): tf.TensorInfo[] {
+  const { backend, attrs } = args;
+  const { qkv, qWeight, kWeight, cos, sin } = args.inputs;
+  const { heads: H, kvHeads: Hkv } = attrs;
+  const S = qkv.shape[0]!, W = qkv.shape[1]!, D = qWeight.shape[0]!;
+  const outs = [backend.makeOutput([H, S, D], 'float32'), backend.makeOutput([Hkv, S, D], 'float32'), backend.makeOutput([Hkv, S, D], 'float32')];
+  if (S === 0) return outs;
+  const f = new Float32Array(wasmHeap(backend).buffer); // after makeOutput, which may have grown the heap
+  const xo = heapOffset(backend, qkv, 'qkv') >>> 2, qw = heapOffset(backend, qWeight, 'q_norm') >>> 2, kw = heapOffset(backend, kWeight, 'k_norm') >>> 2;
+  const co = heapOffset(backend, cos, 'cos') >>> 2, so = heapOffset(backend, sin, 'sin') >>> 2;
+  const [qo, ko, vo] = outs.map((o, i) => heapOffset(backend, o, ['q', 'k', 'v'][i]!) >>> 2) as [number, number, number];
+  for (let s = 0; s < S; s++) {
+    const row = xo + s * W, cr = co + s * D, sr = so + s * D;
+    for (let h = 0; h < H; h++) normRopeRow(f, row + h * D, qo + (h * S + s) * D, qw, D, attrs.qEps, attrs.qScale, cr, sr);
+    for (let h = 0; h < Hkv; h++) {
+      normRopeRow(f, row + (H + h) * D, ko + (h * S + s) * D, kw, D, attrs.kEps, 1, cr, sr);
+      f.copyWithin(vo + (h * S + s) * D, row + (H + Hkv + h) * D, row + (H + Hkv + h + 1) * D);
+    }
+  }
+  return outs;
 }

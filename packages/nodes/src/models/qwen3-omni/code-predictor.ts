@@ -49,7 +49,7 @@ export class CodePredictor {
     // The decoder is the shared Qwen3 text decoder with every layer dense. Its "embed_tokens" is codec_embedding.0
     // (the model has no single token table); the 15 heads are separate.
     const dense = { ...c, num_experts: 0, mlp_only_layers: [], decoder_sparse_step: 1, moe_intermediate_size: 1, num_experts_per_tok: 1, norm_topk_prob: true, shared_expert_intermediate_size: 0 } as unknown as ThinkerTextConfig;
-    const model = TextModel.load(ckpt, dense, { model: `${prefix}.model`, embed: `${prefix}.model.codec_embedding.0` }, options);
+    const model = TextModel.load(ckpt, dense, { model: `${prefix}.model`, embed: `${prefix}.model.codec_embedding.0` }, { ...options, fuseQkv: true });
     const embeddings = [model.embedTokens];
     for (let i = 1; i < G - 1; i++) embeddings.push(ckpt.get(`${prefix}.model.codec_embedding.${i}.weight`, [V, D]).data as Float32Array);
     const heads = Array.from({ length: G - 1 }, (_, i) => loadLinear(ckpt, `${prefix}.lm_head.${i}`, D, V, false, options.weights));

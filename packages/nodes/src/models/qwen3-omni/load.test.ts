@@ -85,7 +85,7 @@ describe('loadQwen3Omni', () => {
     const f32Bytes = tf.memory().numBytes - before.numBytes;
     const b16 = await loadQwen3Omni(dir, { modules: ['thinker', 'talker'], weights: 'bf16' });
     const b16Bytes = tf.memory().numBytes - before.numBytes - f32Bytes;
-    const q = b16.thinker.layers[0]!.self_attn.q_proj.weight;
+    const q = b16.thinker.layers[0]!.self_attn.q_proj!.weight;
     expect([q.dtype, ...q.shape]).toEqual(['int32', 32, 32]); // [in 32, out 64 / 2]
     expect(b16.talker!.codePredictor).toBeDefined();
     // Matrices halve; norms, routers, the shared-expert gates and biases stay float32.

@@ -166,9 +166,10 @@ describe("talker, codec head and code predictor with weights: 'bf16' (fixture ca
     };
     const f32 = run(fixture.parts.talker, fixture.parts.codecHead, fixture.parts.codePredictor);
     const b16 = run(talker16, head16, predictor16);
-    // The packed matrices: every decoder/expert/projection/head weight of even width is int32 [in, out / 2].
-    const qProj = talker16.model.layers[0]!.self_attn.q_proj.weight;
-    expect([qProj.dtype, ...qProj.shape]).toEqual(['int32', 24, 16]);
+    // The packed matrices: every decoder/expert/projection/head weight of even width is int32 [in, out / 2] (the
+    // talker's q, k and v side by side: 32 + 16 + 16 columns).
+    const qkvProj = talker16.model.layers[0]!.self_attn.qkv_proj!.weight;
+    expect([qkvProj.dtype, ...qkvProj.shape]).toEqual(['int32', 24, 32]);
     // The fixture's weights are random float32, so rounding them to bf16 (relative error <= 2^-9 each) moves the
     // logits; the greedy choices keep their margins (>= 1e-2 in the fixture) and stay the reference codes.
     expect(b16.map((f) => Array.from(f.codes))).toEqual(f32.map((f) => Array.from(f.codes)));

@@ -56,7 +56,7 @@ export class Talker implements TalkerProjections {
   static load(ckpt: Checkpoint, config: Qwen3OmniConfig, options: { weights?: WeightDtype } = {}): Talker {
     const t = talkerConfigOf(config);
     const c = t.text_config, Th = t.thinker_hidden_size;
-    const model = TextModel.load(ckpt, c, { model: 'talker.model', embed: 'talker.model.codec_embedding' }, options);
+    const model = TextModel.load(ckpt, c, { model: 'talker.model', embed: 'talker.model.codec_embedding' }, { ...options, fuseQkv: true });
     const textProj = loadResizeMlp(ckpt, 'talker.text_projection', Th, c.intermediate_size, c.hidden_size, options.weights);
     const hiddenProj = loadResizeMlp(ckpt, 'talker.hidden_projection', Th, c.intermediate_size, c.hidden_size, options.weights);
     const ids = [config.tts_bos_token_id, config.tts_eos_token_id, config.tts_pad_token_id];

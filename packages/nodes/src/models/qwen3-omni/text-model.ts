@@ -35,6 +35,14 @@ export const THINKER_TEXT_KEYS: TextModelKeys = {
   lmHead: 'thinker.lm_head',
 };
 
+/** How TextModel.load keeps the weights. */
+export interface TextModelLoadOptions {
+  /** Matmul weight format (default float32; see WeightDtype). */
+  weights?: WeightDtype;
+  /** One fused q/k/v matrix per layer (DecoderAttention.qkv_proj); default false (separate, trainable). */
+  fuseQkv?: boolean;
+}
+
 /** Rows spliced over placeholder tokens: the i-th `tokenId` in sequence order receives row i of `rows`. */
 export interface EmbeddingSplice {
   tokenId: number;
@@ -112,9 +120,11 @@ export class TextModel {
   /**
    * Loads the text model from a checkpoint (or any WeightSource); every tensor's shape is checked against the config.
    * `weights: 'bf16'` keeps the projections, experts and lm_head as packed bf16 (half the bytes per decode step; see
-   * WeightDtype); norms, routers and the host embedding table stay float32.
+   * WeightDtype); norms, routers and the host embedding table stay float32. `fuseQkv` loads each layer's q/k/v
+   * projections as one matrix (see DecoderAttention; fewer kernels per decode step, inference only: the talker and
+   * code predictor use it, the trainable captioner does not).
    */
-  static load(ckpt: WeightSource, config: ThinkerTextConfig, keys: TextModelKeys = THINKER_TEXT_KEYS, options: { weights?: WeightDtype } = {}): TextModel {
+  static load(ckpt: WeightSource, config: ThinkerTextConfig, keys: TextModelKeys = THINKER_TEXT_KEYS, options: TextModelLoadOptions = {}): TextModel {
     const c = config, f = options.weights ?? 'float32';
     const D = c.hidden_size;
     const embed = ckpt.get(`${keys.embed}.weight`, [c.vocab_size, D]).data as Float32Array;
@@ -127,7 +137,7 @@ export class TextModel {
           input_layernorm: loadRMSNorm(ckpt, `${p}.input_layernorm.weight`, D, c.rms_norm_eps),
           self_attn: loadDecoderAttention(ckpt, `${p}.self_attn`, {
             hidden: D, numHeads: c.num_attention_heads, numKvHeads: c.num_key_value_heads, headDim: c.head_dim,
-            rmsNormEps: c.rms_norm_eps, attentionBias: c.attention_bias, weights: f,
+            rmsNormEps: c.rms_norm_eps, attentionBias: c.attention_bias, weights: f, fuseQkv: options.fuseQkv,
           }),
           post_attention_layernorm: loadRMSNorm(ckpt, `${p}.post_attention_layernorm.weight`, D, c.rms_norm_eps),
           mlp: isSparseLayer(c, i)
