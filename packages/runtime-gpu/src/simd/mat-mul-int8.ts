@@ -56,7 +56,8 @@ function int8Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; att
     if (M <= maxRows) {
       block(0, 0, N); // decode: one pass over W
     } else {
-      const G = k.variant.group;
+      // tiles hold whole output groups of every row function, so only the last tile has a ragged end
+      const G = k.variant.group.reduce((a, g) => (a * g) / gcd(a, g), 1);
       const tile = Math.max(G, Math.floor(TILE_BYTES / (Kp + 4) / G) * G);
       for (let n0 = 0; n0 < N; n0 += tile) for (let r0 = 0; r0 < M; r0 += maxRows) block(r0, n0, Math.min(N, n0 + tile));
     }
@@ -64,6 +65,10 @@ function int8Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; att
     backend.disposeData(scratch.dataId);
   }
   return out;
+}
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
 }
 
 let registered = false;

@@ -25,12 +25,14 @@ import { MATMUL_EPILOGUE } from './matmul-module.js';
 export interface Int8MatMulVariant {
   /** Largest row block with its own function (`int8_r1` .. `int8_r{maxRows}`). */
   readonly maxRows: number;
-  /** Outputs per group (their accumulators stay in registers for the whole K loop). */
-  readonly group: number;
+  /** Outputs per group (their accumulators stay in registers for the whole K loop), by row count (index R-1). */
+  readonly group: readonly number[];
+  /** Steps of 16 weights per loop iteration (immediate load offsets, one pointer update per iteration), by row count. */
+  readonly kUnroll: readonly number[];
 }
 
 /** Measured choice; see docs/runtime.md ("int8 weights"). */
-export const INT8_VARIANT: Int8MatMulVariant = { maxRows: 2, group: 4 };
+export const INT8_VARIANT: Int8MatMulVariant = { maxRows: 4, group: [4, 2, 2, 2], kUnroll: [1, 1, 1, 1] };
 
 /** Signature of `quantize`: x [M, K] f32 → xq [M, Kp] int16 and sx [M] f32 (pointers are byte offsets). */
 export type Int8QuantizeFn = (x: number, M: number, K: number, Kp: number, xmax: number, xq: number, sx: number) => void;
@@ -74,11 +76,14 @@ export function int8ScratchBytes(M: number, Kp: number): number {
  */
 export function int8MatMulModuleBytes(variant: Int8MatMulVariant = INT8_VARIANT, memory: MemoryLimits = { initial: 1 }): Uint8Array {
   if (!Number.isInteger(variant.maxRows) || variant.maxRows < 1 || variant.maxRows > 4) throw new Error(`int8MatMulModuleBytes: maxRows must be 1..4, got ${variant.maxRows}`);
-  if (variant.group !== 4 && variant.group !== 2) throw new Error(`int8MatMulModuleBytes: group must be 2 or 4, got ${variant.group}`);
+  for (const key of ['group', 'kUnroll'] as const) {
+    const v = variant[key];
+    if (v.length < variant.maxRows || v.some((g) => !Number.isInteger(g) || g < 1 || g > 8)) throw new Error(`int8MatMulModuleBytes: ${key} needs ${variant.maxRows} entries in 1..8, got [${v}]`);
+  }
   const m = new WasmModuleBuilder().importMemory('env', 'memory', memory);
   m.func('quantize', { params: ['i32', 'i32', 'i32', 'i32', 'f32', 'i32', 'i32'], results: [] }, emitQuantize);
   for (let R = 1; R <= variant.maxRows; R++) {
-    m.func(`int8_r${R}`, { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'], results: [] }, (c, p) => emitInt8(c, p, R, variant.group));
+    m.func(`int8_r${R}`, { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'], results: [] }, (c, p) => emitInt8(c, p, R, variant.group[R - 1]!, variant.kUnroll[R - 1]!));
   }
   return m.encode();
 }
@@ -170,10 +175,10 @@ function emitQuantize(c: WasmCode, params: WasmLocal[]): void {
   });
 }
 
-function emitInt8(c: WasmCode, params: WasmLocal[], R: number, G: number): void {
+function emitInt8(c: WasmCode, params: WasmLocal[], R: number, G: number, U: number): void {
   const [xq, sx, w, b, y, Kp, N, n0, n1, alpha, act] = params as [WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal];
   const i32 = () => c.local('i32');
-  const [n, rowBytes, xRowBytes, yRowBytes, xk, xEnd, wn, lastFull] = Array.from({ length: 8 }, i32);
+  const [n, rowBytes, xRowBytes, yRowBytes, xk, left, wn, lastFull] = Array.from({ length: 8 }, i32);
   const wp = Array.from({ length: G }, i32);
   const acc = Array.from({ length: R }, () => Array.from({ length: G }, () => c.local('v128')));
   const xa = Array.from({ length: R }, () => c.local('v128'));
@@ -186,7 +191,6 @@ function emitInt8(c: WasmCode, params: WasmLocal[], R: number, G: number): void 
   c.localGet(Kp).i32Const(4).i32Add().localSet(rowBytes);
   c.localGet(Kp).i32Const(2).i32Mul().localSet(xRowBytes);
   c.localGet(N).i32Const(4).i32Mul().localSet(yRowBytes);
-  c.localGet(xq).localGet(xRowBytes).i32Add().localSet(xEnd);
   for (let r = 0; r < R; r++) c.localGet(sx).f32Load(4 * r).localGet(alpha).f32Mul().localSet(rs[r]!);
 
   // Byte offsets of rows 1..R-1 in xq and y, once.
@@ -210,45 +214,61 @@ function emitInt8(c: WasmCode, params: WasmLocal[], R: number, G: number): void 
       else c.localGet(wp[j - 1]!).localGet(rowBytes).i32Add().localSet(wp[j]!);
     }
     for (let r = 0; r < R; r++) for (let j = 0; j < g; j++) c.localGet(zero4).localSet(acc[r]![j]!);
-    c.localGet(xq).localSet(xk);
-    c.loop((top) => {
-      for (let r = 0; r < R; r++) {
-        rowAt(xk, xRowBytes, r);
-        c.v128Load(0).localSet(xa[r]!);
-        rowAt(xk, xRowBytes, r);
-        c.v128Load(16).localSet(xb[r]!);
-      }
-      for (let j = 0; j < g; j++) {
-        c.localGet(wp[j]!).v128Load().localTee(wv).i16x8ExtendLowI8x16S().localSet(lo);
-        c.localGet(wv).i16x8ExtendHighI8x16S().localSet(hi);
+    // u steps of 16 weights per loop iteration while at least u remain, then one at a time.
+    const steps = (u: number) => {
+      for (let st = 0; st < u; st++) {
         for (let r = 0; r < R; r++) {
-          c.localGet(acc[r]![j]!).localGet(lo).localGet(xa[r]!).i32x4DotI16x8S().i32x4Add();
-          c.localGet(hi).localGet(xb[r]!).i32x4DotI16x8S().i32x4Add().localSet(acc[r]![j]!);
+          rowAt(xk, xRowBytes, r);
+          c.v128Load(32 * st).localSet(xa[r]!);
+          rowAt(xk, xRowBytes, r);
+          c.v128Load(32 * st + 16).localSet(xb[r]!);
         }
-        c.localGet(wp[j]!).i32Const(16).i32Add().localSet(wp[j]!);
+        for (let j = 0; j < g; j++) {
+          c.localGet(wp[j]!).v128Load(16 * st).localTee(wv).i16x8ExtendLowI8x16S().localSet(lo);
+          c.localGet(wv).i16x8ExtendHighI8x16S().localSet(hi);
+          for (let r = 0; r < R; r++) {
+            c.localGet(acc[r]![j]!).localGet(lo).localGet(xa[r]!).i32x4DotI16x8S().i32x4Add();
+            c.localGet(hi).localGet(xb[r]!).i32x4DotI16x8S().i32x4Add().localSet(acc[r]![j]!);
+          }
+        }
       }
-      c.localGet(xk).i32Const(32).i32Add().localTee(xk).localGet(xEnd).i32LtU().brIf(top);
-    });
+      for (let j = 0; j < g; j++) c.localGet(wp[j]!).i32Const(16 * u).i32Add().localSet(wp[j]!);
+      c.localGet(xk).i32Const(32 * u).i32Add().localSet(xk);
+      c.localGet(left).i32Const(u).i32Sub().localSet(left);
+    };
+    c.localGet(xq).localSet(xk);
+    c.localGet(Kp).i32Const(4).i32ShrU().localSet(left);
+    for (const u of U > 1 ? [U, 1] : [1]) {
+      c.block((exit) => {
+        c.localGet(left).i32Const(u).i32LtS().brIf(exit);
+        c.loop((top) => {
+          steps(u);
+          c.localGet(left).i32Const(u).i32GeS().brIf(top);
+        });
+      });
+    }
     // Epilogue: per row, the g accumulators → f32 sums → y[r, n + j] = sum · sx[r] · alpha · s[n + j] + b[n + j].
     for (let r = 0; r < R; r++) {
       for (let j = 0; j < g; j++) c.localGet(acc[r]![j]!).f32x4ConvertI32x4S().localSet(acc[r]![j]!);
-      if (g >= 2) {
-        // [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d; then lanes [0,1]+[2,3] → [a, b, c, d]
-        c.localGet(acc[r]![0]!).localGet(acc[r]![1]!).i32x4Shuffle([0, 4, 1, 5]).localGet(acc[r]![0]!).localGet(acc[r]![1]!).i32x4Shuffle([2, 6, 3, 7]).f32x4Add().localSet(t0);
-        if (g === 4) c.localGet(acc[r]![2]!).localGet(acc[r]![3]!).i32x4Shuffle([0, 4, 1, 5]).localGet(acc[r]![2]!).localGet(acc[r]![3]!).i32x4Shuffle([2, 6, 3, 7]).f32x4Add().localSet(t1);
-        else c.localGet(zero4).localSet(t1);
-        c.localGet(t0).localGet(t1).i32x4Shuffle([0, 1, 4, 5]).localGet(t0).localGet(t1).i32x4Shuffle([2, 3, 6, 7]).f32x4Add().localSet(t0);
-      }
-      for (let j = 0; j < g; j++) {
-        if (g >= 2) c.localGet(t0).f32x4ExtractLane(j);
-        else c.localGet(acc[r]![0]!).f32x4ExtractLane(0).localGet(acc[r]![0]!).f32x4ExtractLane(1).f32Add().localGet(acc[r]![0]!).f32x4ExtractLane(2).localGet(acc[r]![0]!).f32x4ExtractLane(3).f32Add().f32Add();
-        // the scale sits right after output (n + j)'s Kp weights
-        c.localGet(rs[r]!).f32Mul().localGet(wn).localGet(Kp).i32Add().f32Load(0).f32Mul().localSet(fa);
-        if (j < g - 1) c.localGet(wn).localGet(rowBytes).i32Add().localSet(wn);
-        c.localGet(b).if(() => c.localGet(fa).localGet(b).localGet(n).i32Const(4).i32Mul().i32Add().f32Load(4 * j).f32Add().localSet(fa));
-        c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(fa).f32Const(0).f32Max().localSet(fa));
-        rowAt(y, yRowBytes, r);
-        c.localGet(n).i32Const(4).i32Mul().i32Add().localGet(fa).f32Store(4 * j);
+      for (let j0 = 0; j0 < g; j0 += 4) {
+        const a = (j: number) => (j0 + j < g ? acc[r]![j0 + j]! : zero4);
+        if (g > 1) {
+          // [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d; then lanes [0,1]+[2,3] → [a, b, c, d]
+          c.localGet(a(0)).localGet(a(1)).i32x4Shuffle([0, 4, 1, 5]).localGet(a(0)).localGet(a(1)).i32x4Shuffle([2, 6, 3, 7]).f32x4Add().localSet(t0);
+          c.localGet(a(2)).localGet(a(3)).i32x4Shuffle([0, 4, 1, 5]).localGet(a(2)).localGet(a(3)).i32x4Shuffle([2, 6, 3, 7]).f32x4Add().localSet(t1);
+          c.localGet(t0).localGet(t1).i32x4Shuffle([0, 1, 4, 5]).localGet(t0).localGet(t1).i32x4Shuffle([2, 3, 6, 7]).f32x4Add().localSet(t0);
+        }
+        for (let j = j0; j < Math.min(g, j0 + 4); j++) {
+          if (g > 1) c.localGet(t0).f32x4ExtractLane(j - j0);
+          else c.localGet(acc[r]![0]!).f32x4ExtractLane(0).localGet(acc[r]![0]!).f32x4ExtractLane(1).f32Add().localGet(acc[r]![0]!).f32x4ExtractLane(2).localGet(acc[r]![0]!).f32x4ExtractLane(3).f32Add().f32Add();
+          // the scale sits right after output (n + j)'s Kp weights
+          c.localGet(rs[r]!).f32Mul().localGet(wn).localGet(Kp).i32Add().f32Load(0).f32Mul().localSet(fa);
+          if (j < g - 1) c.localGet(wn).localGet(rowBytes).i32Add().localSet(wn);
+          c.localGet(b).if(() => c.localGet(fa).localGet(b).localGet(n).i32Const(4).i32Mul().i32Add().f32Load(4 * j).f32Add().localSet(fa));
+          c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(fa).f32Const(0).f32Max().localSet(fa));
+          rowAt(y, yRowBytes, r);
+          c.localGet(n).i32Const(4).i32Mul().i32Add().localGet(fa).f32Store(4 * j);
+        }
       }
       // wn walked to output n+g-1 for this row; back to n for the next row's scales
       if (r < R - 1 && g > 1) c.localGet(wn).localGet(rowBytes).i32Const(g - 1).i32Mul().i32Sub().localSet(wn);
