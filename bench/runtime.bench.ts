@@ -20,8 +20,10 @@ import {
   type KernelNode,
   KVCache,
   matMulBf16,
+  matMulInt8,
   matMulSmall,
   packBf16,
+  packInt8,
   ParallelMatMul,
   simdMatMulMaxRows,
   BLOCKED_MIN_ROWS,
@@ -206,16 +208,19 @@ async function bandwidth() {
   const n = 4096;
   const w = tf.tidy(() => tf.randomUniform([n, n], -1, 1, 'float32', 3) as tf.Tensor2D);
   const packed = packBf16(w);
+  const packed8 = packInt8(w);
   const x = tf.randomUniform([1, n], -1, 1, 'float32', 4) as tf.Tensor2D;
-  // Back to back in one run, so the three see the same machine.
+  // Back to back in one run, so the four see the same machine.
   const runs = {
     tfjs: () => tf.tidy(() => tf.matMul(x, w).dataSync()),
     simd: () => tf.tidy(() => matMulSmall(x, w).dataSync()),
     bf16: () => tf.tidy(() => matMulBf16(x, packed).dataSync()),
+    int8: () => tf.tidy(() => matMulInt8(x, packed8).dataSync()),
   };
   const tfjsMs = await medianMs(runs.tfjs, 15, 3);
   const ms = await medianMs(runs.simd, 15, 3);
   const bf16Ms = await medianMs(runs.bf16, 15, 3);
+  const int8Ms = await medianMs(runs.int8, 15, 3);
   // Process CPU time per call (median of 15): steadier than wall time when other work shares the cores.
   const cpuMs = (f: () => unknown) => {
     const t: number[] = [];
@@ -227,14 +232,15 @@ async function bandwidth() {
     }
     return +t.sort((a, b) => a - b)[7]!.toFixed(3);
   };
-  const cpu = { tfjsMatvecMs: cpuMs(runs.tfjs), matvecMs: cpuMs(runs.simd), bf16MatvecMs: cpuMs(runs.bf16) };
+  const cpu = { tfjsMatvecMs: cpuMs(runs.tfjs), matvecMs: cpuMs(runs.simd), bf16MatvecMs: cpuMs(runs.bf16), int8MatvecMs: cpuMs(runs.int8) };
   // The kernels must agree with tf.matMul (bf16: with the rounded weights, so the error is the rounding's).
   const maxDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
-  const [f32Error, bf16Error] = tf.tidy(() => {
+  // int8: the quantization's error, next to the product's own size (max |x·W|).
+  const [f32Error, bf16Error, int8Error, refMax] = tf.tidy(() => {
     const ref = tf.matMul(x, w);
-    return [maxDiff(matMulSmall(x, w), ref), maxDiff(matMulBf16(x, packed), ref)];
+    return [maxDiff(matMulSmall(x, w), ref), maxDiff(matMulBf16(x, packed), ref), maxDiff(matMulInt8(x, packed8), ref), tf.max(tf.abs(ref)).dataSync()[0]!];
   });
-  tf.dispose([w, x, packed]);
+  tf.dispose([w, x, packed, packed8]);
   const bytes = n * n * 4, bf16Bytes = n * n * 2;
   const gbps = (b: number, t: number) => b / (t / 1000) / 1e9;
   const triad = measureTriadBandwidth();
@@ -252,8 +258,12 @@ async function bandwidth() {
     bf16GBps: +gbps(bf16Bytes, bf16Ms).toFixed(2),
     // What a float32 matvec would need to reach to match it: the figure to compare with matvecGBps.
     bf16Float32EquivalentGBps: +gbps(bytes, bf16Ms).toFixed(2),
+    // int8 (packInt8: n·(n + 4) bytes, scales included): its own bytes per second and the float32 figure it matches.
+    int8MatvecMs: +int8Ms.toFixed(3),
+    int8GBps: +gbps(n * (n + 4), int8Ms).toFixed(2),
+    int8Float32EquivalentGBps: +gbps(bytes, int8Ms).toFixed(2),
     cpuTime: { ...cpu, matvecGBps: +gbps(bytes, cpu.matvecMs).toFixed(2), tfjsMatvecGBps: +gbps(bytes, cpu.tfjsMatvecMs).toFixed(2) },
-    maxAbsErrorVsTfjs: { float32: f32Error, bf16: +bf16Error.toPrecision(3) },
+    maxAbsErrorVsTfjs: { float32: f32Error, bf16: +bf16Error.toPrecision(3), int8: +int8Error.toPrecision(3), productMaxAbs: +refMax.toPrecision(3) },
     triadGBps: triad.gbPerSecond,
     triadArrayMiB: triad.arrayMiB,
     fractionOfTriad: +(matvec / triad.gbPerSecond).toFixed(2),

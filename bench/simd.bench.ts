@@ -8,7 +8,7 @@
  * threads too, so it shows the work, and wall time the gain).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, matMulSmall, packBf16, ParallelMatMul, registerSimdKernels } from '@omniflow/runtime-gpu';
+import { initBackend, matMulSmall, OMNIFLOW_MATMUL_INT8, packBf16, packInt8, ParallelMatMul, registerInt8Kernel, registerSimdKernels } from '@omniflow/runtime-gpu';
 
 function cpuMs(fns: Record<string, () => void>, repeats = 15): Record<string, { bestMs: number; medianMs: number }> {
   const times: Record<string, number[]> = {};
@@ -53,7 +53,7 @@ export async function run(): Promise<object> {
     shapes[`${K}x${N}`] = { ...rows, matvecGBps: { tfjs: +((K * N * 4) / one.tfjs!.bestMs / 1e6).toFixed(2), simd: +((K * N * 4) / one.simd!.bestMs / 1e6).toFixed(2), bf16BytesRead: +((K * N * 2) / one.simdBf16!.bestMs / 1e6).toFixed(2) } };
     tf.dispose([w, packed]);
   }
-  return { backend: backend.name, timing: 'process CPU time per call, best and median of 15', shapes, parallel: parallelSweep() };
+  return { backend: backend.name, timing: 'process CPU time per call, best and median of 15', shapes, parallel: parallelSweep(), int8: int8Sweep() };
 }
 
 /** Wall and process CPU ms per call (medians of `repeats`), the functions interleaved. */
@@ -94,4 +94,36 @@ function parallelSweep(): Record<string, unknown> {
   splitAll.dispose();
   w.dispose();
   return { weights: `[${K}, ${N}] float32`, threads: parallel.threads, parallelFromRows: parallel.parallelFromRows, timing: 'median of 15, wall and process CPU (all threads)', rows };
+}
+
+/**
+ * int8 weights (packInt8) against the float32 and bf16 kernels over [M, 4096]·[4096, 4096], M = 1-256 (decode to
+ * prefill): process CPU ms (best and median of 15, interleaved), and for each M the int8 kernel's GB/s of its own
+ * bytes and of the float32 bytes it stands for (the figure to hold against the float32 kernel's).
+ */
+function int8Sweep(): Record<string, unknown> {
+  const K = 4096, N = 4096;
+  registerInt8Kernel();
+  const attrs = { alpha: 1, activation: 'linear' };
+  const w = tf.tidy(() => tf.randomUniform([K, N], -1, 1, 'float32', 1) as tf.Tensor2D);
+  const bf16 = packBf16(w), int8 = packInt8(w);
+  const int8Bytes = N * (K + 4), f32Bytes = K * N * 4;
+  const rows: Record<string, unknown> = {};
+  for (const M of [1, 2, 3, 4, 8, 16, 64, 256]) {
+    const x = tf.randomUniform([M, K], -1, 1, 'float32', M) as tf.Tensor2D;
+    const t = cpuMs(
+      {
+        // float32: omniflow's kernel up to 16 rows, tf.matMul above (what matMulSmall runs)
+        f32: () => (M <= 16 ? (tf.engine().runKernel('OmniflowMatMul', { x, w }, attrs) as tf.Tensor) : tf.matMul(x, w)).dispose(),
+        bf16: () => (tf.engine().runKernel('OmniflowMatMulBf16', { x, w: bf16 }, attrs) as tf.Tensor).dispose(),
+        int8: () => (tf.engine().runKernel(OMNIFLOW_MATMUL_INT8, { x, w: int8 }, attrs) as tf.Tensor).dispose(),
+      },
+      M >= 64 ? 5 : 15,
+    );
+    const ms = t.int8!.bestMs;
+    rows[`M=${M}`] = { ...t, int8GBps: +(int8Bytes / ms / 1e6).toFixed(2), int8Float32EquivalentGBps: +(f32Bytes / ms / 1e6).toFixed(2), int8SpeedupOverF32: +(t.f32!.bestMs / ms).toFixed(2) };
+    x.dispose();
+  }
+  tf.dispose([w, bf16, int8]);
+  return { weights: `[${K}, ${N}]: int8 ${(int8Bytes / 2 ** 20).toFixed(1)} MiB, bf16 32 MiB, float32 64 MiB`, rows };
 }

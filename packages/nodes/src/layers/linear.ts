@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { matMulBf16, matMulSmall, packBf16Bits, type Checkpoint } from '@omniflow/runtime-gpu';
+import { isInt8Weight, matMulBf16, matMulInt8, matMulSmall, packBf16Bits, packInt8, type Checkpoint } from '@omniflow/runtime-gpu';
 
 // The A/B switch lives with the kernel's routing rule in the runtime; re-exported for model code and benches.
 export { useSimdMatMul } from '@omniflow/runtime-gpu';
@@ -13,17 +13,24 @@ export type WeightSource = Pick<Checkpoint, 'get'>;
 /**
  * How a model keeps its matmul weights. 'float32' (the default) is exact and trainable. 'bf16' rounds each weight to
  * bfloat16 and packs two per int32 (`[in, out / 2]`), halving the bytes every decode step reads; products still
- * accumulate in float32. The released checkpoint is stored in bf16, so for it the rounding changes nothing. Inference
- * only (no gradients through packed weights).
+ * accumulate in float32. The released checkpoint is stored in bf16, so for it the rounding changes nothing. 'int8'
+ * quantizes each output column to int8 with its own scale (max |w| / 127; runtime-gpu's packInt8: int32
+ * `[out, ceil(in / 16)·4 + 1]`, marked as int8), a quarter of float32's bytes; on wasm the product quantizes x to int16
+ * per row and accumulates in int32, so a product is off by up to half a scale step per weight (about 0.4% of the
+ * column's largest weight; relative rms error of a random product about 0.3%). Inference only (no gradients through
+ * packed weights).
  */
-export type WeightDtype = 'float32' | 'bf16';
+export type WeightDtype = 'float32' | 'bf16' | 'int8';
 
 /**
  * A Linear layer with its weight stored as [in, out]: PyTorch checkpoints store [out, in], and the
  * wasm backend's transposeB matmul is about 6x slower, so the weight is transposed once at load.
  */
 export interface Linear {
-  /** [in, out] float32, or for a 'bf16' weight ({@link packWeight}) int32 [in, out / 2]. */
+  /**
+   * [in, out] float32; for a 'bf16' weight ({@link packWeight}) int32 [in, out / 2]; for an 'int8' weight the marked
+   * int32 tensor from packInt8 ([out, ceil(in / 16)·4 + 1]: use inFeatures / outFeatures, not its shape).
+   */
   readonly weight: tf.Tensor2D;
   readonly bias?: tf.Tensor1D; // [out]
   readonly inFeatures: number;
@@ -37,6 +44,7 @@ export interface Linear {
  * const q = loadLinear(ckpt, 'thinker.model.layers.0.self_attn.q_proj', 32, 64);
  * const y = linear(x, q); // x [..., 32] -> y [..., 64]
  * const q16 = loadLinear(ckpt, 'thinker.model.layers.0.self_attn.q_proj', 32, 64, false, 'bf16'); // half the bytes
+ * const q8 = loadLinear(ckpt, 'thinker.model.layers.0.self_attn.q_proj', 32, 64, false, 'int8'); // a quarter
  * ```
  */
 export function loadLinear(ckpt: WeightSource, prefix: string, inFeatures: number, outFeatures: number, bias = false, format: WeightDtype = 'float32'): Linear {
@@ -47,25 +55,29 @@ export function loadLinear(ckpt: WeightSource, prefix: string, inFeatures: numbe
 }
 
 /**
- * A weight matrix on the device from a host `[rows, cols]` float32 array, in `format`. A bf16 matrix needs an even
- * number of columns (two per int32); one with an odd width (e.g. the MoE shared-expert gate's single column) stays
- * float32, which every product below accepts.
+ * A weight matrix on the device from a host `[rows, cols]` float32 array (`[in, out]`), in `format`. A bf16 matrix
+ * needs an even number of columns (two per int32); one with an odd width (e.g. the MoE shared-expert gate's single
+ * column) stays float32, which every product below accepts. An int8 matrix takes any shape (packInt8: quantized per
+ * column on the host, one tensor on the device).
  *
  * ```ts
  * const w = packWeight(new Float32Array(1024 * 2048), 1024, 2048, 'bf16'); // int32 [1024, 1024]
  * const y = matMulWeight(x, w); // x [m, 1024] -> [m, 2048]
+ * const w8 = packWeight(new Float32Array(1024 * 2048), 1024, 2048, 'int8'); // int8 weight, int32 [2048, 257]
  * ```
  */
 export function packWeight(data: Float32Array, rows: number, cols: number, format: WeightDtype = 'float32'): tf.Tensor2D {
   if (data.length !== rows * cols) throw new Error(`packWeight: ${data.length} values for a [${rows}, ${cols}] matrix`);
+  if (format === 'int8') return packInt8(data, rows, cols);
   if (format === 'float32' || cols % 2 !== 0) return tf.tensor2d(data, [rows, cols]);
   // Packed on the host (round to nearest even, two per int32, see packBf16): no float32 copy on the device.
   return tf.tensor2d(packBf16Bits(new Uint32Array(data.buffer, data.byteOffset, data.length)), [rows, cols / 2], 'int32');
 }
 
 /**
- * x · W (+ bias) for a weight from {@link packWeight}: float32 or bf16-packed, chosen by the weight's dtype. Small-M
- * products (decode steps) run omniflow's wasm SIMD kernel; larger ones and other backends fall back to tfjs.
+ * x · W (+ bias) for a weight from {@link packWeight}: int8 (a weight packInt8 marked), else bf16-packed (int32), else
+ * float32. Small-M float32 products (decode steps) run omniflow's wasm SIMD kernel, packed weights always do on wasm;
+ * other backends fall back to tfjs.
  *
  * ```ts
  * const y = matMulWeight(x, mlp.down); // [m, intermediate] -> [m, hidden]
@@ -73,6 +85,7 @@ export function packWeight(data: Float32Array, rows: number, cols: number, forma
  * ```
  */
 export function matMulWeight(x: tf.Tensor2D, w: tf.Tensor2D, options: { bias?: tf.Tensor1D; alpha?: number } = {}): tf.Tensor2D {
+  if (isInt8Weight(w)) return matMulInt8(x, w, options) as tf.Tensor2D;
   return (w.dtype === 'int32' ? matMulBf16(x, w, options) : matMulSmall(x, w, options)) as tf.Tensor2D;
 }
 
