@@ -107,7 +107,29 @@ describe.each(['wasm', 'cpu'])('ParallelMatMul with tfjs on %s', (backend) => {
       }
       // one thread: no workers at all
       const x = tf.tensor2d(values(8 * K, 9), [8, K]);
-      expect(maxAbsDiff(make(w, { threads: 1 }).apply(x), tf.matMul(x, w))).toBeLessThan(1e-5);
+      const alone = make(w, { threads: 1 });
+      expect(maxAbsDiff(alone.apply(x), tf.matMul(x, w))).toBeLessThan(1e-5);
+      expect(alone.chunksRun()).toEqual([alone.chunkCount]);
+    });
+    expect(tf.memory().numTensors).toBe(start);
+  });
+
+  it('runs every chunk exactly once on the workers alone (callerRuns false), streaming and blocked', () => {
+    const start = tf.memory().numTensors;
+    tf.tidy(() => {
+      const K = 70, N = 333;
+      const w = tf.tensor2d(values(K * N, 21), [K, N]);
+      const b = tf.tensor1d(values(N, 22));
+      const mm = make(w, { threads: 3, parallelFromRows: 1, callerRuns: false });
+      let expectedChunks = 0;
+      for (const M of [1, 3, 4, 11, 16]) {
+        const x = tf.tensor2d(values(M * K, 40 + M), [M, K]);
+        expect(maxAbsDiff(mm.apply(x, { bias: b, alpha: 0.5, activation: 'relu' }), expected(x, w, b, 0.5, true)), `M=${M}`).toBeLessThan(1e-5);
+        expectedChunks += mm.chunkCount;
+      }
+      const ran = mm.chunksRun();
+      expect(ran[0]).toBe(0);
+      expect(ran[1]! + ran[2]!).toBe(expectedChunks);
     });
     expect(tf.memory().numTensors).toBe(start);
   });
@@ -141,7 +163,8 @@ describe('ParallelMatMul errors and lifetime', () => {
     tf.tidy(() => {
       const w = tf.tensor2d(values(4 * 6, 1), [4, 6]);
       expect(() => new ParallelMatMul(tf.zeros([4]) as unknown as tf.Tensor2D)).toThrow('ParallelMatMul: W must be float32 [K, N] or packed bf16 int32 [K, N/2] (packBf16), got float32 [4]');
-      expect(() => new ParallelMatMul(w, { threads: 0 })).toThrow('threads must be an integer in 1..16, got 0');
+      expect(() => new ParallelMatMul(w, { threads: 0 })).toThrow('ParallelMatMul: threads must be an integer in 1..16, got 0');
+      expect(() => new ParallelMatMul(w, { threads: 1, callerRuns: false })).toThrow('callerRuns false needs threads >= 2');
       const mm = make(w, { threads: 2 });
       expect(() => mm.apply(tf.zeros([1, 5]))).toThrow("ParallelMatMul.apply: x's last axis must match W's 4 rows, got x [1,5] and W [4, 6]");
       expect(() => mm.apply(tf.zeros([1, 4], 'int32'))).toThrow('x must be float32, got int32 [1,4]');
@@ -177,27 +200,43 @@ describe('ParallelMatMul errors and lifetime', () => {
     });
   });
 
-  it('throws, not hangs, when a worker dies: between calls (its exit) and during a call (timeout)', async () => {
-    const w = tf.tensor2d(values(16 * 16, 8), [16, 16]);
+  it('finishes without a worker that died unseen, throws once its exit is seen, and times out when nobody is left', async () => {
+    const w = tf.tensor2d(values(16 * 40, 8), [16, 40]);
     const x = tf.tensor2d(values(8 * 16, 9), [8, 16]);
-    const internals = (mm: ParallelMatMul) => (mm as unknown as { workers: Array<{ worker: { terminate(): Promise<number> } }> }).workers;
+    const worker = (mm: ParallelMatMul) => (mm as unknown as { workers: Array<{ worker: { terminate(): Promise<number> } }> }).workers[0]!.worker;
 
-    const between = make(w, { threads: 2 });
-    between.apply(x).dispose();
-    await internals(between)[0]!.worker.terminate(); // the exit event has run once this resolves
-    expect(() => between.apply(x)).toThrow(/ParallelMatMul.apply: worker thread 1 exited with code 1; dispose\(\) it and make a new one/);
-
-    const during = make(w, { threads: 2, timeoutMs: 300 });
-    during.apply(x).dispose();
-    void internals(during)[0]!.worker.terminate();
-    sleepSync(200); // the worker is gone, but this thread has not seen its exit event
+    const mm = make(w, { threads: 2, timeoutMs: 2000 }).waitReady();
+    mm.apply(x).dispose();
+    void worker(mm).terminate();
+    sleepSync(200); // the worker is gone, but this thread has not run its exit event: the caller takes every chunk
     const t0 = performance.now();
-    expect(() => during.apply(x)).toThrow('ParallelMatMul.apply: worker thread 1 did not finish its slice within 300 ms (its thread died or is stuck)');
-    expect(performance.now() - t0).toBeLessThan(2000);
-    expect(() => during.apply(x)).toThrow(/did not finish its slice/);
-    // fewer rows than parallelFromRows never touch the workers
-    expect(() => during.apply(tf.tensor2d(values(16, 1), [1, 16]))).toThrow(/did not finish its slice/);
+    tf.tidy(() => {
+      expect(maxAbsDiff(mm.apply(x), tf.matMul(x, w))).toBeLessThan(1e-5);
+    });
+    expect(performance.now() - t0).toBeLessThan(1000);
+    await new Promise((resolve) => setTimeout(resolve, 50)); // the exit event runs
+    expect(() => mm.apply(x)).toThrow(/^ParallelMatMul.apply: worker thread 1 exited with code 1; dispose\(\) it and make a new one$/);
+    expect(() => mm.waitReady()).toThrow(/^ParallelMatMul.waitReady: worker thread 1 exited/);
+
+    // With the chunks left to the workers, a dead one means nobody runs them: apply times out instead of hanging.
+    const left = make(w, { threads: 2, callerRuns: false, timeoutMs: 300 }).waitReady();
+    left.apply(x).dispose();
+    void worker(left).terminate();
+    sleepSync(200);
+    const t1 = performance.now();
+    expect(() => left.apply(x)).toThrow('ParallelMatMul.apply: a worker thread did not finish its chunk within 300 ms (its thread died or is stuck)');
+    expect(performance.now() - t1).toBeLessThan(2000);
+    expect(() => left.apply(x)).toThrow(/did not finish its chunk within 300 ms .*; dispose\(\) it and make a new one/);
     tf.dispose([w, x]);
+  });
+
+  it('cuts W into whole groups of 8 columns, chunksPerThread per thread', () => {
+    const w = tf.zeros([3, 1000]) as tf.Tensor2D;
+    expect(make(w, { threads: 2 }).chunkCount).toBe(8); // 8 chunks of 128 columns (the last 104)
+    expect(make(w, { threads: 3, chunksPerThread: 1 }).chunkCount).toBe(3); // 336, 336, 328
+    expect(make(tf.zeros([3, 20]) as tf.Tensor2D, { threads: 3 }).chunkCount).toBe(3); // 8, 8, 4: never narrower than 8
+    expect(() => make(w, { threads: 2, chunksPerThread: 200 })).toThrow('ParallelMatMul: chunksPerThread must be an integer in 1..127, got 200');
+    w.dispose();
   });
 
   it('does not keep the process alive when dispose() is forgotten', () => {

@@ -6,34 +6,41 @@ import { DEFAULT_VARIANT, FMA_VARIANT, MATMUL_EPILOGUE, matMulFunctions, matMulM
 import { webAssembly, type MemoryLimits, type WasmMemoryLike } from './wasm-emitter.js';
 
 /*
- * One weight matrix W [K, N] multiplied on several cores: W is cut by columns into `threads` slices [K, N_t], each
- * stored contiguously in a WebAssembly.Memory shared with threads-1 worker_threads (tfjs-wasm's heap is not shared,
- * so workers cannot see tensors there). A call copies x into the shared memory once; every thread runs the same
- * kernels as matMulSmall (matmul-module.ts's streaming kernels for 1-3 rows, the register-blocked kernel from 4) on its
- * own slice, into its own y slice with its own scratch; the calling thread runs slice 0 and then waits for the
- * others, and y is assembled from the slices (M·N floats: small next to the K·N multiply-adds).
+ * One weight matrix W [K, N] multiplied on several cores. W is cut by columns into chunks [K, n_c], each stored
+ * contiguously in a WebAssembly.Memory shared with threads-1 worker_threads (tfjs-wasm's heap is not shared, so
+ * workers cannot see tensors there). A call copies x into the shared memory once; then every thread, the caller
+ * included, claims chunks one at a time and runs the same kernels as matMulSmall on them (matmul-module.ts's
+ * streaming kernels for 1-3 rows, the register-blocked kernel from 4) into the chunk's own y, with its own scratch;
+ * y is assembled from the chunks (M·N floats: small next to the K·N multiply-adds).
  *
- * Threads meet over an Int32Array at the start of the memory: the caller writes the job (M, alpha, epilogue, bias,
- * kernel) and bumps SEQ with Atomics (sequentially consistent, so the job's fields are visible to a worker that sees the
- * new SEQ), a worker wakes from Atomics.wait on SEQ, runs its slice and publishes DONE[t] = SEQ. Waits have a timeout
- * loop, so a worker that died mid-job makes apply throw instead of hanging (its 'exit' event cannot run while the
- * caller blocks; it is seen at the next call).
+ * Chunks are claimed, not assigned: on this shared 2-core machine a worker is often not running when a job starts, and
+ * with fixed halves the caller would wait for it (measured: up to 1.5x slower than one thread while other processes
+ * ran). With claims, the caller takes whatever the worker has not started, so a busy machine costs at most one chunk
+ * of waiting, and the caller's extra work (copying x in and y out) is balanced too.
+ *
+ * Threads meet over an Int32Array at the start of the memory. The caller writes the job (rows, alpha, epilogue, bias,
+ * kernel), resets COMPLETED, opens CLAIM = (job tag << 8 | next chunk) and bumps SEQ, all with Atomics (sequentially
+ * consistent: a thread that sees the new values sees the job's fields). A worker wakes from Atomics.wait on SEQ and
+ * claims chunks by compare-exchange on CLAIM; the tag makes a worker that wakes late for a finished job claim nothing
+ * of the next one. Each finished chunk adds one to COMPLETED; the caller waits for all of them with a timeout loop, so a
+ * worker that died holding a chunk makes apply throw instead of hanging (a worker's 'exit' event cannot run while the
+ * caller blocks; it is seen at the next call, which then throws).
  */
 
-/** Int32 slots of the control block. */
-const CTL = { seq: 0, stop: 1, rows: 2, alpha: 3, epilogue: 4, bias: 5, blocked: 6 } as const;
-/** Per-thread slots follow: READY[t], DONE[t], STATUS[t] (1 = failed, the message is on the thread's port). */
-const CTL_THREADS = 8;
-/** Bytes of the control block: CTL_THREADS + 3·MAX_THREADS int32 slots. */
+/** Int32 slots of the control block; READY[t] of worker t at CTL_READY + t, chunks thread t ran at CTL_RAN + t. */
+const CTL = { seq: 0, stop: 1, rows: 2, alpha: 3, epilogue: 4, bias: 5, blocked: 6, claim: 7, completed: 8, failed: 9 } as const;
+const CTL_READY = 10;
+const CTL_RAN = 32;
 const CTL_BYTES = 256;
 const MAX_THREADS = 16;
+/** The chunk counter is the low 8 bits of CLAIM. */
+const MAX_CHUNKS = 255;
 const ALIGN = 64;
 
 /**
  * From this many rows `ParallelMatMul.apply` splits the product across threads; fewer rows run on the calling thread
- * alone (over every slice in turn). Measured (process CPU and wall time, [M, 4096]·[4096, 4096], 2 threads, machine
- * shared): one row streams W at the single core's share of memory bandwidth, and a second core streaming the other half
- * adds nothing but its wake-up (3.1 vs 3.2 ms wall); from 4 rows the product is compute-bound and halves (see
+ * alone (over every chunk in turn). One row streams W at the whole machine's memory bandwidth from one core, so a
+ * second core adds nothing but its wake-up; from 4 rows the product is compute-bound and splits (measured numbers in
  * docs/runtime.md, "Two threads for batched products").
  */
 export const PARALLEL_MIN_ROWS = 4;
@@ -42,12 +49,19 @@ export const PARALLEL_MIN_ROWS = 4;
 export interface ParallelMatMulOptions {
   /** Threads including the caller's (default `defaultMatMulThreads()`: the cores, at most 2); 1 runs no workers. */
   readonly threads?: number;
-  /** Rows per run (x, y and scratch are sized for it); more rows go in chunks of this many. Default 16. */
+  /** Column chunks per thread (default 4): more balance better on a busy machine, fewer repack x less often. */
+  readonly chunksPerThread?: number;
+  /** Rows per run (x, y and scratch are sized for it); more rows go in runs of this many. Default 16. */
   readonly maxRows?: number;
   /** From this many rows the work is split across threads (default PARALLEL_MIN_ROWS). */
   readonly parallelFromRows?: number;
-  /** How long the caller waits for a worker's slice (or its start) before apply throws (default 10 000 ms). */
+  /** How long the caller waits for a chunk a worker holds before apply throws (default 10 000 ms). */
   readonly timeoutMs?: number;
+  /**
+   * Whether the calling thread claims chunks too (default true). false leaves split jobs to the workers, the caller
+   * only waiting: for tests of the workers' path and for measurements.
+   */
+  readonly callerRuns?: boolean;
 }
 
 /** Options of `apply`: y = activation(alpha · x·W + bias), as matMulSmall. */
@@ -61,8 +75,7 @@ export interface ParallelMatMulApplyOptions {
 }
 
 /**
- * The default thread count: the cores this process may use, at most 2 (measured on this 2-core machine; more threads
- * than cores only adds wake-ups).
+ * The default thread count: the cores this process may use, at most 2 (what was measured, on a 2-core machine).
  *
  * ```ts
  * defaultMatMulThreads(); // 2 on a 2-core machine
@@ -72,80 +85,88 @@ export function defaultMatMulThreads(): number {
   return Math.max(1, Math.min(2, os.availableParallelism()));
 }
 
-/** Byte offsets of one thread's slice in the shared memory. */
-interface Slice {
-  /** First column of W (and y) the slice holds, and its width. */
+/** One column chunk: its first column and width, and byte offsets of its W, bias and y in the shared memory. */
+interface Chunk {
   readonly n0: number;
   readonly n: number;
   readonly w: number;
   readonly bias: number;
   readonly y: number;
-  readonly scratch: number;
 }
 
-/** The kernels as one thread runs them over its slice (the worker's copy of this is in WORKER_SOURCE). */
-function runSlice(kernels: { rows: readonly MatMulFn[]; blocked: BlockedMatMulFn }, x: number, s: Slice, K: number, M: number, alpha: number, act: number, bias: boolean, blocked: boolean): void {
-  if (s.n === 0 || M === 0) return;
-  const b = bias ? s.bias : 0;
-  if (blocked) return kernels.blocked(x, s.w, b, s.y, M, K, s.n, alpha, act, s.scratch);
+/** A job as every thread reads it from the control block. */
+interface Job {
+  readonly rows: number;
+  readonly alpha: number;
+  readonly act: number;
+  readonly bias: boolean;
+  readonly blocked: boolean;
+}
+
+interface Kernels {
+  readonly rows: readonly MatMulFn[];
+  readonly blocked: BlockedMatMulFn;
+}
+
+/** One chunk as the caller runs it (WORKER_SOURCE has the worker's copy of these lines). */
+function runChunk(kernels: Kernels, x: number, c: Chunk, K: number, scratch: number, job: Job): void {
+  const b = job.bias ? c.bias : 0;
+  if (job.blocked) return kernels.blocked(x, c.w, b, c.y, job.rows, K, c.n, job.alpha, job.act, scratch);
   const maxRows = kernels.rows.length - 1;
-  for (let r0 = 0; r0 < M; r0 += maxRows) {
-    const rows = Math.min(maxRows, M - r0);
-    kernels.rows[rows]!(x + r0 * K * 4, s.w, b, s.y + r0 * s.n * 4, K, s.n, alpha, act);
+  for (let r0 = 0; r0 < job.rows; r0 += maxRows) {
+    const rows = Math.min(maxRows, job.rows - r0);
+    kernels.rows[rows]!(x + r0 * K * 4, c.w, b, c.y + r0 * c.n * 4, K, c.n, job.alpha, job.act);
   }
 }
 
 /**
  * A worker: plain JS (no tsx, no tfjs), run with `eval`. It instantiates the kernel modules over the shared memory,
- * reports READY, and serves jobs until STOP. Errors (a trap, a failed start) go to its port and STATUS, so the caller
- * sees them without its event loop.
+ * reports READY, and claims chunks of each job until STOP. A failed chunk is reported on its port and in FAILED (and
+ * still counted), so the caller sees it without its event loop.
  */
 const WORKER_SOURCE = `
 // getBuiltinModule: an eval'd worker is ESM (no require) when the process runs with --input-type=module.
 const { workerData } = process.getBuiltinModule ? process.getBuiltinModule('node:worker_threads') : require('node:worker_threads');
-const { memory, rowsBytes, blockedBytes, streamingMaxRows, format, index, threads, K, x, slice, port } = workerData;
-const CTL = ${JSON.stringify(CTL)}, T0 = ${CTL_THREADS};
-const READY = T0 + index, DONE = T0 + threads + index, STATUS = T0 + 2 * threads + index;
+const { memory, rowsBytes, blockedBytes, streamingMaxRows, format, index, K, x, chunks, scratch, port } = workerData;
+const CTL = ${JSON.stringify(CTL)};
 const ctl = new Int32Array(memory.buffer, 0, ${CTL_BYTES / 4});
 const ctlF = new Float32Array(memory.buffer, 0, ${CTL_BYTES / 4});
-const finish = (slot, status, error) => {
-  if (error) port.postMessage(String((error && error.stack) || error));
-  Atomics.store(ctl, STATUS, status);
-  Atomics.store(ctl, slot, slot === READY ? 1 : Atomics.load(ctl, CTL.seq));
-  Atomics.notify(ctl, slot);
-};
-// Read before READY: the caller may post the first job as soon as it sees READY.
-let seen = Atomics.load(ctl, CTL.seq);
-let rows, blocked;
-try {
-  const env = { env: { memory } };
-  const r = new WebAssembly.Instance(new WebAssembly.Module(rowsBytes), env).exports;
-  rows = [undefined];
-  for (let i = 1; i <= streamingMaxRows; i++) rows.push(r[format + '_r' + i]);
-  blocked = new WebAssembly.Instance(new WebAssembly.Module(blockedBytes), env).exports[format + '_blocked'];
-  finish(READY, 0);
-} catch (e) {
-  finish(READY, 1, e);
-  throw e;
+const env = { env: { memory } };
+const r = new WebAssembly.Instance(new WebAssembly.Module(rowsBytes), env).exports;
+const rows = [undefined];
+for (let i = 1; i <= streamingMaxRows; i++) rows.push(r[format + '_r' + i]);
+const blocked = new WebAssembly.Instance(new WebAssembly.Module(blockedBytes), env).exports[format + '_blocked'];
+function runChunk(c) {
+  const M = ctl[CTL.rows], alpha = ctlF[CTL.alpha], act = ctl[CTL.epilogue], b = ctl[CTL.bias] ? c.bias : 0;
+  if (ctl[CTL.blocked]) return blocked(x, c.w, b, c.y, M, K, c.n, alpha, act, scratch);
+  for (let r0 = 0; r0 < M; r0 += streamingMaxRows) {
+    const n = Math.min(streamingMaxRows, M - r0);
+    rows[n](x + r0 * K * 4, c.w, b, c.y + r0 * c.n * 4, K, c.n, alpha, act);
+  }
 }
+// 0, not the current SEQ: a job posted before this worker started is still open to it (the caller does not wait for
+// workers to start), and the claim tag keeps it from taking anything of a job that is over.
+let seen = 0;
+Atomics.store(ctl, ${CTL_READY} + index, 1);
+Atomics.notify(ctl, ${CTL_READY} + index);
 for (;;) {
   Atomics.wait(ctl, CTL.seq, seen);
   if (Atomics.load(ctl, CTL.stop)) break;
   const seq = Atomics.load(ctl, CTL.seq);
   if (seq === seen) continue;
   seen = seq;
-  try {
-    const M = ctl[CTL.rows], alpha = ctlF[CTL.alpha], act = ctl[CTL.epilogue], b = ctl[CTL.bias] ? slice.bias : 0;
-    if (slice.n > 0 && M > 0) {
-      if (ctl[CTL.blocked]) blocked(x, slice.w, b, slice.y, M, K, slice.n, alpha, act, slice.scratch);
-      else for (let r0 = 0; r0 < M; r0 += streamingMaxRows) {
-        const n = Math.min(streamingMaxRows, M - r0);
-        rows[n](x + r0 * K * 4, slice.w, b, slice.y + r0 * slice.n * 4, K, slice.n, alpha, act);
-      }
+  const tag = (seq & 0x7fffff) << 8;
+  for (;;) {
+    const v = Atomics.load(ctl, CTL.claim);
+    if ((v & ~0xff) !== tag || (v & 0xff) >= chunks.length) break;
+    if (Atomics.compareExchange(ctl, CTL.claim, v, v + 1) !== v) continue;
+    try {
+      runChunk(chunks[v & 0xff]);
+    } catch (e) {
+      if (Atomics.compareExchange(ctl, CTL.failed, 0, index + 1) === 0) port.postMessage(String((e && e.stack) || e));
     }
-    finish(DONE, 0);
-  } catch (e) {
-    finish(DONE, 1, e);
+    Atomics.add(ctl, ${CTL_RAN} + index, 1);
+    if (Atomics.add(ctl, CTL.completed, 1) + 1 === chunks.length) Atomics.notify(ctl, CTL.completed);
   }
 }
 port.close();
@@ -160,13 +181,13 @@ interface WorkerHandle {
 
 /**
  * `activation(alpha · x·W + bias)` for one weight W [K, N] on several cores (worker_threads over a shared
- * WebAssembly.Memory), for batched decoding: from PARALLEL_MIN_ROWS rows (compute-bound) the columns are split across
- * threads, fewer rows run on the calling thread. Synchronous; works whatever tfjs backend is active (the kernels are
- * omniflow's own wasm SIMD kernels, not tfjs's). W is float32 [K, N], or packed bf16 (int32 [K, N/2] from
+ * WebAssembly.Memory), for batched decoding: from PARALLEL_MIN_ROWS rows (compute-bound) column chunks are shared out
+ * among the threads, fewer rows run on the calling thread. Synchronous; works whatever tfjs backend is active (the
+ * kernels are omniflow's own wasm SIMD kernels, not tfjs's). W is float32 [K, N], or packed bf16 (int32 [K, N/2] from
  * `packBf16`); it is copied into memory the object owns, so the tensor may be disposed after construction.
  *
  * ```ts
- * const mm = new ParallelMatMul(w);                  // w [4096, 4096] float32; 2 threads
+ * const mm = new ParallelMatMul(w);                       // w [4096, 4096] float32; 2 threads
  * const y = mm.apply(x, { bias: b, activation: 'relu' }); // x [8, 4096] → y [8, 4096]
  * mm.dispose();
  * ```
@@ -178,20 +199,23 @@ export class ParallelMatMul {
   /** Threads including the caller's. */
   readonly threads: number;
   readonly format: 'float32' | 'bf16';
-  /** Rows per run; more rows go in chunks. */
+  /** Rows per run; more rows go in runs of this many. */
   readonly maxRows: number;
   /** From this many rows the work is split across threads. */
   readonly parallelFromRows: number;
+  /** How many column chunks W is cut into. */
+  readonly chunkCount: number;
 
   private memory: WasmMemoryLike | undefined;
   private readonly ctl: Int32Array;
   private readonly ctlF: Float32Array;
-  private readonly slices: Slice[];
+  private readonly chunks: Chunk[] = [];
   private readonly xOffset: number;
-  private readonly kernels: { rows: readonly MatMulFn[]; blocked: BlockedMatMulFn };
+  private readonly scratch: number;
+  private readonly kernels: Kernels;
   private readonly workers: WorkerHandle[] = [];
   private readonly timeoutMs: number;
-  private ready = false;
+  private readonly callerRuns: boolean;
   private broken: string | undefined;
   private lastBias: tf.Tensor1D | undefined;
 
@@ -204,36 +228,40 @@ export class ParallelMatMul {
     const K = (this.K = w.shape[0]);
     const N = (this.N = bf16 ? 2 * w.shape[1] : w.shape[1]);
     if (K < 1 || N < 1) throw new Error(`ParallelMatMul: W must have at least one row and column, got [${w.shape}]`);
-    const threads = (this.threads = options.threads ?? defaultMatMulThreads());
-    if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) throw new Error(`ParallelMatMul: threads must be an integer in 1..${MAX_THREADS}, got ${threads}`);
-    const maxRows = (this.maxRows = options.maxRows ?? 16);
-    if (!Number.isInteger(maxRows) || maxRows < 1) throw new Error(`ParallelMatMul: maxRows must be a positive integer, got ${maxRows}`);
-    this.parallelFromRows = options.parallelFromRows ?? PARALLEL_MIN_ROWS;
-    if (!(this.parallelFromRows >= 1)) throw new Error(`ParallelMatMul: parallelFromRows must be at least 1, got ${this.parallelFromRows}`);
+    const int = (name: string, v: number, lo: number, hi: number) => {
+      if (!Number.isInteger(v) || v < lo || v > hi) throw new Error(`ParallelMatMul: ${name} must be an integer in ${lo}..${hi}, got ${v}`);
+      return v;
+    };
+    const threads = (this.threads = int('threads', options.threads ?? defaultMatMulThreads(), 1, MAX_THREADS));
+    const chunksPerThread = int('chunksPerThread', options.chunksPerThread ?? 4, 1, Math.floor(MAX_CHUNKS / threads));
+    const maxRows = (this.maxRows = int('maxRows', options.maxRows ?? 16, 1, 1 << 16));
+    this.parallelFromRows = int('parallelFromRows', options.parallelFromRows ?? PARALLEL_MIN_ROWS, 1, Number.MAX_SAFE_INTEGER);
     this.timeoutMs = options.timeoutMs ?? 10_000;
     if (!(this.timeoutMs > 0)) throw new Error(`ParallelMatMul: timeoutMs must be positive, got ${this.timeoutMs}`);
+    this.callerRuns = options.callerRuns ?? true;
+    if (!this.callerRuns && threads === 1) throw new Error('ParallelMatMul: callerRuns false needs threads >= 2 (no worker would run the chunks)');
 
     const fma = relaxedSimdAvailable();
     const rowsVariant = fma ? FMA_VARIANT : DEFAULT_VARIANT;
     const blockedVariant = fma ? BLOCKED_FMA_VARIANT : BLOCKED_VARIANT;
 
-    // Layout: control block, x [maxRows, K], then per thread W slice [K, n], bias [n], y [maxRows, n], scratch.
-    // Slices are whole groups of 8 columns (one blocked register block; bf16 packs pairs), the last takes the rest.
+    // Layout: control block, x [maxRows, K], per chunk W [K, n] + bias [n] + y [maxRows, n], per thread scratch.
+    // Chunks are whole groups of 8 columns (one blocked register block; bf16 packs pairs), the last takes the rest.
     const align = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
     let end = CTL_BYTES;
     this.xOffset = end;
     end = align(end + maxRows * K * 4);
-    const width = Math.ceil(N / threads / 8) * 8;
-    this.slices = [];
-    for (let t = 0; t < threads; t++) {
-      const n0 = Math.min(N, t * width), n = Math.min(N, n0 + width) - n0;
-      const w0 = end;
-      const bias = align(w0 + K * n * (bf16 ? 2 : 4));
-      const y = align(bias + n * 4);
-      const scratch = align(y + maxRows * n * 4);
-      end = align(scratch + blockedScratchBytes(blockedVariant, maxRows, K, n) + 8);
-      this.slices.push({ n0, n, w: w0, bias, y, scratch });
+    const width = Math.max(8, Math.ceil(N / (threads * chunksPerThread) / 8) * 8);
+    for (let n0 = 0; n0 < N; n0 += width) {
+      const n = Math.min(N, n0 + width) - n0;
+      const w0 = end, bias = align(w0 + K * n * (bf16 ? 2 : 4)), y = align(bias + n * 4);
+      end = align(y + maxRows * n * 4);
+      this.chunks.push({ n0, n, w: w0, bias, y });
     }
+    this.chunkCount = this.chunks.length;
+    const scratchBytes = align(blockedScratchBytes(blockedVariant, maxRows, K, width) + 8);
+    this.scratch = end;
+    end += threads * scratchBytes;
     const pages = Math.ceil(end / 65536);
     if (pages > 65536) throw new Error(`ParallelMatMul: W [${K}, ${N}] ${this.format} with maxRows ${maxRows} needs ${(end / 2 ** 30).toFixed(2)} GiB, above wasm32's 4 GiB`);
     const limits: MemoryLimits = { initial: pages, maximum: pages, shared: true };
@@ -241,15 +269,15 @@ export class ParallelMatMul {
     this.ctl = new Int32Array(memory.buffer, 0, CTL_BYTES / 4);
     this.ctlF = new Float32Array(memory.buffer, 0, CTL_BYTES / 4);
 
-    // W into its slices, row by row.
+    // W into its chunks, row by row.
     const src = w.dataSync();
-    for (const s of this.slices) {
+    for (const c of this.chunks) {
       if (bf16) {
-        const dst = new Int32Array(memory.buffer, s.w, (K * s.n) / 2), rowIn = N / 2, c0 = s.n0 / 2, c = s.n / 2;
-        for (let k = 0; k < K; k++) dst.set((src as Int32Array).subarray(k * rowIn + c0, k * rowIn + c0 + c), k * c);
+        const dst = new Int32Array(memory.buffer, c.w, (K * c.n) / 2), rowIn = N / 2, p0 = c.n0 / 2, p = c.n / 2;
+        for (let k = 0; k < K; k++) dst.set((src as Int32Array).subarray(k * rowIn + p0, k * rowIn + p0 + p), k * p);
       } else {
-        const dst = new Float32Array(memory.buffer, s.w, K * s.n);
-        for (let k = 0; k < K; k++) dst.set((src as Float32Array).subarray(k * N + s.n0, k * N + s.n0 + s.n), k * s.n);
+        const dst = new Float32Array(memory.buffer, c.w, K * c.n);
+        for (let k = 0; k < K; k++) dst.set((src as Float32Array).subarray(k * N + c.n0, k * N + c.n0 + c.n), k * c.n);
       }
     }
 
@@ -268,7 +296,7 @@ export class ParallelMatMul {
         eval: true,
         // No loaders (tsx) or flags of the parent: the worker is plain JS and should start in milliseconds.
         execArgv: [],
-        workerData: { memory, rowsBytes, blockedBytes, streamingMaxRows: rowsVariant.maxRows, format: kf, index: t, threads, K, x: this.xOffset, slice: this.slices[t], port: port2 },
+        workerData: { memory, rowsBytes, blockedBytes, streamingMaxRows: rowsVariant.maxRows, format: kf, index: t, K, x: this.xOffset, chunks: this.chunks, scratch: this.scratch + t * scratchBytes, port: port2 },
         transferList: [port2],
       });
       // A forgotten dispose() must not keep the process alive.
@@ -279,6 +307,38 @@ export class ParallelMatMul {
       worker.on('exit', (code: number) => (handle.exit ??= `exited with code ${code}`));
       this.workers.push(handle);
     }
+  }
+
+  /**
+   * Waits (up to timeoutMs) until every worker thread has started and can take chunks. Optional: apply never waits
+   * for a worker to start (the caller takes the chunks it does not); call this before timing, or to fail early.
+   *
+   * ```ts
+   * const mm = new ParallelMatMul(w); mm.waitReady();
+   * ```
+   */
+  waitReady(): this {
+    this.checkWorkers('ParallelMatMul.waitReady');
+    const deadline = performance.now() + this.timeoutMs;
+    this.workers.forEach((h, i) => {
+      while (Atomics.load(this.ctl, CTL_READY + i + 1) === 0) {
+        const left = deadline - performance.now();
+        if (left <= 0) throw new Error(`ParallelMatMul.waitReady: worker thread ${i + 1} did not start within ${this.timeoutMs} ms`);
+        Atomics.wait(this.ctl, CTL_READY + i + 1, 0, Math.min(left, 50));
+      }
+    });
+    return this;
+  }
+
+  /**
+   * How many chunks each thread has run since construction (index 0: the calling thread): how the work was shared.
+   *
+   * ```ts
+   * mm.apply(x8); mm.chunksRun(); // e.g. [4, 4]: the worker took half
+   * ```
+   */
+  chunksRun(): number[] {
+    return Array.from({ length: this.threads }, (_, t) => Atomics.load(this.ctl, CTL_RAN + t));
   }
 
   /**
@@ -305,7 +365,7 @@ export class ParallelMatMul {
     const activation = options.activation ?? 'linear';
     if (activation !== 'linear' && !(activation in MATMUL_EPILOGUE)) throw new Error(`ParallelMatMul.apply: activation '${activation}' is not one of linear, relu`);
     const act = activation === 'linear' ? MATMUL_EPILOGUE.none : MATMUL_EPILOGUE[activation];
-    this.checkWorkers();
+    this.checkWorkers('ParallelMatMul.apply');
 
     const M = x.size / K;
     const out = new Float32Array(M * N);
@@ -315,10 +375,10 @@ export class ParallelMatMul {
     for (let r0 = 0; r0 < M; r0 += this.maxRows) {
       const rows = Math.min(this.maxRows, M - r0);
       xHeap.set(xs.subarray(r0 * K, (r0 + rows) * K));
-      this.run(rows, alpha, act, bias !== undefined);
-      for (const s of this.slices) {
-        const y = new Float32Array(memory.buffer, s.y, rows * s.n);
-        for (let m = 0; m < rows; m++) out.set(y.subarray(m * s.n, (m + 1) * s.n), (r0 + m) * N + s.n0);
+      this.run({ rows, alpha, act, bias: bias !== undefined, blocked: rows >= 4 });
+      for (const c of this.chunks) {
+        const y = new Float32Array(memory.buffer, c.y, rows * c.n);
+        for (let m = 0; m < rows; m++) out.set(y.subarray(m * c.n, (m + 1) * c.n), (r0 + m) * N + c.n0);
       }
     }
     return tf.tensor(out, [...x.shape.slice(0, -1), N], 'float32');
@@ -345,19 +405,19 @@ export class ParallelMatMul {
     this.lastBias = undefined;
   }
 
-  /** Bias into each slice's copy; skipped when it is the tensor copied last time (tfjs tensors are immutable). */
+  /** Bias into each chunk's copy; skipped when it is the tensor copied last time (tfjs tensors are immutable). */
   private copyBias(bias: tf.Tensor1D): void {
     if (this.lastBias === bias) return;
     const b = bias.dataSync() as Float32Array;
-    for (const s of this.slices) new Float32Array(this.memory!.buffer, s.bias, s.n).set(b.subarray(s.n0, s.n0 + s.n));
+    for (const c of this.chunks) new Float32Array(this.memory!.buffer, c.bias, c.n).set(b.subarray(c.n0, c.n0 + c.n));
     this.lastBias = bias;
   }
 
-  /** Why apply cannot run: a worker that exited or failed, or an earlier timeout. */
-  private checkWorkers(): void {
-    if (this.broken) throw new Error(`ParallelMatMul.apply: ${this.broken}; dispose() it and make a new one`);
+  /** Throws if a worker exited or failed (seen by its events since the last call), or an earlier call timed out. */
+  private checkWorkers(op: string): void {
+    if (this.broken) throw new Error(`${op}: ${this.broken}; dispose() it and make a new one`);
     this.workers.forEach((h, i) => {
-      if (h.exit) throw new Error(`ParallelMatMul.apply: worker thread ${i + 1} ${h.exit}${this.portMessage(h)}; dispose() it and make a new one`);
+      if (h.exit) throw new Error(`${op}: worker thread ${i + 1} ${h.exit}${this.portMessage(h)}; dispose() it and make a new one`);
     });
   }
 
@@ -366,47 +426,47 @@ export class ParallelMatMul {
     return m ? `: ${String(m.message)}` : '';
   }
 
-  /** Runs one chunk of at most maxRows rows already in x: slice 0 here, the others on the workers. */
-  private run(M: number, alpha: number, act: number, bias: boolean): void {
-    const blocked = M >= 4;
-    if (M < this.parallelFromRows || this.workers.length === 0) {
-      for (const s of this.slices) runSlice(this.kernels, this.xOffset, s, this.K, M, alpha, act, bias, blocked);
+  /** Runs one job over rows already in x: every chunk, the workers claiming alongside this thread. */
+  private run(job: Job): void {
+    if (job.rows < this.parallelFromRows || this.workers.length === 0) {
+      for (const c of this.chunks) runChunk(this.kernels, this.xOffset, c, this.K, this.scratch, job);
+      Atomics.add(this.ctl, CTL_RAN, this.chunks.length);
       return;
     }
     const { ctl } = this;
-    const T0 = CTL_THREADS, T = this.threads;
-    if (!this.ready) {
-      for (let t = 1; t < T; t++) this.await(T0 + t, 0, `worker thread ${t} did not start`);
-      this.ready = true;
-    }
-    ctl[CTL.rows] = M;
-    this.ctlF[CTL.alpha] = alpha;
-    ctl[CTL.epilogue] = act;
-    ctl[CTL.bias] = bias ? 1 : 0;
-    ctl[CTL.blocked] = blocked ? 1 : 0;
-    const previous = Atomics.load(ctl, CTL.seq);
-    const seq = (previous + 1) | 0;
+    const C = this.chunks.length;
+    ctl[CTL.rows] = job.rows;
+    this.ctlF[CTL.alpha] = job.alpha;
+    ctl[CTL.epilogue] = job.act;
+    ctl[CTL.bias] = job.bias ? 1 : 0;
+    ctl[CTL.blocked] = job.blocked ? 1 : 0;
+    Atomics.store(ctl, CTL.completed, 0);
+    Atomics.store(ctl, CTL.failed, 0);
+    const seq = (Atomics.load(ctl, CTL.seq) + 1) | 0;
+    const tag = (seq & 0x7fffff) << 8;
+    Atomics.store(ctl, CTL.claim, tag);
     Atomics.store(ctl, CTL.seq, seq);
     Atomics.notify(ctl, CTL.seq);
-    runSlice(this.kernels, this.xOffset, this.slices[0]!, this.K, M, alpha, act, bias, blocked);
-    for (let t = 1; t < T; t++) this.await(T0 + T + t, previous, `worker thread ${t} did not finish its slice`);
-  }
-
-  /** Waits until ctl[slot] leaves `from`, in steps, until timeoutMs; then checks the thread's STATUS. */
-  private await(slot: number, from: number, what: string): void {
-    const { ctl } = this;
-    const t = (slot - CTL_THREADS) % this.threads;
+    // Claim like a worker (the same compare-exchange), so a chunk runs exactly once whoever takes it.
+    while (this.callerRuns) {
+      const v = Atomics.load(ctl, CTL.claim);
+      if ((v & 0xff) >= C) break;
+      if (Atomics.compareExchange(ctl, CTL.claim, v, v + 1) !== v) continue;
+      runChunk(this.kernels, this.xOffset, this.chunks[v & 0xff]!, this.K, this.scratch, job);
+      Atomics.add(ctl, CTL_RAN, 1);
+      Atomics.add(ctl, CTL.completed, 1);
+    }
+    // The chunks workers hold: wait for them to finish.
     const deadline = performance.now() + this.timeoutMs;
-    while (Atomics.load(ctl, slot) === from) {
+    for (let done = Atomics.load(ctl, CTL.completed); done < C; done = Atomics.load(ctl, CTL.completed)) {
       const left = deadline - performance.now();
       if (left <= 0) {
-        this.broken = `${what} within ${this.timeoutMs} ms (its thread died or is stuck)`;
+        this.broken = `a worker thread did not finish its chunk within ${this.timeoutMs} ms (its thread died or is stuck)`;
         throw new Error(`ParallelMatMul.apply: ${this.broken}`);
       }
-      Atomics.wait(ctl, slot, from, Math.min(left, 50));
+      Atomics.wait(ctl, CTL.completed, done, Math.min(left, 50));
     }
-    if (Atomics.load(ctl, CTL_THREADS + 2 * this.threads + t) !== 0) {
-      throw new Error(`ParallelMatMul.apply: worker thread ${t} failed${this.portMessage(this.workers[t - 1]!)}`);
-    }
+    const failed = Atomics.load(ctl, CTL.failed);
+    if (failed) throw new Error(`ParallelMatMul.apply: worker thread ${failed} failed${this.portMessage(this.workers[failed - 1]!)}`);
   }
 }
