@@ -146,7 +146,7 @@ const kernelFor = (rows: number) =>
 async function batching() {
   const dim = 4096, sessions = 8, steps = 16; // 64 MiB of weights: batch-1 decoding is memory-bound
   const w = tf.tidy(() => tf.randomNormal([dim, dim], 0, 0.02, 'float32', 7) as tf.Tensor2D);
-  const parallel = new ParallelMatMul(w);
+  const parallel = new ParallelMatMul(w).waitReady();
   const packets = () =>
     Array.from({ length: sessions }, (_, s) =>
       from(Array.from({ length: steps }, (_, i) => tensorPacket({ session: `s${s}`, pts: i * 80_000, name: 'h', tensor: tf.randomNormal([dim], 0, 1, 'float32', s * 1000 + i) })) as Packet[]),
@@ -169,7 +169,14 @@ async function batching() {
   };
   const times: Record<keyof typeof runs, Array<{ wall: number; cpu: number }>> = { oneByOneSmall: [], oneByOneParallel: [], batched: [] };
   for (const r of Object.values(runs)) await once(r);
-  for (let r = 0; r < 3; r++) for (const [name, run] of Object.entries(runs)) times[name as keyof typeof runs].push(await once(run));
+  const batchedChunks = parallel.chunksRun().map(() => 0); // chunks each thread ran in the measured batched runs
+  for (let r = 0; r < 3; r++) {
+    for (const [name, run] of Object.entries(runs)) {
+      const before = parallel.chunksRun();
+      times[name as keyof typeof runs].push(await once(run));
+      if (name === 'batched') parallel.chunksRun().forEach((n, t) => (batchedChunks[t] += n - before[t]!));
+    }
+  }
   // The batched result must be the product: compare one batch with tf.matMul.
   const maxAbsErrorVsTfjs = tf.tidy(() => {
     const x = tf.randomNormal([sessions, dim], 0, 1, 'float32', 3);
@@ -187,6 +194,8 @@ async function batching() {
     oneByOneKernel: smallIsBaseline ? `matMulSmall: ${kernelFor(1)}` : `ParallelMatMul: ${parallel.parallelFromRows > 1 ? 'omniflow SIMD, streaming, calling thread' : `split over ${parallel.threads} threads`}`,
     batchedKernel: `ParallelMatMul: omniflow SIMD, register-blocked, W split by columns over ${parallel.threads} thread(s)`,
     threads: parallel.threads,
+    // How the batched runs' column chunks were shared (index 0: the calling thread; claimed, not assigned).
+    batchedChunksByThread: batchedChunks,
     sessions,
     stepsPerSession: steps,
     oneByOneItemsPerSecond: +wall(oneByOne).toFixed(1),

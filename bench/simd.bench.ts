@@ -76,9 +76,9 @@ function wallAndCpuMs(fns: Record<string, () => void>, repeats = 15): Record<str
 function parallelSweep(): Record<string, unknown> {
   const K = 4096, N = 4096;
   const w = tf.tidy(() => tf.randomUniform([K, N], -1, 1, 'float32', 1) as tf.Tensor2D);
-  const parallel = new ParallelMatMul(w);
+  const parallel = new ParallelMatMul(w).waitReady();
   // The same object forced to split one row too: shows why one row stays on the calling thread.
-  const splitAll = new ParallelMatMul(w, { parallelFromRows: 1 });
+  const splitAll = new ParallelMatMul(w, { parallelFromRows: 1 }).waitReady();
   const rows: Record<string, unknown> = {};
   for (const M of [1, 2, 4, 8, 16]) {
     const x = tf.randomUniform([M, K], -1, 1, 'float32', M) as tf.Tensor2D;
