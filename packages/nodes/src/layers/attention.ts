@@ -3,6 +3,7 @@ import type { KVCache } from '@omniflow/runtime-gpu';
 import { disposeLinear, linear, loadLinear, packWeight, transposeHost, type Linear, type WeightDtype, type WeightSource } from './linear.js';
 import { loadRMSNorm, type RMSNorm } from './rms-norm.js';
 import { normRope, qkvNormRope } from './norm-rope.js';
+import { decodeAttention, decodeAttentionApplies } from './decode-attention.js';
 
 /**
  * Decoder self-attention of the Qwen3 family (thinker, talker, code predictor; spec 3.4): q/k/v/o projections without
@@ -103,6 +104,15 @@ export function setBatchedAttentionMaxMacs(n: number): void {
   BATCHED_ATTENTION_MAX_MACS = n;
 }
 
+let decodeKernel = true;
+/**
+ * Turns the SIMD decode-attention kernel (decodeAttention: cache read in place, for up to 4 new positions on wasm) off
+ * or back on (the default). For A/B measurements only.
+ */
+export function useDecodeAttentionKernel(enabled: boolean): void {
+  decodeKernel = enabled;
+}
+
 /** Where a layer keeps its keys and values across calls. */
 export interface AttentionCacheSlot {
   cache: KVCache;
@@ -134,36 +144,51 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
         k: swap01(normRope(tf.reshape(linear(x, attn.k_proj!), [S, Hkv, D]), attn.k_norm, { cos, sin })) as tf.Tensor3D,
         v: swap01(tf.reshape(linear(x, attn.v_proj!), [S, Hkv, D])) as tf.Tensor3D,
       };
-    let k: tf.Tensor3D = kNew, v: tf.Tensor3D = vNew;
-    if (slot) ({ k, v } = slot.cache.append(slot.layer, kNew, vNew));
-    const T = k.shape[1];
-    const past = T - S;
     // [H, S, D] -> [Hkv, groups·S, D]: the queries of one KV group become the rows of one matrix.
-    const qg = tf.reshape(q, [Hkv, groups * S, D]);
-    const mask = S > 1 ? causalMask(S, T, past) : undefined;
+    const qg = tf.reshape(q, [Hkv, groups * S, D]) as tf.Tensor3D;
     let out: tf.Tensor; // [Hkv, groups·S, D]
-    if ((S === 1 && BATCHED_ATTENTION_MAX_MACS >= 0) || Hkv * groups * S * T * D <= BATCHED_ATTENTION_MAX_MACS) {
-      // Decode steps and small blocks: one batched matMul for the scores (K read transposed in place) and one for the
-      // values, instead of unstacking the whole cache per head (see BATCHED_ATTENTION_MAX_MACS).
-      let scores: tf.Tensor = tf.matMul(qg, k, false, true); // [Hkv, groups·S, T]
-      if (mask) scores = tf.reshape(tf.add(tf.reshape(scores, [Hkv, groups, S, T]), mask), [Hkv, groups * S, T]);
-      out = tf.matMul(tf.softmax(scores, -1), v);
+    if (slot && decodeKernel && decodeAttentionApplies(S, D)) {
+      // Decode steps (inference: always with a cache): the cache's buffers read in place by the SIMD kernel, no copy
+      // of the live prefix.
+      const b = slot.cache.appendInPlace(slot.layer, kNew, vNew);
+      out = decodeAttention(qg, b.k, b.v, b.length, S);
     } else {
-      // One plain 2-D matmul pair per KV head rather than a batched matmul: on wasm only 2-D, untransposed products
-      // reach XNNPACK's GEMM (a batched or transposed one runs a scalar loop, ~7x slower here), so K is transposed
-      // explicitly (a [T, D] copy, small next to the weights a step reads).
-      const qs = tf.unstack(qg), ks = tf.unstack(k), vs = tf.unstack(v);
-      const heads = qs.map((qh, h) => {
-        let scores: tf.Tensor = tf.matMul(qh as tf.Tensor2D, tf.transpose(ks[h]!) as tf.Tensor2D); // [groups·S, T]
-        // The [S, T] mask broadcasts over the query groups.
-        if (mask) scores = tf.reshape(tf.add(tf.reshape(scores, [groups, S, T]), mask), [groups * S, T]);
-        return tf.matMul(tf.softmax(scores, -1) as tf.Tensor2D, vs[h] as tf.Tensor2D); // [groups·S, D]
-      });
-      out = tf.stack(heads);
+      out = attendOps(qg, kNew, vNew, S, groups, slot);
     }
     const merged = tf.reshape(swap01(tf.reshape(out, [H, S, D])), [S, H * D]) as tf.Tensor2D;
     return linear(merged, attn.o_proj) as tf.Tensor2D;
   });
+}
+
+/** decoderAttention's products as tfjs ops (any backend; training; long blocks): [Hkv, groups·S, D]. */
+function attendOps(qg: tf.Tensor3D, kNew: tf.Tensor3D, vNew: tf.Tensor3D, S: number, groups: number, slot?: AttentionCacheSlot): tf.Tensor {
+  const [Hkv, , D] = qg.shape;
+  let k: tf.Tensor3D = kNew, v: tf.Tensor3D = vNew;
+  if (slot) ({ k, v } = slot.cache.append(slot.layer, kNew, vNew));
+  const T = k.shape[1];
+  const past = T - S;
+  const mask = S > 1 ? causalMask(S, T, past) : undefined;
+  let out: tf.Tensor;
+  if ((S === 1 && BATCHED_ATTENTION_MAX_MACS >= 0) || Hkv * groups * S * T * D <= BATCHED_ATTENTION_MAX_MACS) {
+    // Decode steps and small blocks: one batched matMul for the scores (K read transposed in place) and one for the
+    // values, instead of unstacking the whole cache per head (see BATCHED_ATTENTION_MAX_MACS).
+    let scores: tf.Tensor = tf.matMul(qg, k, false, true); // [Hkv, groups·S, T]
+    if (mask) scores = tf.reshape(tf.add(tf.reshape(scores, [Hkv, groups, S, T]), mask), [Hkv, groups * S, T]);
+    out = tf.matMul(tf.softmax(scores, -1), v);
+  } else {
+    // One plain 2-D matmul pair per KV head rather than a batched matmul: on wasm only 2-D, untransposed products
+    // reach XNNPACK's GEMM (a batched or transposed one runs a scalar loop, ~7x slower here), so K is transposed
+    // explicitly (a [T, D] copy, small next to the weights a step reads).
+    const qs = tf.unstack(qg), ks = tf.unstack(k), vs = tf.unstack(v);
+    const heads = qs.map((qh, h) => {
+      let scores: tf.Tensor = tf.matMul(qh as tf.Tensor2D, tf.transpose(ks[h]!) as tf.Tensor2D); // [groups·S, T]
+      // The [S, T] mask broadcasts over the query groups.
+      if (mask) scores = tf.reshape(tf.add(tf.reshape(scores, [groups, S, T]), mask), [groups * S, T]);
+      return tf.matMul(tf.softmax(scores, -1) as tf.Tensor2D, vs[h] as tf.Tensor2D); // [groups·S, D]
+    });
+    out = tf.stack(heads);
+  }
+  return out;
 }
 
 /**

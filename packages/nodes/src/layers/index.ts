@@ -15,5 +15,6 @@ export * from './norm-rope.js';
 export * from './rope.js';
 export * from './mrope.js';
 export * from './attention.js';
+export * from './decode-attention.js';
 export * from './mlp.js';
 export * from './moe.js';
