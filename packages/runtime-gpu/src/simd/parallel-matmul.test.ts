@@ -236,7 +236,22 @@ describe('ParallelMatMul errors and lifetime', () => {
     expect(make(w, { threads: 3, chunksPerThread: 1 }).chunkCount).toBe(3); // 336, 336, 328
     expect(make(tf.zeros([3, 20]) as tf.Tensor2D, { threads: 3 }).chunkCount).toBe(3); // 8, 8, 4: never narrower than 8
     expect(() => make(w, { threads: 2, chunksPerThread: 200 })).toThrow('ParallelMatMul: chunksPerThread must be an integer in 1..127, got 200');
+    expect(() => make(w, { chunkWidths: [500, 500] })).toThrow('ParallelMatMul: chunkWidths must be 1..255 widths, multiples of 8 but the last, summing to N = 1000; got [500, 500]');
+    expect(() => make(w, { chunkWidths: [512, 480] })).toThrow(/summing to N = 1000; got \[512, 480\]/);
     w.dispose();
+  });
+
+  it('takes chunks of any widths (wide first, narrow last)', () => {
+    tf.tidy(() => {
+      const K = 40, N = 1003;
+      const w = tf.tensor2d(values(K * N, 31), [K, N]);
+      const mm = make(w, { threads: 2, chunkWidths: [400, 400, 96, 104, 3] });
+      expect(mm.chunkCount).toBe(5);
+      for (const M of [2, 8]) {
+        const x = tf.tensor2d(values(M * K, 32 + M), [M, K]);
+        expect(maxAbsDiff(mm.apply(x), tf.matMul(x, w)), `M=${M}`).toBeLessThan(1e-5);
+      }
+    });
   });
 
   it('does not keep the process alive when dispose() is forgotten', () => {

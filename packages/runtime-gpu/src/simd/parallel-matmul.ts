@@ -49,8 +49,10 @@ export const PARALLEL_MIN_ROWS = 4;
 export interface ParallelMatMulOptions {
   /** Threads including the caller's (default `defaultMatMulThreads()`: the cores, at most 2); 1 runs no workers. */
   readonly threads?: number;
-  /** Column chunks per thread (default 4): more balance better on a busy machine, fewer repack x less often. */
+  /** Column chunks per thread (default 4), of equal width: more balance better on a busy machine, wider run faster. */
   readonly chunksPerThread?: number;
+  /** The chunks' widths in columns instead (summing to N; multiples of 8 but the last, for bf16 even): e.g. wide first, narrow last. */
+  readonly chunkWidths?: readonly number[];
   /** Rows per run (x, y and scratch are sized for it); more rows go in runs of this many. Default 16. */
   readonly maxRows?: number;
   /** From this many rows the work is split across threads (default PARALLEL_MIN_ROWS). */
@@ -106,6 +108,19 @@ interface Job {
 interface Kernels {
   readonly rows: readonly MatMulFn[];
   readonly blocked: BlockedMatMulFn;
+}
+
+/** Widths of `width` columns, the last the rest. */
+function equalWidths(N: number, width: number): number[] {
+  return Array.from({ length: Math.ceil(N / width) }, (_, i) => Math.min(width, N - i * width));
+}
+
+function checkWidths(widths: readonly number[], N: number): void {
+  const sum = widths.reduce((a, b) => a + b, 0);
+  const bad = widths.findIndex((n, i) => !Number.isInteger(n) || n < 1 || (i < widths.length - 1 && n % 8 !== 0));
+  if (bad >= 0 || sum !== N || widths.length > MAX_CHUNKS) {
+    throw new Error(`ParallelMatMul: chunkWidths must be 1..${MAX_CHUNKS} widths, multiples of 8 but the last, summing to N = ${N}; got [${widths.join(', ')}]`);
+  }
 }
 
 /** One chunk as the caller runs it (WORKER_SOURCE has the worker's copy of these lines). */
@@ -251,15 +266,17 @@ export class ParallelMatMul {
     let end = CTL_BYTES;
     this.xOffset = end;
     end = align(end + maxRows * K * 4);
-    const width = Math.max(8, Math.ceil(N / (threads * chunksPerThread) / 8) * 8);
-    for (let n0 = 0; n0 < N; n0 += width) {
-      const n = Math.min(N, n0 + width) - n0;
+    const widths = options.chunkWidths ?? equalWidths(N, Math.max(8, Math.ceil(N / (threads * chunksPerThread) / 8) * 8));
+    checkWidths(widths, N);
+    let n0 = 0;
+    for (const n of widths) {
       const w0 = end, bias = align(w0 + K * n * (bf16 ? 2 : 4)), y = align(bias + n * 4);
       end = align(y + maxRows * n * 4);
       this.chunks.push({ n0, n, w: w0, bias, y });
+      n0 += n;
     }
     this.chunkCount = this.chunks.length;
-    const scratchBytes = align(blockedScratchBytes(blockedVariant, maxRows, K, width) + 8);
+    const scratchBytes = align(blockedScratchBytes(blockedVariant, maxRows, K, Math.max(...widths)) + 8);
     this.scratch = end;
     end += threads * scratchBytes;
     const pages = Math.ceil(end / 65536);
