@@ -25,7 +25,7 @@ import { initBackend, type KVCache } from '@omniflow/runtime-gpu';
 import {
   Code2Wav, Code2WavPipeline, Code2WavStream, StreamState, CodePredictor, randomCheckpoint, CodecHead, GREEDY, Sampler, TextModel, disposeDecoderAttention, loadDecoderAttention,
   loadRMSNorm, loadSwiGluMlp, code2WavConfigSchema, codePredictorConfigSchema, talkerTextConfigSchema,
-  useSimdMatMul, type SparseMoe, type SwiGluMlp, type TalkerConfig, type TextDecoderLayer, type ThinkerTextConfig, type WeightDtype,
+  useSimdMatMul, routerWeight, type SparseMoe, type SwiGluMlp, type TalkerConfig, type TextDecoderLayer, type ThinkerTextConfig, type WeightDtype,
 } from '@omniflow/nodes';
 import { measureTriadBandwidth, medianMs } from './memory.js';
 
@@ -325,14 +325,13 @@ export function pooledTalker(c: ThinkerTextConfig, weights: WeightDtype): Pooled
   const layers: TextDecoderLayer[] = Array.from({ length: c.num_hidden_layers }, (_, l) => {
     const p = `talker.model.layers.${l}`;
     const mlp: SparseMoe = {
-      // The real router over 128 experts (float32 in every variant, as loadSparseMoe keeps it); slot e of layer l
-      // reads pool expert (l·128 + e) mod pool size.
-      router: tf.tensor2d(ckpt.get(`${p}.mlp.gate.weight`, [D, E]).data as Float32Array, [D, E]),
+      // The real router over 128 experts and the shared-expert gate (float32 in every variant, as loadSparseMoe keeps
+      // them); slot e of layer l reads pool expert (l·128 + e) mod pool size.
+      router: routerWeight(ckpt.get(`${p}.mlp.gate.weight`, [E, D]).data as Float32Array, ckpt.get(`${p}.mlp.shared_expert_gate.weight`, [1, D]).data as Float32Array, D),
       experts: Array.from({ length: E }, (_, e) => pool[(l * E + e) % pool.length]!),
       topK: c.num_experts_per_tok,
       normTopKProb: true,
       sharedExpert: loadSwiGluMlp(ckpt, `${p}.mlp.shared_expert`, D, c.shared_expert_intermediate_size, weights),
-      sharedExpertGate: tf.tensor2d(ckpt.get(`${p}.mlp.shared_expert_gate.weight`, [D, 1]).data as Float32Array, [D, 1]),
       hidden: D,
     };
     return {
@@ -360,7 +359,7 @@ export function disposePooledTalker(t: PooledTalker): void {
   t.head.dispose();
   for (const l of t.layers) {
     const moe = l.mlp as SparseMoe;
-    tf.dispose([l.input_layernorm.weight, l.post_attention_layernorm.weight, moe.router, moe.sharedExpertGate!, moe.sharedExpert!.gateUp, moe.sharedExpert!.down]);
+    tf.dispose([l.input_layernorm.weight, l.post_attention_layernorm.weight, moe.router, moe.sharedExpert!.gateUp, moe.sharedExpert!.down]);
     disposeDecoderAttention(l.self_attn);
   }
   for (const e of t.pool) tf.dispose([e.gateUp, e.down]);

@@ -35,11 +35,14 @@ function naive(x: number[][], moe: SparseMoe): number[][] {
     };
     return x.map((row) => {
       const xt = tf.tensor2d([row]);
+      const E = moe.experts.length;
+      // The router's columns: E experts, then (talker) the shared expert's gate.
       const logits = tf.matMul(xt, moe.router).dataSync() as Float32Array;
-      const r = route(logits, 1, moe.experts.length, moe.topK, moe.normTopKProb);
+      expect(logits.length).toBe(moe.sharedExpert ? E + 1 : E);
+      const r = route(logits.subarray(0, E), 1, E, moe.topK, moe.normTopKProb);
       let y: tf.Tensor = tf.zeros([1, moe.hidden]);
       for (let k = 0; k < moe.topK; k++) y = tf.add(y, tf.mul(swiglu(xt, moe.experts[r.selectedExperts[k]!]!), r.routingWeights[k]!));
-      if (moe.sharedExpert) y = tf.add(y, tf.mul(tf.sigmoid(tf.matMul(xt, moe.sharedExpertGate!)), swiglu(xt, moe.sharedExpert)));
+      if (moe.sharedExpert) y = tf.add(y, tf.mul(tf.sigmoid(logits[E]!), swiglu(xt, moe.sharedExpert)));
       return Array.from(y.dataSync());
     });
   });
@@ -92,6 +95,16 @@ describe('sparseMoe', () => {
       expect(used.size).toBeGreaterThan(2);
     });
   }
+
+  it('keeps the talker router as [hidden, experts + 1]: mlp.gate transposed, then shared_expert_gate', () => {
+    const k = config.talker_config!.text_config;
+    expect(talkerMoe.router.shape).toEqual([k.hidden_size, k.num_experts + 1]);
+    expect(thinkerMoe.router.shape).toEqual([config.thinker_config.text_config.hidden_size, config.thinker_config.text_config.num_experts]);
+    const gate = ckpt.get('talker.model.layers.1.mlp.gate.weight').data as Float32Array;
+    const shared = ckpt.get('talker.model.layers.1.mlp.shared_expert_gate.weight').data as Float32Array;
+    const r = talkerMoe.router.dataSync();
+    expect([r[0], r[1], r[k.num_experts], r[k.num_experts + 1 + 2]]).toEqual([gate[0], gate[k.hidden_size], shared[0], gate[2 * k.hidden_size + 1]]);
+  });
 
   it('rejects an input of the wrong width, naming both widths', () => {
     const x = tf.zeros([2, 5]) as tf.Tensor2D;

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { matMulWeight, transposeHost, type WeightDtype, type WeightSource } from './linear.js';
+import { matMulWeight, type WeightDtype, type WeightSource } from './linear.js';
 import { disposeSwiGluMlp, loadSwiGluMlp, swiGlu, type SwiGluMlp } from './mlp.js';
 
 /**
@@ -11,12 +11,15 @@ import { disposeSwiGluMlp, loadSwiGluMlp, swiGlu, type SwiGluMlp } from './mlp.j
  * expert reads only its own weights: no slicing of a stacked tensor, which on wasm would copy them.
  */
 export interface SparseMoe {
-  readonly router: tf.Tensor2D; // [hidden, numExperts]
+  /**
+   * The router `mlp.gate`, [hidden, numExperts]; with a shared expert one more column, `shared_expert_gate`, so one
+   * product and one read-back per layer give the routing logits and the shared expert's gate logit.
+   */
+  readonly router: tf.Tensor2D;
   readonly experts: readonly SwiGluMlp[];
   readonly topK: number;
   readonly normTopKProb: boolean;
   readonly sharedExpert?: SwiGluMlp;
-  readonly sharedExpertGate?: tf.Tensor2D; // [hidden, 1]
   readonly hidden: number;
 }
 
@@ -45,15 +48,33 @@ export interface SparseMoeSizes {
  * ```
  */
 export function loadSparseMoe(ckpt: WeightSource, prefix: string, s: SparseMoeSizes): SparseMoe {
-  const router = transposeHost(ckpt.get(`${prefix}.gate.weight`, [s.numExperts, s.hidden]).data as Float32Array, s.numExperts, s.hidden);
+  const gate = ckpt.get(`${prefix}.gate.weight`, [s.numExperts, s.hidden]).data as Float32Array;
+  const sharedGate = s.sharedExpertIntermediate ? ckpt.get(`${prefix}.shared_expert_gate.weight`, [1, s.hidden]).data as Float32Array : undefined;
   const experts: SwiGluMlp[] = [];
   for (let e = 0; e < s.numExperts; e++) experts.push(loadSwiGluMlp(ckpt, `${prefix}.experts.${e}`, s.hidden, s.moeIntermediate, s.weights));
   const shared = s.sharedExpertIntermediate ? loadSwiGluMlp(ckpt, `${prefix}.shared_expert`, s.hidden, s.sharedExpertIntermediate, s.weights) : undefined;
-  const sharedGate = s.sharedExpertIntermediate ? tf.tensor2d(ckpt.get(`${prefix}.shared_expert_gate.weight`, [1, s.hidden]).data as Float32Array, [s.hidden, 1]) : undefined;
-  return {
-    router: tf.tensor2d(router, [s.hidden, s.numExperts]),
-    experts, topK: s.topK, normTopKProb: s.normTopKProb, sharedExpert: shared, sharedExpertGate: sharedGate, hidden: s.hidden,
-  };
+  return { router: routerWeight(gate, sharedGate, s.hidden), experts, topK: s.topK, normTopKProb: s.normTopKProb, sharedExpert: shared, hidden: s.hidden };
+}
+
+/**
+ * The router as SparseMoe keeps it, from the checkpoint's `mlp.gate.weight` ([numExperts, hidden]) and, when there is a
+ * shared expert, `mlp.shared_expert_gate.weight` ([1, hidden]): [hidden, numExperts (+ 1)], float32.
+ *
+ * ```ts
+ * const router = routerWeight(gate, sharedGate, 1024); // [1024, 129] for the talker's 128 experts
+ * ```
+ */
+export function routerWeight(gate: Float32Array, sharedGate: Float32Array | undefined, hidden: number): tf.Tensor2D {
+  const E = gate.length / hidden, cols = E + (sharedGate ? 1 : 0);
+  if (!Number.isInteger(E) || (sharedGate && sharedGate.length !== hidden)) {
+    throw new Error(`routerWeight: gate of ${gate.length} values and shared gate of ${sharedGate?.length ?? 0} do not fit hidden size ${hidden}`);
+  }
+  const w = new Float32Array(hidden * cols);
+  for (let i = 0; i < hidden; i++) {
+    for (let e = 0; e < E; e++) w[i * cols + e] = gate[e * hidden + i]!;
+    if (sharedGate) w[i * cols + E] = sharedGate[i]!;
+  }
+  return tf.tensor2d(w, [hidden, cols]);
 }
 
 /** Host routing decisions for n tokens. */
@@ -80,7 +101,8 @@ export interface SparseMoeResult {
  * runs one SwiGLU over them, and the weighted results are summed back per token (a gather + sum, deterministic) — no
  * loop over tokens on the device. The router's top-k needs host values, so the router logits are read back once.
  * A single row (a decode step) takes a shorter path: each chosen expert's routing weight — and the shared expert's
- * sigmoid gate, read back like the router — scales its down projection in the matmul itself, and one AddN sums them.
+ * sigmoid gate, read back with the router's logits (its column of `router`) — scales its down projection in the
+ * matmul itself, and one AddN sums them.
  *
  * ```ts
  * const { output, routing } = sparseMoe(x, moe); // x [n, hidden]; routing.selectedExperts [n * topK]
@@ -90,12 +112,23 @@ export interface SparseMoeResult {
 export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetails?: boolean; differentiableRouting?: boolean } = {}): SparseMoeResult {
   const [n, hidden] = x.shape;
   if (hidden !== moe.hidden) throw new Error(`sparseMoe: input has ${hidden} features but the block expects ${moe.hidden}`);
+  const E = moe.experts.length;
   const logitsT = matMulWeight(x, moe.router);
-  const routerLogits = logitsT.dataSync() as Float32Array;
+  const all = logitsT.dataSync() as Float32Array;
   logitsT.dispose();
-  const routing = route(routerLogits, n, moe.experts.length, moe.topK, moe.normTopKProb);
+  // With a shared expert each row is [E router logits, shared gate logit].
+  let routerLogits = all, sharedGateLogits: Float32Array | undefined;
+  if (moe.sharedExpert) {
+    routerLogits = new Float32Array(n * E);
+    sharedGateLogits = new Float32Array(n);
+    for (let t = 0; t < n; t++) {
+      routerLogits.set(all.subarray(t * (E + 1), t * (E + 1) + E), t * E);
+      sharedGateLogits[t] = all[t * (E + 1) + E]!;
+    }
+  }
+  const routing = route(routerLogits, n, E, moe.topK, moe.normTopKProb);
   const k = moe.topK;
-  if (n === 1 && !options.differentiableRouting && !options.sharedDetails) return { output: singleRowMoe(x, moe, routing), routing };
+  if (n === 1 && !options.differentiableRouting && !options.sharedDetails) return { output: singleRowMoe(x, moe, routing, sharedGateLogits?.[0]), routing };
 
   // Group (token, slot) pairs by expert, in expert order; remember where each pair's result row lands.
   const perExpert: number[][] = moe.experts.map(() => []);
@@ -123,8 +156,9 @@ export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetai
     const ordered = k === 1 ? stacked : tf.gather(stacked, tf.tensor1d(rowOfPair, 'int32'));
     let output = (k === 1 ? ordered : tf.sum(tf.reshape(ordered, [n, k, hidden]), 1)) as tf.Tensor2D;
     let sharedGate: tf.Tensor2D | undefined, sharedOutput: tf.Tensor2D | undefined;
-    if (moe.sharedExpert && moe.sharedExpertGate) {
-      const gate = tf.sigmoid(matMulWeight(x, moe.sharedExpertGate)) as tf.Tensor2D;
+    if (moe.sharedExpert && sharedGateLogits) {
+      // Training: the gate from the device product so its weights get gradients; otherwise from the logits read back.
+      const gate = tf.sigmoid(options.differentiableRouting ? tf.slice(tf.matMul(x, moe.router), [0, E], [n, 1]) : tf.tensor2d(sharedGateLogits, [n, 1])) as tf.Tensor2D;
       const shared = swiGlu(x, moe.sharedExpert);
       output = tf.add(output, tf.mul(gate, shared)) as tf.Tensor2D;
       sharedGate = gate;
@@ -137,15 +171,11 @@ export function sparseMoe(x: tf.Tensor2D, moe: SparseMoe, options: { sharedDetai
 }
 
 /** The decode-step MoE: Σ_s w_s · expert_s(x) (+ σ(x·g) · shared(x)), every weight applied inside its down projection. */
-function singleRowMoe(x: tf.Tensor2D, moe: SparseMoe, routing: MoeRouting): tf.Tensor2D {
+function singleRowMoe(x: tf.Tensor2D, moe: SparseMoe, routing: MoeRouting, sharedGateLogit?: number): tf.Tensor2D {
   return tf.tidy(() => {
     const outs: tf.Tensor2D[] = [];
     for (let s = 0; s < moe.topK; s++) outs.push(swiGlu(x, moe.experts[routing.selectedExperts[s]!]!, routing.routingWeights[s]!));
-    if (moe.sharedExpert && moe.sharedExpertGate) {
-      const g = matMulWeight(x, moe.sharedExpertGate);
-      const logit = (g.dataSync() as Float32Array)[0]!;
-      outs.push(swiGlu(x, moe.sharedExpert, Math.fround(1 / (1 + Math.exp(-logit)))));
-    }
+    if (moe.sharedExpert && sharedGateLogit !== undefined) outs.push(swiGlu(x, moe.sharedExpert, Math.fround(1 / (1 + Math.exp(-sharedGateLogit)))));
     return outs.length === 1 ? outs[0]! : tf.addN(outs);
   });
 }
@@ -154,7 +184,9 @@ function singleRowMoe(x: tf.Tensor2D, moe: SparseMoe, routing: MoeRouting): tf.T
 function differentiableRoutingWeights(x: tf.Tensor2D, moe: SparseMoe, selected: Int32Array, n: number, k: number): tf.Tensor1D {
   const E = moe.experts.length;
   const flat = Int32Array.from(selected, (e, pair) => Math.floor(pair / k) * E + e);
-  const chosen = tf.gather(tf.reshape(tf.softmax(tf.matMul(x, moe.router), -1), [n * E]), tf.tensor1d(flat, 'int32'));
+  const logits = tf.matMul(x, moe.router);
+  const routerLogits = moe.sharedExpert ? tf.slice(logits, [0, 0], [n, E]) : logits; // without the shared gate's column
+  const chosen = tf.gather(tf.reshape(tf.softmax(routerLogits, -1), [n * E]), tf.tensor1d(flat, 'int32'));
   if (!moe.normTopKProb) return chosen as tf.Tensor1D;
   const perToken = tf.reshape(chosen, [n, k]);
   return tf.reshape(tf.div(perToken, tf.sum(perToken, 1, true)), [n * k]) as tf.Tensor1D;
@@ -201,5 +233,4 @@ export function disposeSparseMoe(moe: SparseMoe): void {
   moe.router.dispose();
   for (const e of moe.experts) disposeSwiGluMlp(e);
   if (moe.sharedExpert) disposeSwiGluMlp(moe.sharedExpert);
-  moe.sharedExpertGate?.dispose();
 }
