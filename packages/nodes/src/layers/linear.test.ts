@@ -84,7 +84,7 @@ describe('linear weights: float32 and packed bf16', () => {
     const int8 = loadLinear(source(inF, outF), 'l', inF, outF, true, 'int8');
     expect(isInt8Weight(int8.weight)).toBe(true);
     expect(int8WeightShape(int8.weight)).toEqual({ K: inF, N: outF });
-    expect(int8.weight.shape).toEqual([outF, 144 / 4 + 1]); // 130 inputs padded to 144 int8, then the scale
+    expect(int8.weight.shape).toEqual([9, 148]); // 34 outputs in 9 blocks of 4; 130 inputs padded to 144, then 4 scales
     const w = f32.weight.dataSync() as Float32Array;
     const colMax = Array.from({ length: outF }, (_, n) => Math.max(...Array.from({ length: inF }, (_, k) => Math.abs(w[k * outF + n]!))));
     for (const rows of [1, 3, 40]) {
@@ -119,7 +119,7 @@ describe('linear weights: float32 and packed bf16', () => {
 
   it('matMulWeight: an int8 weight goes to the int8 kernel even though it is int32 (bf16 is the unmarked int32)', () => {
     const x = tf.tensor2d(values(2 * 64, 1), [2, 64]);
-    const w8 = packWeight(values(64 * 4, 2), 64, 4, 'int8'); // int32 [4, 17]: read as bf16 it would be [64?, 34]
+    const w8 = packWeight(values(64 * 4, 2), 64, 4, 'int8'); // int32 [1, 68]: read as bf16, a [1, 136] weight
     const w16 = packWeight(values(64 * 4, 2), 64, 4, 'bf16'); // int32 [64, 2]
     const y8 = matMulWeight(x, w8, { alpha: 2 });
     const y16 = matMulWeight(x, w16, { alpha: 2 });
@@ -127,7 +127,7 @@ describe('linear weights: float32 and packed bf16', () => {
     expect(tf.max(tf.abs(tf.sub(y8, y16))).dataSync()[0]).toBeLessThan(0.1 * tf.max(tf.abs(y16)).dataSync()[0]!);
     // a copy of the int8 tensor is not marked: it is read as bf16 and its shape does not fit x
     const copy = tf.clone(w8);
-    expect(() => matMulWeight(x, copy)).toThrow(/x's last axis must match W's 4 rows/);
+    expect(() => matMulWeight(x, copy)).toThrow(/matMulBf16: x's last axis must match W's 1 rows/);
     tf.dispose([x, w8, w16, y8, y16, copy]);
   });
 });

@@ -5,10 +5,15 @@ import * as tf from '@tensorflow/tfjs-core';
  *
  * Quantization is per output column and symmetric: s[n] = max_k |W[k, n]| / 127 (0 for an all-zero column) and
  * q[k, n] = round(W[k, n] / s[n]) in [-127, 127], so |W - q·s| <= s/2 everywhere. The packed weight is stored
- * transposed, one output per row, so a dot product reads its K weights contiguously:
+ * transposed (one output's K weights together, as a dot product reads them), in blocks of 4 outputs whose 16-weight
+ * pieces are interleaved, so the kernel reads the whole weight as ONE sequential stream:
  *
- *   int32 [N, Kp/4 + 1]   row n = q[0..Kp) of output n as int8 (K rounded up to Kp, a multiple of 16, zero padded),
- *                         then s[n] as the f32 bit pattern in the row's last int32
+ *   int32 [Np/4, Kp + 4]   (Np = N rounded up to 4, Kp = K rounded up to 16; padding is zero)
+ *   block b (outputs 4b..4b+3), bytes: for each c < Kp/16: q[16c..16c+16, 4b], q[.., 4b+1], q[.., 4b+2], q[.., 4b+3]
+ *                          (16 int8 each, 64 bytes), then s[4b..4b+3] as 4 f32 (16 bytes)
+ *
+ * (Measured: with plain rows, [N, Kp], the kernel's 4 outputs at a time are 4 short streams Kp bytes apart, and a
+ * decode step of the code predictor, K = 1024, streamed at 7.7 GB/s; see docs/runtime.md.)
  *
  * One tensor, so a weight has one owner and disposes as one. An int32 [., .] tensor already means bf16 pairs to
  * matMulWeight (layers/linear.ts), so int8 weights are marked: packInt8 records (K, N) in a WeakMap keyed by the
@@ -21,57 +26,99 @@ export function int8PaddedK(K: number): number {
   return Math.ceil(K / 16) * 16;
 }
 
-/** int32 words per packed row: Kp int8 weights, then the scale. */
-export function int8RowWords(K: number): number {
-  return int8PaddedK(K) / 4 + 1;
+/**
+ * Shape of the packed int32 tensor for a [K, N] weight: [ceil(N / 4), Kp + 4].
+ *
+ * ```ts
+ * int8PackedShape(1024, 3072); // [768, 1028]: 3 MiB for 12 MiB of float32
+ * ```
+ */
+export function int8PackedShape(K: number, N: number): [number, number] {
+  return [Math.ceil(N / 4), int8PaddedK(K) + 4];
+}
+
+/** Byte offset of q[k, n] in the packed layout. */
+function qOffset(k: number, n: number, Kp: number): number {
+  return (n >> 2) * (4 * Kp + 16) + (k >> 4) * 64 + (n & 3) * 16 + (k & 15);
+}
+
+/** Byte offset of s[n]. */
+function scaleOffset(n: number, Kp: number): number {
+  return (n >> 2) * (4 * Kp + 16) + 4 * Kp + (n & 3) * 4;
 }
 
 const int8Shapes = new WeakMap<tf.Tensor, { readonly K: number; readonly N: number }>();
 
 /**
  * Quantizes a host float32 weight [K, N] ("in, out", as layers/linear.ts stores it) into the packed int8 layout
- * (int32 [N, Kp/4 + 1], see above), without touching the device.
+ * (int32 [ceil(N/4), Kp + 4], see above), without touching the device.
  *
  * ```ts
- * const bits = packInt8Bits(Float32Array.of(1, -2, 0.5, 4), 2, 2); // Int32Array of 2 rows × 5 words
+ * const bits = packInt8Bits(Float32Array.of(1, -2, 0.5, 4), 2, 2); // Int32Array of 1 block × 20 words
  * ```
  */
 export function packInt8Bits(w: Float32Array, K: number, N: number): Int32Array {
   if (!Number.isInteger(K) || !Number.isInteger(N) || K < 1 || N < 1) throw new Error(`packInt8: K and N must be positive integers, got K=${K} N=${N}`);
   if (w.length !== K * N) throw new Error(`packInt8: ${w.length} values for a [${K}, ${N}] weight`);
-  const Kp = int8PaddedK(K), rowWords = Kp / 4 + 1;
-  const out = new Int32Array(N * rowWords);
+  const Kp = int8PaddedK(K);
+  const [blocks, words] = int8PackedShape(K, N);
+  const out = new Int32Array(blocks * words);
   const bytes = new Int8Array(out.buffer);
-  const scales = new Float32Array(out.buffer);
-  for (let n = 0; n < N; n++) {
-    let max = 0;
-    for (let k = 0; k < K; k++) {
+  const f32 = new Float32Array(out.buffer);
+  // Column maxima in one row-major pass (W is [K, N]: reading it by columns would miss the cache at every value).
+  const max = new Float64Array(N);
+  for (let k = 0; k < K; k++) {
+    for (let n = 0; n < N; n++) {
       const a = Math.abs(w[k * N + n]!);
-      if (!(a <= max)) max = a; // NaN lands here too, and poisons the scale: the product then shows NaN, not a quiet 0
+      if (!(a <= max[n]!)) max[n] = a; // NaN lands here too
     }
-    if (!Number.isFinite(max)) throw new Error(`packInt8: column ${n} of the [${K}, ${N}] weight holds a non-finite value`);
-    const s = Math.fround(max / 127);
-    const row = n * rowWords * 4;
-    if (s > 0) {
+  }
+  const scales = new Float32Array(N);
+  for (let n = 0; n < N; n++) {
+    if (!Number.isFinite(max[n]!)) throw new Error(`packInt8: column ${n} of the [${K}, ${N}] weight holds a non-finite value`);
+    scales[n] = max[n]! / 127;
+    f32[scaleOffset(n, Kp) / 4] = scales[n]!;
+  }
+  for (let k = 0; k < K; k++) {
+    for (let n = 0; n < N; n++) {
       // Rounding against the f32 scale the kernel multiplies by, so |W - q·s| <= s/2 holds for the stored s.
-      for (let k = 0; k < K; k++) bytes[row + k] = Math.max(-127, Math.min(127, Math.round(w[k * N + n]! / s)));
+      const s = scales[n]!;
+      if (s > 0) bytes[qOffset(k, n, Kp)] = Math.max(-127, Math.min(127, Math.round(w[k * N + n]! / s)));
     }
-    scales[n * rowWords + rowWords - 1] = s;
   }
   return out;
 }
 
 /**
- * Marks `packed` (int32 [N, Kp/4 + 1] from packInt8Bits) as an int8 weight for a [K, N] product and returns it.
+ * The quantized values of a packed weight, decoded on the host: q [N, K] (output-major) and the N scales.
+ *
+ * ```ts
+ * const { q, scales } = int8Values(packInt8Bits(w, K, N), K, N); // W[k, n] ≈ q[n·K + k] · scales[n]
+ * ```
+ */
+export function int8Values(bits: Int32Array, K: number, N: number): { q: Int8Array; scales: Float32Array } {
+  const Kp = int8PaddedK(K);
+  const [blocks, words] = int8PackedShape(K, N);
+  if (bits.length !== blocks * words) throw new Error(`int8Values: ${bits.length} int32 words for a [${K}, ${N}] int8 weight (expected ${blocks * words})`);
+  const bytes = new Int8Array(bits.buffer, bits.byteOffset, bits.byteLength);
+  const f32 = new Float32Array(bits.buffer, bits.byteOffset, bits.length);
+  const q = new Int8Array(N * K);
+  for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) q[n * K + k] = bytes[qOffset(k, n, Kp)]!;
+  return { q, scales: Float32Array.from({ length: N }, (_, n) => f32[scaleOffset(n, Kp) / 4]!) };
+}
+
+/**
+ * Marks `packed` (int32 [ceil(N/4), Kp + 4] from packInt8Bits) as an int8 weight for a [K, N] product and returns it.
  * For weights built elsewhere in the packed layout, e.g. a worker's copy.
  *
  * ```ts
- * const w = markInt8Weight(tf.tensor2d(packInt8Bits(data, K, N), [N, int8RowWords(K)], 'int32'), K, N);
+ * const w = markInt8Weight(tf.tensor2d(packInt8Bits(data, K, N), int8PackedShape(K, N), 'int32'), K, N);
  * ```
  */
 export function markInt8Weight(packed: tf.Tensor2D, K: number, N: number): tf.Tensor2D {
-  if (packed.dtype !== 'int32' || packed.rank !== 2 || packed.shape[0] !== N || packed.shape[1] !== int8RowWords(K)) {
-    throw new Error(`markInt8Weight: a [${K}, ${N}] int8 weight is int32 [${N}, ${int8RowWords(K)}], got ${packed.dtype} [${packed.shape}]`);
+  const [blocks, words] = int8PackedShape(K, N);
+  if (packed.dtype !== 'int32' || packed.rank !== 2 || packed.shape[0] !== blocks || packed.shape[1] !== words) {
+    throw new Error(`markInt8Weight: a [${K}, ${N}] int8 weight is int32 [${blocks}, ${words}], got ${packed.dtype} [${packed.shape}]`);
   }
   int8Shapes.set(packed, { K, N });
   return packed;
@@ -79,10 +126,10 @@ export function markInt8Weight(packed: tf.Tensor2D, K: number, N: number): tf.Te
 
 /**
  * Quantizes a float32 weight [K, N] to int8 with one scale per output column (see the file header): a marked int32
- * tensor [N, Kp/4 + 1] for matMulInt8, about a quarter of the bytes.
+ * tensor [ceil(N/4), Kp + 4] for matMulInt8, about a quarter of the bytes.
  *
  * ```ts
- * const packed = packInt8(w);            // w float32 [4096, 4096] → int32 [4096, 1025], 16 MiB instead of 64
+ * const packed = packInt8(w);            // w float32 [4096, 4096] → int32 [1024, 4100], 16 MiB instead of 64
  * const y = matMulInt8(x, packed);       // x [1, 4096] → y [1, 4096]
  * ```
  */
@@ -94,7 +141,7 @@ export function packInt8(w: tf.Tensor2D | Float32Array, K?: number, N?: number):
     [K, N] = w.shape;
   }
   const data = w instanceof Float32Array ? w : (w.dataSync() as Float32Array);
-  return markInt8Weight(tf.tensor2d(packInt8Bits(data, K!, N!), [N!, int8RowWords(K!)], 'int32'), K!, N!);
+  return markInt8Weight(tf.tensor2d(packInt8Bits(data, K!, N!), int8PackedShape(K!, N!), 'int32'), K!, N!);
 }
 
 /** Whether `t` is an int8 weight made by packInt8 / markInt8Weight. */
@@ -113,14 +160,6 @@ export function int8WeightShape(t: tf.Tensor): { readonly K: number; readonly N:
   return int8Shapes.get(t);
 }
 
-/** Host view of a packed weight: the int8 values, the scales and the row stride in bytes. */
-export function int8Parts(bits: Int32Array, K: number, N: number): { q: Int8Array; scales: Float32Array; rowBytes: number } {
-  const rowWords = int8RowWords(K);
-  const f = new Float32Array(bits.buffer, bits.byteOffset, bits.length);
-  const scales = Float32Array.from({ length: N }, (_, n) => f[n * rowWords + rowWords - 1]!);
-  return { q: new Int8Array(bits.buffer, bits.byteOffset, bits.byteLength), scales, rowBytes: rowWords * 4 };
-}
-
 /**
  * The float32 weight [K, N] an int8 weight stands for (q·s, exactly as the kernel scales it).
  *
@@ -132,11 +171,11 @@ export function unpackInt8(packed: tf.Tensor2D): tf.Tensor2D {
   const shape = int8WeightShape(packed);
   if (!shape) throw new Error(`unpackInt8: tensor ${packed.dtype} [${packed.shape}] is not an int8 weight from packInt8`);
   const { K, N } = shape;
-  const { q, scales, rowBytes } = int8Parts(packed.dataSync() as Int32Array, K, N);
+  const { q, scales } = int8Values(packed.dataSync() as Int32Array, K, N);
   const out = new Float32Array(K * N);
   for (let n = 0; n < N; n++) {
-    const s = scales[n]!, row = n * rowBytes;
-    for (let k = 0; k < K; k++) out[k * N + n] = q[row + k]! * s;
+    const s = scales[n]!;
+    for (let k = 0; k < K; k++) out[k * N + n] = q[n * K + k]! * s;
   }
   return tf.tensor2d(out, [K, N]);
 }

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
-import { int8Parts, int8PaddedK, int8RowWords, int8WeightShape, isInt8Weight, markInt8Weight, packInt8, packInt8Bits, unpackInt8 } from './int8.js';
+import { int8PackedShape, int8PaddedK, int8Values, int8WeightShape, isInt8Weight, markInt8Weight, packInt8, packInt8Bits, unpackInt8 } from './int8.js';
 import { matMulInt8, OMNIFLOW_MATMUL_INT8 } from './mat-mul-int8.js';
 import { packBf16 } from './bf16.js';
 import { buildInt8MatMul, int8MatMulModuleBytes, int8XMax } from './matmul-int8-module.js';
@@ -31,7 +31,7 @@ function nearest(v: number): number {
  * rounding, so any wrong index, lane or tail shows.
  */
 function quantizedReference(x: Float32Array, M: number, K: number, bits: Int32Array, N: number, alpha: number, bias?: Float32Array, relu = false): Float32Array {
-  const { q, scales, rowBytes } = int8Parts(bits, K, N);
+  const { q, scales } = int8Values(bits, K, N);
   const xmax = int8XMax(K), f = Math.fround;
   const y = new Float32Array(M * N);
   for (let m = 0; m < M; m++) {
@@ -41,7 +41,7 @@ function quantizedReference(x: Float32Array, M: number, K: number, bits: Int32Ar
     const xq = Int16Array.from({ length: K }, (_, k) => nearest(f(x[m * K + k]! * inv)));
     for (let n = 0; n < N; n++) {
       let acc = 0;
-      for (let k = 0; k < K; k++) acc += xq[k]! * q[n * rowBytes + k]!;
+      for (let k = 0; k < K; k++) acc += xq[k]! * q[n * K + k]!;
       let v = f(f(acc * f(sx * alpha)) * scales[n]!);
       if (bias) v = f(v + bias[n]!);
       y[m * N + n] = relu ? Math.max(0, v) : v;
@@ -70,25 +70,31 @@ describe('packInt8', () => {
       w[k * N + 4]! *= 1000; // a large column keeps its own scale
     }
     const bits = packInt8Bits(w, K, N);
-    expect(bits.length).toBe(N * (int8PaddedK(K) / 4 + 1));
     expect(int8PaddedK(K)).toBe(48);
-    const { q, scales, rowBytes } = int8Parts(bits, K, N);
+    expect(int8PackedShape(K, N)).toEqual([2, 52]); // 2 blocks of 4 outputs (the 8th is padding), 4·48 + 16 bytes each
+    expect(bits.length).toBe(2 * 52);
+    // the layout itself: q[k, n] at block n/4, piece k/16, lane n%4, byte k%16; then the block's 4 scales
+    const bytes = new Int8Array(bits.buffer), f32 = new Float32Array(bits.buffer);
+    expect(bytes[1 * 208 + 2 * 64 + 0 * 16 + 3]).toBe(Math.round(w[35 * N + 4]! / f32[(208 + 192) / 4]!)); // q[35, 4]
+    expect(f32[(208 + 192 + 4) / 4]).toBe(0); // output 5 is padding: scale 0
+    expect(bytes.slice(208 + 16, 208 + 64).every((v) => v === 0)).toBe(true); // and its weights 0
+    const { q, scales } = int8Values(bits, K, N);
     for (let n = 0; n < N; n++) {
       let colMax = 0;
       for (let k = 0; k < K; k++) colMax = Math.max(colMax, Math.abs(w[k * N + n]!));
       expect(scales[n]).toBeCloseTo(colMax / 127, 6);
       let hit127 = false;
       for (let k = 0; k < K; k++) {
-        const v = q[n * rowBytes + k]!;
+        const v = q[n * K + k]!;
         expect(Math.abs(w[k * N + n]! - v * scales[n]!)).toBeLessThanOrEqual(scales[n]! / 2 + 1e-7 * Math.abs(w[k * N + n]!));
         hit127 ||= Math.abs(v) === 127;
       }
       expect(hit127).toBe(n !== 2); // the column's largest value maps to ±127
-      for (let k = K; k < int8PaddedK(K); k++) expect(q[n * rowBytes + k]).toBe(0);
     }
+    for (let k = K; k < int8PaddedK(K); k++) expect(bytes[2 * 64 + 16 + (k % 16)]).toBe(0); // K padding of output 1
     expect(scales[2]).toBe(0);
     const packed = packInt8(tf.tensor2d(w, [K, N]));
-    expect(packed.shape).toEqual([N, int8RowWords(K)]);
+    expect(packed.shape).toEqual(int8PackedShape(K, N));
     expect(int8WeightShape(packed)).toEqual({ K, N });
     const deq = unpackInt8(packed);
     const d = deq.dataSync();
@@ -104,7 +110,7 @@ describe('packInt8', () => {
     expect(() => packInt8Bits(new Float32Array(5), 2, 3)).toThrow(/5 values for a \[2, 3\] weight/);
     expect(() => packInt8Bits(Float32Array.of(1, NaN), 2, 1)).toThrow(/column 0 .* non-finite/);
     expect(() => packInt8(tf.tensor2d([[1, 2]], [1, 2], 'int32'))).toThrow(/float32 \[K, N\], got int32/);
-    expect(() => markInt8Weight(tf.zeros([3, 4], 'int32') as tf.Tensor2D, 16, 3)).toThrow(/int32 \[3, 5\], got int32 \[3,4\]/);
+    expect(() => markInt8Weight(tf.zeros([3, 4], 'int32') as tf.Tensor2D, 16, 3)).toThrow(/int32 \[1, 20\], got int32 \[3,4\]/);
     const w = packInt8(tf.tensor2d(values(12, 2), [4, 3]));
     expect(() => matMulInt8(tf.zeros([2, 5]), w)).toThrow(/x's last axis must match W's 4 rows, got x \[2,5\]/);
     expect(() => matMulInt8(tf.zeros([2, 4]), w, { bias: tf.zeros([4]) as tf.Tensor1D })).toThrow(/bias must be float32 \[3\]/);
@@ -138,7 +144,7 @@ describe.each(['wasm', 'cpu'])('matMulInt8 on %s', (backend) => {
           const got = matMulInt8(x, packed, { bias: b, alpha: 0.75 }).dataSync();
           const exact = tf.add(tf.mul(tf.matMul(x, w), tf.scalar(0.75)), b).dataSync();
           // |Σ x̂·Ŵ - x·W| <= Σ |x|·s[n]/2 + Σ |W[:, n]|·sx/2 (per weight and per x rounding), times alpha, + f32 slack
-          const { scales } = int8Parts(packed.dataSync() as Int32Array, K, N);
+          const { scales } = int8Values(packed.dataSync() as Int32Array, K, N);
           let errSq = 0, refSq = 0;
           for (let m = 0; m < M; m++) {
             let sumX = 0, amax = 0;
@@ -201,7 +207,7 @@ describe('int8 kernel specifics (wasm)', () => {
       const bits = packInt8Bits(ws, K, N);
       const want = quantizedReference(xs, M, K, bits, N, 0.5, bs, true);
       const got = tf.tidy(() => {
-        const packed = markInt8Weight(tf.tensor2d(bits, [N, int8RowWords(K)], 'int32'), K, N);
+        const packed = markInt8Weight(tf.tensor2d(bits, int8PackedShape(K, N), 'int32'), K, N);
         return matMulInt8(tf.tensor2d(xs, [M, K]), packed, { bias: tf.tensor1d(bs), alpha: 0.5, activation: 'relu' }).dataSync();
       });
       // the kernel sums the four i32 lanes in f32 (exact on the host): a few ulps of the row's scale apart
@@ -242,8 +248,10 @@ describe('int8 kernel specifics (wasm)', () => {
     const bits = packInt8Bits(ws, K, N);
     new Int32Array(memory.buffer, 4096, bits.length).set(bits);
     new Float32Array(memory.buffer, 0, K).set(xs);
+    const after = new Float32Array(memory.buffer, 8192 + 4 * N, 3).fill(7); // past y's end: the padding output's slot
     k.quantize(0, 1, K, Kp, int8XMax(K), 1024, 2048);
     k.rows[1]!(1024, 2048, 4096, 0, 8192, Kp, N, 0, N, 1, MATMUL_EPILOGUE.none);
+    expect([...after]).toEqual([7, 7, 7]);
     const want = quantizedReference(xs, 1, K, bits, N, 1);
     const got = new Float32Array(memory.buffer, 8192, N);
     for (let n = 0; n < N; n++) expect(got[n]).toBeCloseTo(want[n]!, 5);

@@ -14,6 +14,8 @@ export const OMNIFLOW_MATMUL_INT8 = 'OmniflowMatMulInt8';
 const TILE_BYTES = 256 * 1024;
 
 interface Int8Attrs {
+  /** Outputs (the packed tensor holds whole blocks of 4). */
+  N: number;
   alpha: number;
   activation: 'linear' | MatMulEpilogue;
 }
@@ -33,9 +35,9 @@ function kernelsFor(backend: WasmBackendInternals): Int8MatMul {
 function int8Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo {
   const backend = args.backend as WasmBackendInternals;
   const { x, w, bias } = args.inputs as { x: tf.TensorInfo; w: tf.TensorInfo; bias?: tf.TensorInfo };
-  const { alpha, activation } = args.attrs as unknown as Int8Attrs;
+  const { N, alpha, activation } = args.attrs as unknown as Int8Attrs;
   const [M, K] = x.shape as [number, number];
-  const N = w.shape[0]!, Kp = (w.shape[1]! - 1) * 4;
+  const Kp = w.shape[1]! - 4; // packed [ceil(N/4), Kp + 4]
   const out = backend.makeOutput([M, N], 'float32');
   if (M === 0 || N === 0) return out;
   const k = kernelsFor(backend);
@@ -56,19 +58,14 @@ function int8Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; att
     if (M <= maxRows) {
       block(0, 0, N); // decode: one pass over W
     } else {
-      // tiles hold whole output groups of every row function, so only the last tile has a ragged end
-      const G = k.variant.group.reduce((a, g) => (a * g) / gcd(a, g), 1);
-      const tile = Math.max(G, Math.floor(TILE_BYTES / (Kp + 4) / G) * G);
+      // tiles of whole 4-output blocks (each 4·Kp + 16 bytes)
+      const tile = 4 * Math.max(1, Math.floor(TILE_BYTES / (4 * Kp + 16)));
       for (let n0 = 0; n0 < N; n0 += tile) for (let r0 = 0; r0 < M; r0 += maxRows) block(r0, n0, Math.min(N, n0 + tile));
     }
   } finally {
     backend.disposeData(scratch.dataId);
   }
   return out;
-}
-
-function gcd(a: number, b: number): number {
-  return b === 0 ? a : gcd(b, a % b);
 }
 
 let registered = false;
@@ -114,7 +111,7 @@ export function matMulInt8(x: tf.Tensor, packed: tf.Tensor2D, options: MatMulSma
   if (!Number.isFinite(alpha)) throw new Error(`matMulInt8: alpha must be a finite number, got ${alpha}`);
   const activation = options.activation ?? 'linear';
   if (activation !== 'linear' && !(activation in MATMUL_EPILOGUE)) throw new Error(`matMulInt8: activation '${activation}' is not one of linear, ${Object.keys(MATMUL_EPILOGUE).filter((e) => e !== 'none').join(', ')}`);
-  const attrs: Int8Attrs = { alpha, activation: activation === 'none' ? 'linear' : activation };
+  const attrs: Int8Attrs = { N, alpha, activation: activation === 'none' ? 'linear' : activation };
 
   const run = (x2: tf.Tensor2D): tf.Tensor2D => {
     if (tf.getBackend() === 'wasm') {
