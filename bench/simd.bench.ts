@@ -116,7 +116,7 @@ function int8Sweep(): Record<string, unknown> {
         // float32: omniflow's kernel up to 16 rows, tf.matMul above (what matMulSmall runs)
         f32: () => (M <= 16 ? (tf.engine().runKernel('OmniflowMatMul', { x, w }, attrs) as tf.Tensor) : tf.matMul(x, w)).dispose(),
         bf16: () => (tf.engine().runKernel('OmniflowMatMulBf16', { x, w: bf16 }, attrs) as tf.Tensor).dispose(),
-        int8: () => (tf.engine().runKernel(OMNIFLOW_MATMUL_INT8, { x, w: int8 }, attrs) as tf.Tensor).dispose(),
+        int8: () => (tf.engine().runKernel(OMNIFLOW_MATMUL_INT8, { x, w: int8 }, { ...attrs, N }) as tf.Tensor).dispose(),
       },
       M >= 64 ? 5 : 15,
     );

@@ -239,6 +239,16 @@ describe('int8 kernel specifics (wasm)', () => {
     expect(tf.getKernel(OMNIFLOW_MATMUL_INT8, 'wasm')).toBeDefined();
   });
 
+  it('the registered kernel checks its N attr against the packed weight (runKernel callers pass it)', () => {
+    const packed = packInt8(tf.tensor2d(values(32 * 6, 1), [32, 6]));
+    const x = tf.ones([1, 32]);
+    expect(() => tf.engine().runKernel(OMNIFLOW_MATMUL_INT8, { x, w: packed }, { alpha: 1, activation: 'linear' })).toThrow(/attr N = undefined and packed w \[2,36\]/);
+    expect(() => tf.engine().runKernel(OMNIFLOW_MATMUL_INT8, { x, w: packed }, { N: 9, alpha: 1, activation: 'linear' })).toThrow(/attr N = 9/);
+    const y = tf.engine().runKernel(OMNIFLOW_MATMUL_INT8, { x, w: packed }, { N: 6, alpha: 1, activation: 'linear' }) as tf.Tensor;
+    expect(y.shape).toEqual([1, 6]);
+    tf.dispose([packed, x, y]);
+  });
+
   it('runs over any WebAssembly.Memory (quantize, then one row block)', () => {
     const memory = new (webAssembly().Memory)({ initial: 2 });
     const k = buildInt8MatMul(memory);

@@ -38,6 +38,9 @@ function int8Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; att
   const { N, alpha, activation } = args.attrs as unknown as Int8Attrs;
   const [M, K] = x.shape as [number, number];
   const Kp = w.shape[1]! - 4; // packed [ceil(N/4), Kp + 4]
+  if (!Number.isInteger(N) || Math.ceil(N / 4) !== w.shape[0] || Kp < K || Kp % 16 !== 0) {
+    throw new Error(`${OMNIFLOW_MATMUL_INT8}: attr N = ${N} and packed w [${w.shape}] do not make an int8 weight for x [${x.shape}] (w must be int32 [ceil(N/4), ceil(K/16)·16 + 4])`);
+  }
   const out = backend.makeOutput([M, N], 'float32');
   if (M === 0 || N === 0) return out;
   const k = kernelsFor(backend);
@@ -75,7 +78,7 @@ let registered = false;
  *
  * ```ts
  * registerInt8Kernel();
- * const y = tf.engine().runKernel('OmniflowMatMulInt8', { x, w: packInt8(w32) }, { alpha: 1, activation: 'linear' });
+ * const y = tf.engine().runKernel('OmniflowMatMulInt8', { x, w: packInt8(w32) }, { N, alpha: 1, activation: 'linear' }); // w32 [K, N]
  * ```
  */
 export function registerInt8Kernel(): void {
