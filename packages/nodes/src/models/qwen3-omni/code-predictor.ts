@@ -43,7 +43,7 @@ export class CodePredictor {
     this.cache = model.createCache({ capacity: config.num_code_groups + 1 });
   }
 
-  /** Loads `${prefix}.*`; `weights: 'bf16'` packs the decoder's and heads' matrices (see WeightDtype). */
+  /** Loads `${prefix}.*`; `weights: 'bf16'` or `'int8'` packs the decoder's and heads' matrices (see WeightDtype). */
   static load(ckpt: Checkpoint, config: CodePredictorConfig, prefix = 'talker.code_predictor', options: { weights?: WeightDtype } = {}): CodePredictor {
     const c = config, G = c.num_code_groups, V = c.vocab_size, D = c.hidden_size;
     // The decoder is the shared Qwen3 text decoder with every layer dense. Its "embed_tokens" is codec_embedding.0

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SafetensorsFile, fixtureDir, fixturePath, initBackend, writeSafetensors, writeShardedCheckpoint, type TensorToWrite } from '@omniflow/runtime-gpu';
+import { SafetensorsFile, fixtureDir, fixturePath, initBackend, isInt8Weight, writeSafetensors, writeShardedCheckpoint, type TensorToWrite } from '@omniflow/runtime-gpu';
 import { fixtureTokenizer, writeFixtureTokenizer } from './fixture-tokenizer/fixture-tokenizer.js';
 import { loadQwen3Omni } from './load.js';
 
@@ -105,6 +105,41 @@ describe('loadQwen3Omni', () => {
     expect(worst).toBeLessThan(1e-4);
     f32.dispose();
     b16.dispose();
+    expect(tf.memory().numTensors).toBe(before.numTensors);
+  });
+
+  it("weights: 'int8': quantized thinker/talker/predictor matrices (about a quarter of the bytes), Code2Wav in bf16, logits near float32", async () => {
+    const before = tf.memory();
+    const f32 = await loadQwen3Omni(fixtureDir(), { tokenizer: fixtureTokenizer(), modules: ['thinker', 'talker'] });
+    const f32Bytes = tf.memory().numBytes - before.numBytes;
+    const q8 = await loadQwen3Omni(fixtureDir(), { tokenizer: fixtureTokenizer(), modules: ['thinker', 'talker'], weights: 'int8' });
+    const q8Bytes = tf.memory().numBytes - before.numBytes - f32Bytes;
+    expect(isInt8Weight(q8.thinker.layers[0]!.self_attn.q_proj!.weight)).toBe(true);
+    expect(isInt8Weight(q8.talker!.talker.model.layers[0]!.self_attn.qkv_proj!.weight)).toBe(true);
+    // At the fixture's tiny sizes the int8 padding (K to 16, 4 scales per 4 columns) and the float32 norms, routers and
+    // host-side embeddings weigh more than at real size: 32% of float32 here.
+    expect(q8Bytes).toBeLessThan(0.45 * f32Bytes);
+    const ids = [240, 97, 198, 12, 40, 77, 241, 198];
+    const pos = Float32Array.from(ids, (_, i) => i);
+    const logits = (m: typeof f32) => tf.tidy(() => {
+      const { logits: l, lastHiddenState } = m.thinker.forward(m.thinker.embed(ids), { positions: [pos, pos, pos], logits: 'all' });
+      lastHiddenState.dispose();
+      return l!.dataSync() as Float32Array;
+    });
+    const [a, b] = [logits(f32), logits(q8)];
+    let worst = 0, scale = 0;
+    for (let i = 0; i < a.length; i++) {
+      worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+      scale = Math.max(scale, Math.abs(a[i]!));
+    }
+    // Each weight is off by up to 1/254 of its column's largest; through 4 layers the logits move by 1.7% of the largest.
+    expect(worst).toBeGreaterThan(0);
+    expect(worst).toBeLessThan(0.05 * scale);
+    f32.dispose();
+    q8.dispose();
+    const withCode2wav = await loadQwen3Omni(fixtureDir(), { tokenizer: fixtureTokenizer(), modules: ['code2wav'], weights: 'int8' });
+    expect(withCode2wav.code2wav).toBeDefined(); // its weight-streaming layers in bf16 (Code2Wav has no int8 path)
+    withCode2wav.dispose();
     expect(tf.memory().numTensors).toBe(before.numTensors);
   });
 

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Checkpoint, SafetensorsFile, initBackend } from '@omniflow/runtime-gpu';
+import { Checkpoint, SafetensorsFile, initBackend, isInt8Weight } from '@omniflow/runtime-gpu';
 import type { Qwen3OmniConfig } from './config.js';
 import { Talker, TalkerGeneration, type CodecFrame } from './talker.js';
 import { CodecHead, GREEDY } from './codec-head.js';
@@ -140,53 +140,60 @@ describe('talker, codec head and code predictor (fixture case 7)', () => {
 });
 });
 
-describe("talker, codec head and code predictor with weights: 'bf16' (fixture case 7)", () => {
-  it('generates the same greedy codes as float32, logits within bf16 rounding, and frees every tensor', async () => {
-    await initBackend();
-    const start = tf.memory().numTensors;
-    const fixture = loadTalkerFixture();
-    const { config, ckpt, cases } = fixture;
-    const weights = { weights: 'bf16' } as const;
-    const talker16 = Talker.load(ckpt, config, weights);
-    const head16 = CodecHead.load(ckpt, config.talker_config!, undefined, weights);
-    const predictor16 = CodePredictor.load(ckpt, config.talker_config!.code_predictor_config, undefined, weights);
-    const ids = cases.read('thinker.sequences').data as Int32Array;
-    const e = cases.read('talker.thinker_embed'), h = cases.read('talker.thinker_hidden');
-    const embeds = tf.tensor2d(e.data as Float32Array, [e.shape[1], e.shape[2]]);
-    const hidden = tf.tensor2d(h.data as Float32Array, [h.shape[1], h.shape[2]]);
-    const positionIds = [0, 1, 2].map((r) => cases.read('talker.position_ids').data.subarray(r * 57, (r + 1) * 57)) as unknown as [Float32Array, Float32Array, Float32Array];
-    const run = (t: Talker, hd: CodecHead, p: CodePredictor): CodecFrame[] => {
-      const prompt = buildTalkerPrompt(t, talkerTokenIds(config), { ids, thinkerEmbeds: embeds, thinkerHidden: hidden, speaker: 'ethan' });
-      const gen = new TalkerGeneration(t, hd, p, prompt, { sampling: GREEDY, predictorSampling: GREEDY, maxFrames: 3, positionIds });
-      const frames: CodecFrame[] = [];
-      for (let f = gen.next(); f; f = gen.next()) frames.push(f);
-      gen.dispose();
-      prompt.dispose();
-      return frames;
-    };
-    const f32 = run(fixture.parts.talker, fixture.parts.codecHead, fixture.parts.codePredictor);
-    const b16 = run(talker16, head16, predictor16);
-    // The packed matrices: every decoder/expert/projection/head weight of even width is int32 [in, out / 2] (the
-    // talker's q, k and v side by side: 32 + 16 + 16 columns).
-    const qkvProj = talker16.model.layers[0]!.self_attn.qkv_proj!.weight;
-    expect([qkvProj.dtype, ...qkvProj.shape]).toEqual(['int32', 24, 32]);
-    // The fixture's weights are random float32, so rounding them to bf16 (relative error <= 2^-9 each) moves the
-    // logits; the greedy choices keep their margins (>= 1e-2 in the fixture) and stay the reference codes.
-    expect(b16.map((f) => Array.from(f.codes))).toEqual(f32.map((f) => Array.from(f.codes)));
-    for (let f = 0; f < 3; f++) {
-      const scale = Math.max(...Array.from(f32[f]!.code0Logits, Math.abs));
-      expect(maxAbsDiff(b16[f]!.code0Logits, f32[f]!.code0Logits)).toBeLessThan(2e-2 * scale);
-      const rscale = Math.max(...Array.from(f32[f]!.residualLogits, Math.abs));
-      expect(maxAbsDiff(b16[f]!.residualLogits, f32[f]!.residualLogits)).toBeLessThan(2e-2 * rscale);
-      // Not identical: the bf16 path really ran.
-      expect(maxAbsDiff(b16[f]!.code0Logits, f32[f]!.code0Logits)).toBeGreaterThan(0);
-    }
-    tf.dispose([embeds, hidden]);
-    talker16.dispose();
-    head16.dispose();
-    predictor16.dispose();
-    fixture.dispose();
-    expect(tf.memory().numTensors).toBe(start);
-    fixture.close();
+/**
+ * Packed weights on the fixture, whose weights are random float32: rounding moves the logits, and the greedy choices
+ * keep their margins (>= 1e-2 in the fixture) and stay the reference codes. Bounds, as a fraction of the largest
+ * |logit| of the frame: bf16 (relative error <= 2^-9 per weight; measured 0.3-0.7%) 2%; int8 (up to half a step, 1/254
+ * of the column's largest weight, per weight; measured 0.8-2.1%) 5%.
+ */
+for (const [format, bound] of [['bf16', 2e-2], ['int8', 5e-2]] as const) {
+  describe(`talker, codec head and code predictor with weights: '${format}' (fixture case 7)`, () => {
+    it(`generates the same greedy codes as float32, logits within ${format} rounding, and frees every tensor`, async () => {
+      await initBackend();
+      const start = tf.memory().numTensors;
+      const fixture = loadTalkerFixture();
+      const { config, ckpt, cases } = fixture;
+      const weights = { weights: format };
+      const talker16 = Talker.load(ckpt, config, weights);
+      const head16 = CodecHead.load(ckpt, config.talker_config!, undefined, weights);
+      const predictor16 = CodePredictor.load(ckpt, config.talker_config!.code_predictor_config, undefined, weights);
+      const ids = cases.read('thinker.sequences').data as Int32Array;
+      const e = cases.read('talker.thinker_embed'), h = cases.read('talker.thinker_hidden');
+      const embeds = tf.tensor2d(e.data as Float32Array, [e.shape[1], e.shape[2]]);
+      const hidden = tf.tensor2d(h.data as Float32Array, [h.shape[1], h.shape[2]]);
+      const positionIds = [0, 1, 2].map((r) => cases.read('talker.position_ids').data.subarray(r * 57, (r + 1) * 57)) as unknown as [Float32Array, Float32Array, Float32Array];
+      const run = (t: Talker, hd: CodecHead, p: CodePredictor): CodecFrame[] => {
+        const prompt = buildTalkerPrompt(t, talkerTokenIds(config), { ids, thinkerEmbeds: embeds, thinkerHidden: hidden, speaker: 'ethan' });
+        const gen = new TalkerGeneration(t, hd, p, prompt, { sampling: GREEDY, predictorSampling: GREEDY, maxFrames: 3, positionIds });
+        const frames: CodecFrame[] = [];
+        for (let f = gen.next(); f; f = gen.next()) frames.push(f);
+        gen.dispose();
+        prompt.dispose();
+        return frames;
+      };
+      const f32 = run(fixture.parts.talker, fixture.parts.codecHead, fixture.parts.codePredictor);
+      const b16 = run(talker16, head16, predictor16);
+      // The packed matrices (the talker's q, k and v side by side: 32 + 16 + 16 columns from 24 inputs): bf16 int32
+      // [in, out / 2]; int8 int32 [ceil(out / 4), ceil(in / 16)·16 + 4] (runtime-gpu's packInt8).
+      const qkvProj = talker16.model.layers[0]!.self_attn.qkv_proj!.weight;
+      expect([qkvProj.dtype, ...qkvProj.shape]).toEqual(format === 'bf16' ? ['int32', 24, 32] : ['int32', 16, 36]);
+      expect(isInt8Weight(qkvProj)).toBe(format === 'int8');
+      expect(b16.map((f) => Array.from(f.codes))).toEqual(f32.map((f) => Array.from(f.codes)));
+      for (let f = 0; f < 3; f++) {
+        const scale = Math.max(...Array.from(f32[f]!.code0Logits, Math.abs));
+        expect(maxAbsDiff(b16[f]!.code0Logits, f32[f]!.code0Logits)).toBeLessThan(bound * scale);
+        const rscale = Math.max(...Array.from(f32[f]!.residualLogits, Math.abs));
+        expect(maxAbsDiff(b16[f]!.residualLogits, f32[f]!.residualLogits)).toBeLessThan(bound * rscale);
+        // Not identical: the bf16 path really ran.
+        expect(maxAbsDiff(b16[f]!.code0Logits, f32[f]!.code0Logits)).toBeGreaterThan(0);
+      }
+      tf.dispose([embeds, hidden]);
+      talker16.dispose();
+      head16.dispose();
+      predictor16.dispose();
+      fixture.dispose();
+      expect(tf.memory().numTensors).toBe(start);
+      fixture.close();
+    });
   });
-});
+}

@@ -51,7 +51,7 @@ export class Talker implements TalkerProjections {
 
   /**
    * Loads `talker.model.*`, `talker.text_projection.*`, `talker.hidden_projection.*` and the three tts rows of
-   * `thinker.model.embed_tokens`; `weights: 'bf16'` packs the decoder's and projections' matrices (see WeightDtype).
+   * `thinker.model.embed_tokens`; `weights: 'bf16'` or `'int8'` packs the decoder's and projections' matrices (see WeightDtype).
    */
   static load(ckpt: Checkpoint, config: Qwen3OmniConfig, options: { weights?: WeightDtype } = {}): Talker {
     const t = talkerConfigOf(config);

@@ -119,8 +119,9 @@ export class TextModel {
 
   /**
    * Loads the text model from a checkpoint (or any WeightSource); every tensor's shape is checked against the config.
-   * `weights: 'bf16'` keeps the projections, experts and lm_head as packed bf16 (half the bytes per decode step; see
-   * WeightDtype); norms, routers and the host embedding table stay float32. `fuseQkv` loads each layer's q/k/v
+   * `weights: 'bf16'` keeps the projections, experts and lm_head as packed bf16 (half the bytes per decode step), 'int8'
+   * as per-column int8 (a quarter; approximate), see WeightDtype; norms, routers and the host embedding table stay
+   * float32. `fuseQkv` loads each layer's q/k/v
    * projections as one matrix (see DecoderAttention; fewer kernels per decode step, inference only: the talker and
    * code predictor use it, the trainable captioner does not).
    */
