@@ -218,6 +218,19 @@ describe('int8 kernel specifics (wasm)', () => {
     }
   });
 
+  it('a non-finite x gives NaN outputs for its row, in the vector part and the scalar tail alike (no trap)', () => {
+    const K = 11, N = 4; // 8 values in the quantizer's vector step, 3 in its scalar tail
+    const packed = packInt8(tf.tensor2d(values(K * N, 8), [K, N]));
+    for (const [at, v] of [[2, NaN], [9, NaN], [10, Infinity]] as const) {
+      const xs = values(2 * K, 3);
+      xs[at] = v;
+      const y = tf.tidy(() => matMulInt8(tf.tensor2d(xs, [2, K]), packed).dataSync());
+      expect([...y.slice(0, N)].every(Number.isNaN), `x[0, ${at}] = ${v}`).toBe(true);
+      expect([...y.slice(N)].every(Number.isFinite)).toBe(true); // the other row is untouched
+    }
+    packed.dispose();
+  });
+
   it('accumulates without overflow at the largest x the K allows (every lane at its bound)', () => {
     // x all at ±max and W all at ±127 with matching signs: every product is 127·xmax, the i32 sum is at its limit.
     const K = 8192, N = 4;

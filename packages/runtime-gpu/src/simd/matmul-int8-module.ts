@@ -161,7 +161,7 @@ function emitQuantize(c: WasmCode, params: WasmLocal[]): void {
     c.block((exit) => {
       c.loop((top) => {
         c.localGet(src).localGet(end).i32GeU().brIf(exit);
-        c.localGet(dst).localGet(src).f32Load().localGet(inv).f32Mul().f32Nearest().i32TruncF32S().i32Store16();
+        c.localGet(dst).localGet(src).f32Load().localGet(inv).f32Mul().f32Nearest().i32TruncSatF32S().i32Store16();
         c.localGet(dst).i32Const(2).i32Add().localSet(dst);
         c.localGet(src).i32Const(4).i32Add().localSet(src);
         c.br(top);

@@ -99,7 +99,7 @@ describe('WasmModuleBuilder', () => {
     });
     // scalar: store16(out, trunc(nearest(|a| / b))) and return a == b
     m.func('scalar', { params: ['f32', 'f32', 'i32'], results: ['i32'] }, (c, [a, b, out]) => {
-      c.localGet(out!).localGet(a!).f32Abs().localGet(b!).f32Div().f32Nearest().i32TruncF32S().i32Store16();
+      c.localGet(out!).localGet(a!).f32Abs().localGet(b!).f32Div().f32Nearest().i32TruncSatF32S().i32Store16();
       c.localGet(a!).localGet(b!).f32Eq();
     });
     const e = m.instantiate({ env: { memory } }) as { dot16: (p: number, q: number, out: number) => void; quant: (f: number, s: number, out: number) => void; scalar: (a: number, b: number, out: number) => number };
@@ -124,6 +124,8 @@ describe('WasmModuleBuilder', () => {
     expect(new Int16Array(memory.buffer, 600, 1)[0]).toBe(4); // 3.5 rounds to even
     expect(e.scalar(2.5, 2.5, 602)).toBe(1);
     expect(new Int16Array(memory.buffer, 600, 2)[1]).toBe(1);
+    expect(e.scalar(NaN, 1, 604)).toBe(0); // trunc_sat: NaN → 0 instead of a trap
+    expect(new Int16Array(memory.buffer, 604, 1)[0]).toBe(0);
   });
 
   it('rejects malformed use with a clear error', () => {

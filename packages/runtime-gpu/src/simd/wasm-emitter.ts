@@ -278,8 +278,8 @@ export class WasmCode {
   /** Round to nearest, ties to even (as f32x4.nearest). */
   f32Nearest(): this { return this.raw(0x90); }
   f32Eq(): this { return this.raw(0x5b); }
-  /** f32 → i32 truncating; traps on NaN or out of range (callers keep values in range). */
-  i32TruncF32S(): this { return this.raw(0xa8); }
+  /** f32 → i32 truncating toward zero, saturating (NaN → 0; no trap, unlike i32.trunc_f32_s). */
+  i32TruncSatF32S(): this { return this.raw(0xfc, 0x00); }
   f32ReinterpretI32(): this { return this.raw(0xbe); }
 
   // ---- SIMD ------------------------------------------------------------------------------------
