@@ -8,9 +8,9 @@
  *   step reads and the resulting effective bandwidth;
  * - talker decode step at context 100: 20 MoE layers (top-6 of 128 experts + shared expert), final norm, codec head;
  *   bytes of active weights per step and effective bandwidth.
- * Code predictor and talker each run three ways: float32 weights through omniflow's SIMD small-M kernel (the
- * default), bf16 weights through its bf16 kernel (`weights: 'bf16'`), and float32 through plain tf.matMul (the
- * baseline before the kernel, `useSimdMatMul(false)`).
+ * Code predictor and talker each run four ways: float32 weights through omniflow's SIMD small-M kernel (the
+ * default), bf16 weights through its bf16 kernel (`weights: 'bf16'`), int8 weights through its int8 kernel
+ * (`weights: 'int8'`), and float32 through plain tf.matMul (the baseline before the kernel, `useSimdMatMul(false)`).
  * Baseline measured in the same run: the machine's memory bandwidth (bench/memory.ts triad).
  *
  * Weights are random, built in memory (no files), by a Checkpoint stand-in that answers `get(name, shape)`. The talker's
@@ -21,7 +21,7 @@
  * streaming chunk 535 ms per frame (RTF 6.7), offline T=25 RTF 0.26; code predictor 270 ms per frame; talker step 78 ms.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, type KVCache } from '@omniflow/runtime-gpu';
+import { initBackend, int8PackedShape, type KVCache } from '@omniflow/runtime-gpu';
 import {
   Code2Wav, Code2WavPipeline, Code2WavStream, StreamState, CodePredictor, randomCheckpoint, CodecHead, GREEDY, Sampler, TextModel, disposeDecoderAttention, loadDecoderAttention,
   loadRMSNorm, loadSwiGluMlp, code2WavConfigSchema, codePredictorConfigSchema, talkerTextConfigSchema,
@@ -224,9 +224,18 @@ export async function code2wavPipelineBench(rawConfig: unknown): Promise<object>
   return { ...float32, bf16: await run('bf16') };
 }
 
-/** The weights a variant reads: plain tf.matMul over float32, omniflow's SIMD kernel over float32, or over packed bf16. */
-type Variant = 'tfjs' | 'float32' | 'bf16';
-const dtypeOf = (v: Variant): WeightDtype => (v === 'bf16' ? 'bf16' : 'float32');
+/**
+ * The weights a variant reads: plain tf.matMul over float32, or omniflow's SIMD kernels over float32, packed bf16 or
+ * per-column int8.
+ */
+type Variant = 'tfjs' | 'float32' | 'bf16' | 'int8';
+const dtypeOf = (v: Variant): WeightDtype => (v === 'tfjs' ? 'float32' : v);
+
+/** Bytes a [K, N] matmul weight occupies (and a decode step reads) in a variant's format (int8: runtime-gpu's packInt8 layout). */
+function matrixBytes(K: number, N: number, v: Variant): number {
+  if (v === 'int8') return int8PackedShape(K, N).reduce((a, b) => a * b, 4);
+  return K * N * (v === 'bf16' ? 2 : 4);
+}
 
 /**
  * Runs `fn` (one decode unit) for each variant on a model loaded per weight dtype; the float32 model serves both the
@@ -236,7 +245,7 @@ async function variants<M>(
   load: (dtype: WeightDtype) => M, dispose: (m: M) => void, time: (m: M) => Promise<{ wallMs: number; cpuMs: number }>,
 ): Promise<Record<Variant, { wallMs: number; cpuMs: number }>> {
   const out = {} as Record<Variant, { wallMs: number; cpuMs: number }>;
-  for (const dtype of ['float32', 'bf16'] as const) {
+  for (const dtype of ['float32', 'bf16', 'int8'] as const) {
     const m = load(dtype);
     try {
       out[dtype] = await time(m);
@@ -257,7 +266,7 @@ async function variants<M>(
 
 /** ms, bytes of weights read and effective bandwidth of each variant, beside the machine's triad bandwidth. */
 function report(t: Record<Variant, { wallMs: number; cpuMs: number }>, bytes: (v: Variant) => number, units: number, machineGBps: number): object {
-  return Object.fromEntries((['float32', 'bf16', 'tfjs'] as const).map((v) => [v, {
+  return Object.fromEntries((['float32', 'bf16', 'int8', 'tfjs'] as const).map((v) => [v, {
     weights: v === 'tfjs' ? 'float32 through tf.matMul (before the SIMD kernel)' : `${dtypeOf(v)} through the SIMD kernel`,
     ms: t[v].wallMs,
     cpuMs: t[v].cpuMs,
@@ -283,7 +292,7 @@ export const TALKER_TEXT_RELEASE = {
 };
 
 /** Code predictor at spec 2.6 dims: ms per codec frame (15 predictions) and effective bandwidth, per variant. */
-async function codePredictorBench(machineGBps: number): Promise<object> {
+export async function codePredictorBench(machineGBps: number): Promise<object> {
   const config = codePredictorConfigSchema.parse(CODE_PREDICTOR_RELEASE);
   const h = tf.randomNormal([1, 1024]) as tf.Tensor2D, e0 = tf.randomNormal([1, 1024]) as tf.Tensor2D;
   try {
@@ -293,14 +302,15 @@ async function codePredictorBench(machineGBps: number): Promise<object> {
       (mtp) => mtp.dispose(),
       (mtp) => medianWallCpu(() => mtp.predict(h, e0, sampler).embeddingSum.dispose(), 5, 2),
     );
-    // Per step: the 5 layers' q, k, v, o, gate, up, down + one 2048-row head, all in the variant's dtype.
-    const layerParams = 1024 * 2048 + 2 * 1024 * 1024 + 2048 * 1024 + 3 * 1024 * 3072;
-    const perStep = (v: Variant) => (5 * layerParams + 2048 * 1024) * (v === 'bf16' ? 2 : 4);
+    // Per step: the 5 layers' fused q/k/v, o, fused gate/up, down + one 2048-row head, all in the variant's format.
+    const perStep = (v: Variant) => 5 * (matrixBytes(1024, 4096, v) + matrixBytes(2048, 1024, v) + matrixBytes(1024, 6144, v) + matrixBytes(3072, 1024, v))
+      + matrixBytes(1024, 2048, v);
     return {
       unit: 'one codec frame = 15 sequential steps (a 2-row prefill, then 14 single rows)',
       ...report(t, perStep, 15, machineGBps),
       weightMiBPerStepFloat32: mb(perStep('float32')),
       bf16MsPerStep: +(t.bf16.wallMs / 15).toFixed(2),
+      int8MsPerStep: +(t.int8.wallMs / 15).toFixed(2),
       goalMsPerFrame: 130,
       referenceAnchor: { pytorchMsPerFrame: 270 },
     };
@@ -367,7 +377,7 @@ export function disposePooledTalker(t: PooledTalker): void {
 }
 
 /** Talker decode step at spec 2.6 dims and context 100 (experts from a shared pool, see the header), per variant. */
-async function talkerBench(machineGBps: number): Promise<object> {
+export async function talkerBench(machineGBps: number): Promise<object> {
   const c = talkerTextConfigSchema.parse(TALKER_TEXT_RELEASE);
   const D = c.hidden_size, E = c.num_experts;
   const sampler = new Sampler(GREEDY);
@@ -379,11 +389,11 @@ async function talkerBench(machineGBps: number): Promise<object> {
     head.pick(logits.dataSync() as Float32Array, sampler);
     tf.dispose([x, out.lastHiddenState, logits]);
   }, 7, 2));
-  // Per step: per layer q, k, v, o, six experts and the shared expert in the variant's dtype, the router and the
-  // shared-expert gate in float32; then the codec head.
-  const matrices = c.num_hidden_layers * (D * 2048 + 2 * D * 256 + 2048 * D + 6 * 3 * D * 384 + 3 * D * 768) + 3072 * D;
-  const float32Always = c.num_hidden_layers * (D * E + D);
-  const perStep = (v: Variant) => matrices * (v === 'bf16' ? 2 : 4) + float32Always * 4;
+  // Per step: per layer the fused q/k/v, o, six experts and the shared expert in the variant's format, the router with
+  // the shared-expert gate's column in float32; then the codec head.
+  const layer = (v: Variant) => matrixBytes(D, 2048 + 2 * 256, v) + matrixBytes(2048, D, v) + 6 * (matrixBytes(D, 768, v) + matrixBytes(384, D, v))
+    + matrixBytes(D, 1536, v) + matrixBytes(768, D, v) + D * (E + 1) * 4;
+  const perStep = (v: Variant) => c.num_hidden_layers * layer(v) + matrixBytes(D, 3072, v);
   return {
     context: CONTEXT,
     unit: 'one decode step: 20 MoE layers, final norm, codec head, pick',
