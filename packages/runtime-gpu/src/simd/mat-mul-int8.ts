@@ -38,7 +38,7 @@ function int8Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; att
   const { N, alpha, activation } = args.attrs as unknown as Int8Attrs;
   const [M, K] = x.shape as [number, number];
   const Kp = w.shape[1]! - 4; // packed [ceil(N/4), Kp + 4]
-  if (!Number.isInteger(N) || Math.ceil(N / 4) !== w.shape[0] || Kp < K || Kp % 16 !== 0) {
+  if (!Number.isInteger(N) || Math.ceil(N / 4) !== w.shape[0] || Kp !== Math.ceil(K / 16) * 16) {
     throw new Error(`${OMNIFLOW_MATMUL_INT8}: attr N = ${N} and packed w [${w.shape}] do not make an int8 weight for x [${x.shape}] (w must be int32 [ceil(N/4), ceil(K/16)·16 + 4])`);
   }
   const out = backend.makeOutput([M, N], 'float32');
@@ -78,7 +78,8 @@ let registered = false;
  *
  * ```ts
  * registerInt8Kernel();
- * const y = tf.engine().runKernel('OmniflowMatMulInt8', { x, w: packInt8(w32) }, { N, alpha: 1, activation: 'linear' }); // w32 [K, N]
+ * // w32 float32 [K, N]; the packed tensor holds whole blocks of 4 outputs, so N is an attr
+ * const y = tf.engine().runKernel('OmniflowMatMulInt8', { x, w: packInt8(w32) }, { N, alpha: 1, activation: 'linear' });
  * ```
  */
 export function registerInt8Kernel(): void {
@@ -90,9 +91,9 @@ export function registerInt8Kernel(): void {
 /**
  * `activation(alpha · x·dequant(W) + bias)` over x's last axis, for a weight quantized by `packInt8` (int8, one scale
  * per output column; a quarter of float32's bytes). On wasm, omniflow's integer-dot kernel: x is quantized per row to
- * int16 for the call (relative error about 1e-4 of max|x|, small next to the weights' own rounding), products
- * accumulate exactly in int32. On other backends the weight is dequantized for the call and tf.matMul runs on float x.
- * Any number of rows; not differentiable (inference weights).
+ * int16 for the call (off by at most max|x| / (2·int8XMax(K)) per value: 3e-5 of max|x| at K = 4096, small next to
+ * the weights' own rounding), products accumulate exactly in int32. On other backends the weight is dequantized for
+ * the call and tf.matMul runs on float x. Any number of rows; not differentiable (inference weights).
  *
  * ```ts
  * const packed = packInt8(w); // once, at load: w float32 [K, N]
