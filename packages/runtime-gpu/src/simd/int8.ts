@@ -74,16 +74,20 @@ export function packInt8Bits(w: Float32Array, K: number, N: number): Int32Array 
     }
   }
   const scales = new Float32Array(N);
+  const inv = new Float64Array(N); // 1 / s: a multiply per weight instead of a divide (within an ulp of W / s)
   for (let n = 0; n < N; n++) {
     if (!Number.isFinite(max[n]!)) throw new Error(`packInt8: column ${n} of the [${K}, ${N}] weight holds a non-finite value`);
     scales[n] = max[n]! / 127;
+    inv[n] = scales[n]! > 0 ? 1 / scales[n]! : 0; // an all-zero column quantizes to zeros
     f32[scaleOffset(n, Kp) / 4] = scales[n]!;
   }
+  // Row k of W goes to byte (k / 16)·64 + k % 16 of every block, 16 bytes apart within a block.
+  const blockBytes = 4 * Kp + 16;
   for (let k = 0; k < K; k++) {
+    const row = k * N, kOff = (k >> 4) * 64 + (k & 15);
     for (let n = 0; n < N; n++) {
-      // Rounding against the f32 scale the kernel multiplies by, so |W - q·s| <= s/2 holds for the stored s.
-      const s = scales[n]!;
-      if (s > 0) bytes[qOffset(k, n, Kp)] = Math.max(-127, Math.min(127, Math.round(w[k * N + n]! / s)));
+      const q = Math.round(w[row + n]! * inv[n]!);
+      bytes[(n >> 2) * blockBytes + kOff + (n & 3) * 16] = q > 127 ? 127 : q < -127 ? -127 : q;
     }
   }
   return out;
