@@ -196,6 +196,35 @@ describe.each(['wasm', 'cpu'])('matMulInt8 on %s', (backend) => {
   });
 });
 
+describe('matMulInt8: wasm and cpu agree', () => {
+  it('to within x\'s int16 rounding (the cpu fallback multiplies float x by the same dequantized W)', async () => {
+    const M = 3, K = 300, N = 37;
+    const xs = values(M * K, 21), ws = values(K * N, 22), bs = values(N, 23);
+    const bits = packInt8Bits(ws, K, N);
+    const run = async (backend: string) => {
+      await tf.setBackend(backend);
+      return tf.tidy(() => {
+        const packed = markInt8Weight(tf.tensor2d(bits, int8PackedShape(K, N), 'int32'), K, N);
+        return matMulInt8(tf.tensor2d(xs, [M, K]), packed, { bias: tf.tensor1d(bs), alpha: 1.5 }).dataSync();
+      });
+    };
+    const [onWasm, onCpu] = [await run('wasm'), await run('cpu')];
+    await tf.setBackend('wasm');
+    const { q, scales } = int8Values(bits, K, N);
+    for (let m = 0; m < M; m++) {
+      const amax = maxAbs(xs.subarray(m * K, (m + 1) * K)), sx = amax / int8XMax(K);
+      for (let n = 0; n < N; n++) {
+        let sumW = 0;
+        for (let k = 0; k < K; k++) sumW += Math.abs(q[n * K + k]! * scales[n]!);
+        // each x value is off by at most sx/2 on wasm; plus f32 summation noise
+        expect(Math.abs(onWasm[m * N + n]! - onCpu[m * N + n]!)).toBeLessThanOrEqual(1.5 * sumW * (sx / 2) + 1e-5);
+      }
+    }
+    // and they are not trivially equal: the difference is x's rounding, small but present
+    expect(maxAbs(onWasm.map((v, i) => v - onCpu[i]!))).toBeGreaterThan(0);
+  });
+});
+
 describe('int8 kernel specifics (wasm)', () => {
   beforeAll(async () => {
     await tf.setBackend('wasm');
