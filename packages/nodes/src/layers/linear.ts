@@ -49,7 +49,10 @@ export interface Linear {
  */
 export function loadLinear(ckpt: WeightSource, prefix: string, inFeatures: number, outFeatures: number, bias = false, format: WeightDtype = 'float32'): Linear {
   const w = ckpt.get(`${prefix}.weight`, [outFeatures, inFeatures]);
-  const weight = packWeight(transposeHost(w.data as Float32Array, outFeatures, inFeatures), inFeatures, outFeatures, format);
+  // int8 packs output-major, the checkpoint's own layout: no transpose on the host
+  const weight = format === 'int8'
+    ? packInt8(w.data as Float32Array, inFeatures, outFeatures, 'out-in')
+    : packWeight(transposeHost(w.data as Float32Array, outFeatures, inFeatures), inFeatures, outFeatures, format);
   const b = bias ? tf.tensor1d(ckpt.get(`${prefix}.bias`, [outFeatures]).data as Float32Array) : undefined;
   return { weight, bias: b, inFeatures, outFeatures };
 }

@@ -94,6 +94,44 @@ export function packInt8Bits(w: Float32Array, K: number, N: number): Int32Array 
 }
 
 /**
+ * packInt8Bits for a weight stored output-major, [N, K] — PyTorch's Linear layout [out, in] as checkpoints hold it —
+ * so a loader packs straight from the checkpoint without transposing first. Same result as
+ * `packInt8Bits(transposed, K, N)`; each output's K weights are read contiguously.
+ *
+ * ```ts
+ * const bits = packInt8BitsOutIn(ckpt.get('…q_proj.weight', [N, K]).data, K, N);
+ * ```
+ */
+export function packInt8BitsOutIn(w: Float32Array, K: number, N: number): Int32Array {
+  if (!Number.isInteger(K) || !Number.isInteger(N) || K < 1 || N < 1) throw new Error(`packInt8: K and N must be positive integers, got K=${K} N=${N}`);
+  if (w.length !== K * N) throw new Error(`packInt8: ${w.length} values for a [${N}, ${K}] (out, in) weight`);
+  const Kp = int8PaddedK(K);
+  const [blocks, words] = int8PackedShape(K, N);
+  const out = new Int32Array(blocks * words);
+  const bytes = new Int8Array(out.buffer);
+  const f32 = new Float32Array(out.buffer);
+  const blockBytes = 4 * Kp + 16;
+  for (let n = 0; n < N; n++) {
+    const row = n * K;
+    let max = 0;
+    for (let k = 0; k < K; k++) {
+      const a = Math.abs(w[row + k]!);
+      if (!(a <= max)) max = a; // NaN lands here too
+    }
+    if (!Number.isFinite(max)) throw new Error(`packInt8: output ${n} of the [${N}, ${K}] (out, in) weight holds a non-finite value`);
+    const s = Math.fround(max / 127), inv = s > 0 ? 1 / s : 0;
+    f32[scaleOffset(n, Kp) / 4] = s;
+    // output n's 16-weight pieces sit 64 bytes apart in its block, at lane n % 4
+    const base = (n >> 2) * blockBytes + (n & 3) * 16;
+    for (let k = 0; k < K; k++) {
+      const q = Math.round(w[row + k]! * inv);
+      bytes[base + (k >> 4) * 64 + (k & 15)] = q > 127 ? 127 : q < -127 ? -127 : q;
+    }
+  }
+  return out;
+}
+
+/**
  * The quantized values of a packed weight, decoded on the host: q [N, K] (output-major) and the N scales.
  *
  * ```ts
@@ -130,22 +168,26 @@ export function markInt8Weight(packed: tf.Tensor2D, K: number, N: number): tf.Te
 
 /**
  * Quantizes a float32 weight [K, N] to int8 with one scale per output column (see the file header): a marked int32
- * tensor [ceil(N/4), Kp + 4] for matMulInt8, about a quarter of the bytes.
+ * tensor [ceil(N/4), Kp + 4] for matMulInt8, about a quarter of the bytes. A host array may come as [K, N]
+ * ('in-out', the default) or as [N, K] ('out-in', a checkpoint's Linear layout: no transpose needed).
  *
  * ```ts
  * const packed = packInt8(w);            // w float32 [4096, 4096] → int32 [1024, 4100], 16 MiB instead of 64
+ * const q = packInt8(pytorchWeight, 1024, 2048, 'out-in'); // host [2048 out, 1024 in] (a checkpoint's layout)
  * const y = matMulInt8(x, packed);       // x [1, 4096] → y [1, 4096]
  * ```
  */
-export function packInt8(w: tf.Tensor2D | Float32Array, K?: number, N?: number): tf.Tensor2D {
+export function packInt8(w: tf.Tensor2D | Float32Array, K?: number, N?: number, layout: 'in-out' | 'out-in' = 'in-out'): tf.Tensor2D {
   if (w instanceof Float32Array) {
     if (K === undefined || N === undefined) throw new Error('packInt8: a Float32Array weight needs its K and N');
   } else {
     if (w.rank !== 2 || w.dtype !== 'float32') throw new Error(`packInt8: weight must be float32 [K, N], got ${w.dtype} [${w.shape}]`);
     [K, N] = w.shape;
+    layout = 'in-out';
   }
   const data = w instanceof Float32Array ? w : (w.dataSync() as Float32Array);
-  return markInt8Weight(tf.tensor2d(packInt8Bits(data, K!, N!), int8PackedShape(K!, N!), 'int32'), K!, N!);
+  const bits = layout === 'out-in' ? packInt8BitsOutIn(data, K!, N!) : packInt8Bits(data, K!, N!);
+  return markInt8Weight(tf.tensor2d(bits, int8PackedShape(K!, N!), 'int32'), K!, N!);
 }
 
 /** Whether `t` is an int8 weight made by packInt8 / markInt8Weight. */

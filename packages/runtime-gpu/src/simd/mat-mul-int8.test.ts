@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
-import { int8PackedShape, int8PaddedK, int8Values, int8WeightShape, isInt8Weight, markInt8Weight, packInt8, packInt8Bits, unpackInt8 } from './int8.js';
+import { int8PackedShape, int8PaddedK, int8Values, int8WeightShape, isInt8Weight, markInt8Weight, packInt8, packInt8Bits, packInt8BitsOutIn, unpackInt8 } from './int8.js';
 import { matMulInt8, OMNIFLOW_MATMUL_INT8 } from './mat-mul-int8.js';
 import { packBf16 } from './bf16.js';
 import { buildInt8MatMul, int8MatMulModuleBytes, int8XMax } from './matmul-int8-module.js';
@@ -101,6 +101,21 @@ describe('packInt8', () => {
     for (let i = 0; i < K * N; i++) expect(Math.abs(d[i]! - w[i]!)).toBeLessThanOrEqual(scales[i % N]! / 2 + 1e-7 * Math.abs(w[i]!));
     expect(maxAbs(d.filter((_, i) => i % N === 2))).toBe(0);
     tf.dispose([packed, deq]);
+  });
+
+  it('packs a checkpoint-layout [N, K] array to the same bits as its [K, N] transpose', () => {
+    for (const [K, N] of [[37, 5], [16, 4], [300, 65]] as const) {
+      const w = values(K * N, K + N);
+      w[3 * N + 1] = 0.5; // a tie after scaling is as likely as any value; equal arithmetic either way
+      const outIn = new Float32Array(K * N);
+      for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) outIn[n * K + k] = w[k * N + n]!;
+      expect(packInt8BitsOutIn(outIn, K, N)).toEqual(packInt8Bits(w, K, N));
+      const t = packInt8(outIn, K, N, 'out-in');
+      expect(int8WeightShape(t)).toEqual({ K, N });
+      expect(t.dataSync()).toEqual(packInt8Bits(w, K, N));
+      t.dispose();
+    }
+    expect(() => packInt8BitsOutIn(Float32Array.of(1, Infinity), 1, 2)).toThrow(/output 1 of the \[2, 1\] \(out, in\) weight holds a non-finite value/);
   });
 
   it('marks only its own tensors; bad input is named', () => {
