@@ -49,6 +49,25 @@ describe('Code2WavPipeline (two worker threads)', () => {
     expect(Math.max(...again.map((x, i) => Math.abs(x - offline[i])))).toBeLessThan(1e-5);
   });
 
+  it('with int8 weights (decoder convs too) equals the one-thread int8 stream exactly, tail included', async () => {
+    const ckpt = Checkpoint.open(fixturePath('model.safetensors'));
+    const options = { weights: 'int8' as const, int8ConvMinChannels: 0 };
+    const local = Code2Wav.load(ckpt, readQwen3OmniConfig(fixtureDir()).config.code2wav_config!, 'code2wav', options);
+    ckpt.close();
+    const stream = new Code2WavStream(local);
+    const want = Array.from({ length: frames }, (_, f) => [...stream.push(frame(f), 1)]);
+    const wantTail = [...stream.flush()];
+    local.dispose();
+    const int8 = await Code2WavPipeline.start({ checkpoint: fixtureDir() }, { ...options, split: 5, groups: 4 });
+    try {
+      const got = await Promise.all(Array.from({ length: frames }, (_, f) => int8.push(frame(f), 1)));
+      expect(got.map((p) => [...p])).toEqual(want);
+      expect([...(await int8.flush())]).toEqual(wantTail);
+    } finally {
+      await int8.close();
+    }
+  }, 60_000);
+
   it('names a wrong code count', () => {
     expect(() => pipe.push(new Int32Array(5), 1)).toThrow(/expected 4 x 1 codes, got 5/);
   });

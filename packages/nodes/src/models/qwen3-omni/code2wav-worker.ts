@@ -17,8 +17,10 @@ export interface Code2WavWorkerSetup {
   checkpoint?: string;
   /** …or a raw code2wav_config to build random weights from (benchmarks). */
   randomConfig?: unknown;
-  /** The transformer's weight format (Code2Wav.load); default float32. */
+  /** The weight format (Code2Wav.load); default float32. */
   weights?: WeightDtype;
+  /** With int8 weights, the narrowest decoder conv that runs int8 (Code2Wav.load). */
+  int8ConvMinChannels?: number;
   /** Decoder steps (Code2Wav.decoderSteps) run by the front half (default Code2Wav.pipelineSplit); the back half runs the rest. */
   split?: number;
 }
@@ -62,17 +64,18 @@ export function randomCheckpoint(seed = 0x9e3779b9): Checkpoint {
 }
 
 export function setup(options: Code2WavWorkerSetup): void {
+  const load = { weights: options.weights, int8ConvMinChannels: options.int8ConvMinChannels };
   if (options.checkpoint) {
     const { config } = readQwen3OmniConfig(options.checkpoint);
     if (!config.code2wav_config) throw new Error(`${options.checkpoint}/config.json has no code2wav_config`);
     const ckpt = Checkpoint.open(options.checkpoint);
     try {
-      model = Code2Wav.load(ckpt, config.code2wav_config, 'code2wav', { weights: options.weights });
+      model = Code2Wav.load(ckpt, config.code2wav_config, 'code2wav', load);
     } finally {
       ckpt.close();
     }
   } else {
-    model = Code2Wav.load(randomCheckpoint(), code2WavConfigSchema.parse(options.randomConfig), 'code2wav', { weights: options.weights });
+    model = Code2Wav.load(randomCheckpoint(), code2WavConfigSchema.parse(options.randomConfig), 'code2wav', load);
   }
   const wanted = options.split ?? Code2Wav.pipelineSplit(model.config, options.weights);
   if (!Number.isInteger(wanted) || wanted < 0 || wanted > model.decoderSteps) {

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint } from '@omniflow/runtime-gpu';
-import { loadLinear, linear, disposeLinear, type Linear, type WeightDtype } from '../../layers/linear.js';
+import { loadLinear, linear, disposeLinear, packWeight, transposeHost, type Linear, type WeightDtype } from '../../layers/linear.js';
 import { loadLayerScale, layerScale, disposeLayerScale, type LayerScale } from '../../layers/layer-scale.js';
 import { loadSnakeBeta, snakeBeta, disposeSnakeBeta, type SnakeBeta } from '../../layers/snake-beta.js';
 import {
@@ -139,9 +139,17 @@ export class Code2Wav {
    * upsampling stage and the second's transposed conv. Their products stream the weights once per frame (~440 MB of
    * float32 per frame), so bf16 halves their time; the release checkpoint stores bf16, so nothing is lost. Layers fed
    * four rows or more are compute-bound in the bf16 kernel and stay float32, like the decoder's convolutions (XNNPACK).
+   *
+   * `weights: 'int8'` packs per output column (packInt8) every matrix of the transformer, the upsampling (transposed
+   * convs and ConvNeXt pointwise layers), the decoder's transposed convs and pointwise convs, and its k = 7 convs with at
+   * least `int8ConvMinChannels` channels (default INT8_CONV_MIN_CHANNELS; those run as im2col + the int8 product). The
+   * integer kernel is about 2x float32's compute rate, so this is the format that makes the decoder faster, at ~0.4% rms
+   * error per product. Depthwise convs and the 1-channel output conv stay float32 (tiny).
    */
-  static load(ckpt: Checkpoint, config: Code2WavConfig, prefix = 'code2wav', options: { weights?: WeightDtype } = {}): Code2Wav {
+  static load(ckpt: Checkpoint, config: Code2WavConfig, prefix = 'code2wav', options: { weights?: WeightDtype; int8ConvMinChannels?: number } = {}): Code2Wav {
     const format = options.weights ?? 'float32';
+    const minChannels = options.int8ConvMinChannels ?? INT8_CONV_MIN_CHANNELS;
+    const convFormat = (channels: number): WeightDtype => (format === 'int8' && channels >= minChannels ? 'int8' : 'float32');
     const c = config;
     const H = c.hidden_size, I = c.intermediate_size;
     if (H % c.num_attention_heads !== 0) throw new Error(`code2wav_config: hidden_size ${H} is not divisible by num_attention_heads ${c.num_attention_heads}`);
@@ -158,13 +166,12 @@ export class Code2Wav {
     const layers: PreTransformerLayer[] = [];
     for (let n = 0; n < c.num_hidden_layers; n++) {
       const p = `${prefix}.pre_transformer.layers.${n}`;
-      const gate = loadLinear(ckpt, `${p}.mlp.gate_proj`, H, I, false, format);
-      const up = loadLinear(ckpt, `${p}.mlp.up_proj`, H, I, false, format);
-      // gate and up have the same width, so both are packed or both float32 (see packWeight); packed bf16 holds two
-      // columns per int32, so the column concat is the same in both formats.
-      const gateUp: Linear = { weight: tf.concat([gate.weight, up.weight], 1), inFeatures: H, outFeatures: 2 * I };
-      disposeLinear(gate);
-      disposeLinear(up);
+      // gate_proj and up_proj joined on the host before packing: PyTorch's [out, in] matrices stack along out, then
+      // transpose to [H, 2I] (an int8 weight is packed in blocks of outputs, so two packed halves cannot be joined).
+      const gateUpRows = new Float32Array(2 * I * H);
+      gateUpRows.set(ckpt.get(`${p}.mlp.gate_proj.weight`, [I, H]).data as Float32Array);
+      gateUpRows.set(ckpt.get(`${p}.mlp.up_proj.weight`, [I, H]).data as Float32Array, I * H);
+      const gateUp: Linear = { weight: packWeight(transposeHost(gateUpRows, 2 * I, H), H, 2 * I, format), inFeatures: H, outFeatures: 2 * I };
       layers.push({
         inputLayernorm: vec(`pre_transformer.layers.${n}.input_layernorm.weight`, H),
         q: loadLinear(ckpt, `${p}.self_attn.q_proj`, H, H, c.attention_bias, format),
@@ -186,7 +193,7 @@ export class Code2Wav {
       rows *= ratio;
       return { up, convnext: loadConvNeXtBlock(ckpt, `${prefix}.upsample.${s}.1`, H, 7, 1e-6, streamingFormat(format, rows)) };
     });
-    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7);
+    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7, 1, convFormat(c.decoder_dim));
     const blocks: DecoderBlock[] = c.upsample_rates.map((rate, i) => {
       const inC = c.decoder_dim / 2 ** i, outC = c.decoder_dim / 2 ** (i + 1);
       const p = `${prefix}.decoder.${i + 1}.block`;
@@ -195,9 +202,9 @@ export class Code2Wav {
         up: loadCausalTransConv1d(ckpt, `${p}.1`, inC, outC, 2 * rate, rate, streamingFormat(format, rows * c.upsample_rates.slice(0, i).reduce((a, b) => a * b, 1))),
         units: RESIDUAL_DILATIONS.map((d, u) => ({
           act1: loadSnakeBeta(ckpt, `${p}.${u + 2}.act1`, outC),
-          conv1: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv1`, outC, outC, 7, d),
+          conv1: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv1`, outC, outC, 7, d, convFormat(outC)),
           act2: loadSnakeBeta(ckpt, `${p}.${u + 2}.act2`, outC),
-          conv2: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv2`, outC, outC, 1),
+          conv2: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv2`, outC, outC, 1, 1, format === 'int8' ? 'int8' : 'float32'),
         })),
       };
     });
@@ -524,10 +531,21 @@ interface Rope {
   matrix?: tf.Tensor2D;
 }
 
-/** The weight format for a layer a streamed frame feeds `rows` rows: bf16 pays only up to KERNEL_MAX_ROWS (measured). */
+/**
+ * The weight format for a layer a streamed frame feeds `rows` rows: bf16 pays only up to KERNEL_MAX_ROWS (measured);
+ * int8 at every row count (its integer kernel is ~2.5x float32's compute rate at 4-256 rows, docs/runtime.md).
+ */
 function streamingFormat(format: WeightDtype, rows: number): WeightDtype {
-  return rows <= KERNEL_MAX_ROWS ? format : 'float32';
+  return format === 'int8' || rows <= KERNEL_MAX_ROWS ? format : 'float32';
 }
+
+/**
+ * Below this many channels a k > 1 decoder conv stays float32 under `weights: 'int8'`: at 96 channels (the last
+ * block, 1920 rows a frame) building the im2col rows costs more than the int8 product saves (measured per conv,
+ * one wasm thread: 96 ch k7 10.5 ms float32 vs 11.0 int8; 192 ch 13.2 vs 12.1; 384 ch 13.1 vs 7.6).
+ */
+export const INT8_CONV_MIN_CHANNELS = 192;
+
 
 /** x · rsqrt(mean(x²) + eps) · w over the last axis: one kernel pass on wasm for a few rows (normRope), else tfjs ops. */
 function rmsNorm(x: tf.Tensor, weight: tf.Tensor1D, eps: number): tf.Tensor {

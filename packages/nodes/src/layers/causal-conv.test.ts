@@ -1,0 +1,63 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { initBackend, isInt8Weight, type Checkpoint } from '@omniflow/runtime-gpu';
+import { causalConv1d, disposeConv, loadCausalConv1d } from './causal-conv.js';
+import { StreamState } from './stream-state.js';
+
+/** A checkpoint stand-in holding one conv's weight ([out, in, k]) and bias, deterministic pseudo-random values. */
+function convCheckpoint(inC: number, outC: number, k: number, seed: number): Checkpoint {
+  let s = seed;
+  const rand = () => ((s = (s * 1103515245 + 12345) >>> 0) / 4294967296 - 0.5);
+  const w = Float32Array.from({ length: outC * inC * k }, rand), b = Float32Array.from({ length: outC }, rand);
+  return { get: (name: string) => ({ dtype: 'float32', shape: [], data: name.endsWith('bias') ? b : w }) } as unknown as Checkpoint;
+}
+
+const relRms = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) [num, den] = [num + (a[i] - b[i]) ** 2, den + b[i] ** 2];
+  return Math.sqrt(num / den);
+};
+
+describe('causalConv1d with int8 weights (im2col + int8 product)', () => {
+  beforeAll(async () => {
+    await initBackend();
+  });
+
+  // 24 channels: K = 7·24 = 168 is not a multiple of 16 (padded), 20 outputs a multiple of the 4-output blocks; 5 → 3
+  // leaves a partial block.
+  it.each([
+    [24, 20, 7, 1], [24, 20, 7, 3], [5, 3, 7, 9], [24, 20, 1, 1],
+  ])('in %i, out %i, k %i, dilation %i: within the int8 bound of float32, and chunked streaming equals the whole', (inC, outC, k, d) => {
+    const before = tf.memory().numTensors;
+    const f32 = loadCausalConv1d(convCheckpoint(inC, outC, k, 3), 'c', inC, outC, k, d);
+    const q = loadCausalConv1d(convCheckpoint(inC, outC, k, 3), 'c', inC, outC, k, d, 'int8');
+    expect(isInt8Weight(k === 1 ? q.pointwise! : q.im2col!)).toBe(true);
+    expect(q.filter).toBeUndefined();
+    const L = 40;
+    const x = tf.randomNormal([1, L, inC], 0, 1, 'float32', 9) as tf.Tensor3D;
+    const want = tf.tidy(() => causalConv1d(x, f32).dataSync());
+    const got = tf.tidy(() => causalConv1d(x, q).dataSync());
+    expect(got.length).toBe(L * outC);
+    // Per-column int8 weights and per-row int16 x: a few tenths of a percent (a wrong tap order would be ~100%).
+    expect(relRms(got, want)).toBeLessThan(0.01);
+    expect(relRms(got, want)).toBeGreaterThan(0); // it really ran int8
+    // Streamed in uneven chunks with the left context carried: each output row is one product row, so identical.
+    const state = new StreamState();
+    const pieces: number[] = [];
+    let at = 0;
+    for (const n of [1, 7, 2, 13, 17]) {
+      const chunk = tf.slice(x, [0, at, 0], [1, n, inC]);
+      const y = causalConv1d(chunk, q, state, 'c');
+      pieces.push(...y.dataSync());
+      tf.dispose([chunk, y]);
+      state.commit();
+      at += n;
+    }
+    state.dispose();
+    expect(pieces).toEqual([...got]);
+    tf.dispose(x);
+    disposeConv(f32);
+    disposeConv(q);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
