@@ -42,6 +42,18 @@ describe('normRope (one-pass RMSNorm + RoPE for decode rows)', () => {
     n.weight.dispose();
   });
 
+  it('runs head sizes that are not whole SIMD vectors (D = 6 with RoPE, 10 without) through the JS pass, equal to the ops', () => {
+    for (const [D, rope] of [[6, true], [10, false]] as const) {
+      const n = { weight: tf.tensor1d(values(D, 3)), eps: 1e-6 };
+      const [cos, sin] = ropeTensors(ropeTables([3, 4], D, 1e4));
+      const x = tf.tensor3d(values(2 * 3 * D, 6), [2, 3, D]);
+      const r = rope ? { cos, sin } : undefined;
+      const got = normRope(x, n, r, 0.5), want = normRopeOps(x, n, r, 0.5);
+      expect(maxDiff(got, want)).toBeLessThan(2e-6);
+      tf.dispose([n.weight, cos, sin, x, got, want]);
+    }
+  });
+
   it('gives the gradients of the tfjs ops (x and the norm weight) through the kernel', () => {
     const n = norm();
     const [cos, sin] = ropeTensors(ropeTables([4, 9], D, 1e4));
