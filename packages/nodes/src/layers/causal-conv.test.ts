@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, isInt8Weight, type Checkpoint } from '@omniflow/runtime-gpu';
-import { causalConv1d, disposeConv, loadCausalConv1d } from './causal-conv.js';
+import { causalConv1d, disposeConv, im2col, loadCausalConv1d } from './causal-conv.js';
 import { StreamState } from './stream-state.js';
 
 /** A checkpoint stand-in holding one conv's weight ([out, in, k]) and bias, deterministic pseudo-random values. */
@@ -21,6 +21,18 @@ const relRms = (a: ArrayLike<number>, b: ArrayLike<number>) => {
 describe('causalConv1d with int8 weights (im2col + int8 product)', () => {
   beforeAll(async () => {
     await initBackend();
+  });
+
+  it('im2col (the wasm heap-copy kernel) puts the k dilated shifts side by side', () => {
+    const before = tf.memory().numTensors;
+    expect(tf.getBackend()).toBe('wasm');
+    const C = 5, d = 3, k = 4, L = 9;
+    const data = Float32Array.from({ length: (L + (k - 1) * d) * C }, (_, i) => i);
+    const got = tf.tidy(() => im2col(tf.tensor2d(data, [L + (k - 1) * d, C]), k, d).arraySync());
+    expect(got.length).toBe(L);
+    got.forEach((row, l) => expect(row).toEqual(Array.from({ length: k * C }, (_, j) => data[(l + Math.floor(j / C) * d) * C + (j % C)])));
+    expect(() => tf.tidy(() => im2col(tf.zeros([8, 2]) as tf.Tensor2D, 4, 3))).toThrow(/8 rows are fewer than the 9 of left context a k 4, dilation 3 conv needs/);
+    expect(tf.memory().numTensors).toBe(before);
   });
 
   // 24 channels: K = 7·24 = 168 is not a multiple of 16 (padded), 20 outputs a multiple of the 4-output blocks; 5 → 3

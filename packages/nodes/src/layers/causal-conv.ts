@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Checkpoint } from '@omniflow/runtime-gpu';
+import { heapOffset, wasmHeap, type Checkpoint, type WasmBackendInternals } from '@omniflow/runtime-gpu';
 import { matMulWeight, packWeight, type WeightDtype } from './linear.js';
 import type { StreamState } from './stream-state.js';
 
@@ -33,9 +33,10 @@ export interface CausalConv1d {
 
 /**
  * Loads `${prefix}.conv.weight` ([out, in, k], PyTorch layout) and `${prefix}.conv.bias`. `format` 'int8' packs the
- * weight per output column (packWeight) and runs the conv as im2col + the int8 product: on wasm about 2x faster than
- * XNNPACK's float32 conv at Code2Wav's decoder shapes, with the int8 product's error (~0.4-0.9% rms). Other formats
- * keep float32 (a conv sees many rows per call, where bf16 does not pay).
+ * weight per output column (packWeight) and runs the conv as im2col + the int8 product: on wasm 1.4-2.3x faster than
+ * XNNPACK's float32 conv at Code2Wav's decoder shapes (k = 7, 96-1536 channels, 4-1920 rows; slower only for a
+ * single output channel), with the int8 product's error (~0.4% rms with uniform random weights). Other formats keep
+ * float32 (a conv sees many rows per call, where bf16 does not pay).
  *
  * ```ts
  * const conv = loadCausalConv1d(ckpt, 'code2wav.decoder.0', 1024, 1536, 7);
@@ -77,8 +78,7 @@ export function causalConv1d(x: tf.Tensor3D, conv: CausalConv1d, state?: StreamS
       // Row l of the im2col matrix is [x[l], x[l + d], ..., x[l + (k-1)·d]] of the padded input: each output row is
       // one product row, so it depends on its own input rows only (int8 quantizes x per row: chunking cannot change it).
       const rows = tf.reshape(padded, [padded.shape[1], inC]) as tf.Tensor2D;
-      const taps = Array.from({ length: conv.kernelSize }, (_, t) => tf.slice(rows, [t * conv.dilation, 0], [length, inC]));
-      const y = matMulWeight(tf.concat(taps, 1) as tf.Tensor2D, conv.im2col, { bias: conv.bias });
+      const y = matMulWeight(im2col(rows, conv.kernelSize, conv.dilation), conv.im2col, { bias: conv.bias });
       return tf.reshape(y, [1, length, conv.outChannels]);
     }
     // The bias rides in the conv (fused): one pass less over the output than conv1d + add.
@@ -243,6 +243,42 @@ export function causalTransConv1dTail(conv: CausalTransConv1d, state: StreamStat
     const a = tf.concat([last, tf.zerosLike(last)], 1) as tf.Tensor2D;
     return tf.reshape(matMulRows(a, conv.weight, conv.phaseBias), [1, conv.stride, conv.outChannels]);
   });
+}
+
+/**
+ * The im2col matrix of a 1-D conv: for x [L + (k-1)·d, C] (left context included), row l is [x[l], x[l + d], ...,
+ * x[l + (k-1)·d]], [L, k·C]. On wasm one kernel copies the rows within the heap (`copyWithin`, a memmove per tap and
+ * row): tfjs's concat of k slices along channels copies element-wise in JS, 12 ms for Code2Wav's last block
+ * ([1920, 7·96]) against about 1 ms.
+ *
+ * ```ts
+ * im2col(tf.tensor2d([[1], [2], [3], [4]]), 3, 1); // [[1, 2, 3], [2, 3, 4]]
+ * ```
+ */
+export function im2col(x: tf.Tensor2D, kernelSize: number, dilation: number): tf.Tensor2D {
+  const [rows, C] = x.shape, length = rows - (kernelSize - 1) * dilation;
+  if (length < 0) throw new Error(`im2col: ${rows} rows are fewer than the ${(kernelSize - 1) * dilation} of left context a k ${kernelSize}, dilation ${dilation} conv needs`);
+  if (tf.getBackend() === 'wasm' && x.dtype === 'float32') {
+    if (!tf.getKernel(IM2COL, 'wasm')) tf.registerKernel({ kernelName: IM2COL, backendName: 'wasm', kernelFunc: im2colWasm as unknown as tf.KernelFunc });
+    return tf.engine().runKernel(IM2COL, { x }, { kernelSize, dilation } as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+  }
+  return tf.tidy(() => tf.concat(Array.from({ length: kernelSize }, (_, t) => tf.slice(x, [t * dilation, 0], [length, C])), 1) as tf.Tensor2D);
+}
+
+const IM2COL = 'OmniflowIm2col';
+
+function im2colWasm(args: { inputs: { x: tf.TensorInfo }; backend: WasmBackendInternals; attrs: { kernelSize: number; dilation: number } }): tf.TensorInfo {
+  const { backend, attrs: { kernelSize: k, dilation: d } } = args;
+  const x = args.inputs.x, [rows, C] = x.shape;
+  const length = rows - (k - 1) * d;
+  const out = backend.makeOutput([length, k * C], 'float32');
+  // The view after makeOutput: allocating may grow the heap, which detaches views taken before.
+  const heap = new Float32Array(wasmHeap(backend).buffer);
+  const src = heapOffset(backend, x, 'x') / 4, dst = heapOffset(backend, out, 'im2col') / 4;
+  for (let l = 0, o = dst; l < length; l++) {
+    for (let t = 0, i = src + (l + t * d) * C; t < k; t++, i += d * C, o += C) heap.copyWithin(o, i, i + C);
+  }
+  return out;
 }
 
 /** Disposes every tensor of a conv (filter, pointwise, weight, biases). */

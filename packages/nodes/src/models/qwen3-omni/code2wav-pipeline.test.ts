@@ -51,7 +51,7 @@ describe('Code2WavPipeline (two worker threads)', () => {
 
   it('with int8 weights (decoder convs too) equals the one-thread int8 stream exactly, tail included', async () => {
     const ckpt = Checkpoint.open(fixturePath('model.safetensors'));
-    const options = { weights: 'int8' as const, int8ConvMinChannels: 0 };
+    const options = { weights: 'int8' as const };
     const local = Code2Wav.load(ckpt, readQwen3OmniConfig(fixtureDir()).config.code2wav_config!, 'code2wav', options);
     ckpt.close();
     const stream = new Code2WavStream(local);

@@ -101,15 +101,14 @@ export class Code2WavPipeline {
 
   /**
    * Starts both workers and loads the weights in each (the module path defaults to this package's worker module).
-   * `split`: decoder steps in front (default Code2Wav.pipelineSplit); `weights` and `int8ConvMinChannels`: as
-   * Code2Wav.load takes them.
+   * `split`: decoder steps in front (default Code2Wav.pipelineSplit); `weights`: the weight format (Code2Wav.load).
    */
   static async start(
     source: Code2WavPipelineSource,
-    options: { split?: number; groups?: number; weights?: WeightDtype; int8ConvMinChannels?: number; module?: string | URL } = {},
+    options: { split?: number; groups?: number; weights?: WeightDtype; module?: string | URL } = {},
   ): Promise<Code2WavPipeline> {
     const module = options.module ?? new URL(import.meta.url.endsWith('.ts') ? './code2wav-worker.ts' : './code2wav-worker.js', import.meta.url);
-    const setup = { ...source, split: options.split, weights: options.weights, int8ConvMinChannels: options.int8ConvMinChannels };
+    const setup = { ...source, split: options.split, weights: options.weights };
     const [front, back] = await Promise.all([
       WorkerStage.start({ module, export: 'front', setup }),
       WorkerStage.start({ module, export: 'back', setup }),

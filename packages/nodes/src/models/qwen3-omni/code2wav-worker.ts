@@ -19,8 +19,6 @@ export interface Code2WavWorkerSetup {
   randomConfig?: unknown;
   /** The weight format (Code2Wav.load); default float32. */
   weights?: WeightDtype;
-  /** With int8 weights, the narrowest decoder conv that runs int8 (Code2Wav.load). */
-  int8ConvMinChannels?: number;
   /** Decoder steps (Code2Wav.decoderSteps) run by the front half (default Code2Wav.pipelineSplit); the back half runs the rest. */
   split?: number;
 }
@@ -64,7 +62,7 @@ export function randomCheckpoint(seed = 0x9e3779b9): Checkpoint {
 }
 
 export function setup(options: Code2WavWorkerSetup): void {
-  const load = { weights: options.weights, int8ConvMinChannels: options.int8ConvMinChannels };
+  const load = { weights: options.weights };
   if (options.checkpoint) {
     const { config } = readQwen3OmniConfig(options.checkpoint);
     if (!config.code2wav_config) throw new Error(`${options.checkpoint}/config.json has no code2wav_config`);

@@ -208,8 +208,7 @@ describe('Code2Wav (fixture case 8)', () => {
   it('with int8 weights streams exactly like its own offline decode, close to float32 (SNR bound), every tensor freed', () => {
     const before = tf.memory().numTensors;
     const { config } = readQwen3OmniConfig(fixtureDir());
-    // int8ConvMinChannels 0: the fixture's decoder has 8-32 channels, so its k = 7 convs take the int8 path too.
-    const q = Code2Wav.load(ckpt, config.code2wav_config!, 'code2wav', { weights: 'int8', int8ConvMinChannels: 0 });
+    const q = Code2Wav.load(ckpt, config.code2wav_config!, 'code2wav', { weights: 'int8' });
     const offline = q.decode(codes, frames);
     for (const split of [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [3, 1, 5, 2, 1]]) {
       const stream = new Code2WavStream(q);

@@ -141,15 +141,16 @@ export class Code2Wav {
    * four rows or more are compute-bound in the bf16 kernel and stay float32, like the decoder's convolutions (XNNPACK).
    *
    * `weights: 'int8'` packs per output column (packInt8) every matrix of the transformer, the upsampling (transposed
-   * convs and ConvNeXt pointwise layers), the decoder's transposed convs and pointwise convs, and its k = 7 convs with at
-   * least `int8ConvMinChannels` channels (default INT8_CONV_MIN_CHANNELS; those run as im2col + the int8 product). The
-   * integer kernel is about 2x float32's compute rate, so this is the format that makes the decoder faster, at ~0.4% rms
-   * error per product. Depthwise convs and the 1-channel output conv stay float32 (tiny).
+   * convs and ConvNeXt pointwise layers) and the decoder (transposed convs, pointwise convs, and k = 7 convs, which run as
+   * im2col + the int8 product). The integer kernel is about 2x float32's compute rate, so this is the format that makes
+   * the decoder faster (measured per conv, one wasm thread: 1.4-2.1x XNNPACK's float32 conv at every decoder shape), at
+   * ~0.4% rms error per product. Depthwise convs and the output conv (one channel: 1.0 ms float32, 2.3 int8) stay
+   * float32.
    */
-  static load(ckpt: Checkpoint, config: Code2WavConfig, prefix = 'code2wav', options: { weights?: WeightDtype; int8ConvMinChannels?: number } = {}): Code2Wav {
+  static load(ckpt: Checkpoint, config: Code2WavConfig, prefix = 'code2wav', options: { weights?: WeightDtype } = {}): Code2Wav {
     const format = options.weights ?? 'float32';
-    const minChannels = options.int8ConvMinChannels ?? INT8_CONV_MIN_CHANNELS;
-    const convFormat = (channels: number): WeightDtype => (format === 'int8' && channels >= minChannels ? 'int8' : 'float32');
+    // The decoder's convs are int8 only under 'int8' (bf16 does not pay at their row counts).
+    const convFormat: WeightDtype = format === 'int8' ? 'int8' : 'float32';
     const c = config;
     const H = c.hidden_size, I = c.intermediate_size;
     if (H % c.num_attention_heads !== 0) throw new Error(`code2wav_config: hidden_size ${H} is not divisible by num_attention_heads ${c.num_attention_heads}`);
@@ -193,7 +194,7 @@ export class Code2Wav {
       rows *= ratio;
       return { up, convnext: loadConvNeXtBlock(ckpt, `${prefix}.upsample.${s}.1`, H, 7, 1e-6, streamingFormat(format, rows)) };
     });
-    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7, 1, convFormat(c.decoder_dim));
+    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7, 1, convFormat);
     const blocks: DecoderBlock[] = c.upsample_rates.map((rate, i) => {
       const inC = c.decoder_dim / 2 ** i, outC = c.decoder_dim / 2 ** (i + 1);
       const p = `${prefix}.decoder.${i + 1}.block`;
@@ -202,9 +203,9 @@ export class Code2Wav {
         up: loadCausalTransConv1d(ckpt, `${p}.1`, inC, outC, 2 * rate, rate, streamingFormat(format, rows * c.upsample_rates.slice(0, i).reduce((a, b) => a * b, 1))),
         units: RESIDUAL_DILATIONS.map((d, u) => ({
           act1: loadSnakeBeta(ckpt, `${p}.${u + 2}.act1`, outC),
-          conv1: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv1`, outC, outC, 7, d, convFormat(outC)),
+          conv1: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv1`, outC, outC, 7, d, convFormat),
           act2: loadSnakeBeta(ckpt, `${p}.${u + 2}.act2`, outC),
-          conv2: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv2`, outC, outC, 1, 1, format === 'int8' ? 'int8' : 'float32'),
+          conv2: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv2`, outC, outC, 1, 1, convFormat),
         })),
       };
     });
@@ -539,12 +540,6 @@ function streamingFormat(format: WeightDtype, rows: number): WeightDtype {
   return format === 'int8' || rows <= KERNEL_MAX_ROWS ? format : 'float32';
 }
 
-/**
- * Below this many channels a k > 1 decoder conv stays float32 under `weights: 'int8'`: at 96 channels (the last
- * block, 1920 rows a frame) building the im2col rows costs more than the int8 product saves (measured per conv,
- * one wasm thread: 96 ch k7 10.5 ms float32 vs 11.0 int8; 192 ch 13.2 vs 12.1; 384 ch 13.1 vs 7.6).
- */
-export const INT8_CONV_MIN_CHANNELS = 192;
 
 
 /** x · rsqrt(mean(x²) + eps) · w over the last axis: one kernel pass on wasm for a few rows (normRope), else tfjs ops. */
