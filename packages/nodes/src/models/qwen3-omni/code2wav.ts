@@ -8,6 +8,7 @@ import {
   type CausalConv1d, type CausalTransConv1d,
 } from '../../layers/causal-conv.js';
 import { normRope } from '../../layers/norm-rope.js';
+import { siluMul } from '../../layers/mlp.js';
 import { loadConvNeXtBlock, convNeXtBlock, disposeConvNeXtBlock, type ConvNeXtBlock } from '../../layers/convnext.js';
 import type { StreamState } from '../../layers/stream-state.js';
 import type { Code2WavConfig } from './config.js';
@@ -17,7 +18,8 @@ export const CODE2WAV_SAMPLE_RATE = 24_000;
 
 interface PreTransformerLayer {
   inputLayernorm: tf.Tensor1D;
-  q: Linear; k: Linear; v: Linear; o: Linear;
+  qkv: Linear; // q_proj, k_proj and v_proj side by side: one product per layer, then split
+  o: Linear;
   selfAttnLayerScale: LayerScale;
   postAttentionLayernorm: tf.Tensor1D;
   gateUp: Linear; // gate_proj and up_proj side by side: one matmul, then split (gate first)
@@ -167,21 +169,13 @@ export class Code2Wav {
     const layers: PreTransformerLayer[] = [];
     for (let n = 0; n < c.num_hidden_layers; n++) {
       const p = `${prefix}.pre_transformer.layers.${n}`;
-      // gate_proj and up_proj joined on the host before packing: PyTorch's [out, in] matrices stack along out, then
-      // transpose to [H, 2I] (an int8 weight is packed in blocks of outputs, so two packed halves cannot be joined).
-      const gateUpRows = new Float32Array(2 * I * H);
-      gateUpRows.set(ckpt.get(`${p}.mlp.gate_proj.weight`, [I, H]).data as Float32Array);
-      gateUpRows.set(ckpt.get(`${p}.mlp.up_proj.weight`, [I, H]).data as Float32Array, I * H);
-      const gateUp: Linear = { weight: packWeight(transposeHost(gateUpRows, 2 * I, H), H, 2 * I, format), inFeatures: H, outFeatures: 2 * I };
       layers.push({
         inputLayernorm: vec(`pre_transformer.layers.${n}.input_layernorm.weight`, H),
-        q: loadLinear(ckpt, `${p}.self_attn.q_proj`, H, H, c.attention_bias, format),
-        k: loadLinear(ckpt, `${p}.self_attn.k_proj`, H, kvDim, c.attention_bias, format),
-        v: loadLinear(ckpt, `${p}.self_attn.v_proj`, H, kvDim, c.attention_bias, format),
+        qkv: loadJoinedLinear(ckpt, ['q_proj', 'k_proj', 'v_proj'].map((n) => `${p}.self_attn.${n}`), [H, kvDim, kvDim], H, c.attention_bias, format),
         o: loadLinear(ckpt, `${p}.self_attn.o_proj`, H, H, c.attention_bias, format),
         selfAttnLayerScale: loadLayerScale(ckpt, `${p}.self_attn_layer_scale`, H),
         postAttentionLayernorm: vec(`pre_transformer.layers.${n}.post_attention_layernorm.weight`, H),
-        gateUp,
+        gateUp: loadJoinedLinear(ckpt, [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`], [I, I], H, false, format),
         down: loadLinear(ckpt, `${p}.mlp.down_proj`, I, H, false, format),
         mlpLayerScale: loadLayerScale(ckpt, `${p}.mlp_layer_scale`, H),
       });
@@ -291,9 +285,8 @@ export class Code2Wav {
       this.layers.forEach((layer, n) => {
         const attn = this.attention(rmsNorm(h, layer.inputLayernorm, this.config.rms_norm_eps), layer, rope, position, state, `pre_transformer.layers.${n}`);
         h = tf.add(h, layerScale(attn, layer.selfAttnLayerScale));
-        const gu = linear(rmsNorm(h, layer.postAttentionLayernorm, this.config.rms_norm_eps), layer.gateUp);
-        const [gate, up] = tf.split(gu, 2, 1);
-        h = tf.add(h, layerScale(linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), layer.down), layer.mlpLayerScale));
+        const gu = linear(rmsNorm(h, layer.postAttentionLayernorm, this.config.rms_norm_eps), layer.gateUp) as tf.Tensor2D;
+        h = tf.add(h, layerScale(linear(siluMul(gu), layer.down), layer.mlpLayerScale)); // silu(gate) · up in one pass
       });
       return tf.reshape(rmsNorm(h, this.norm, this.config.rms_norm_eps), [1, T, this.config.hidden_size]) as tf.Tensor3D;
     });
@@ -402,7 +395,7 @@ export class Code2Wav {
     for (const l of this.layers) {
       l.inputLayernorm.dispose();
       l.postAttentionLayernorm.dispose();
-      for (const lin of [l.q, l.k, l.v, l.o, l.gateUp, l.down]) disposeLinear(lin);
+      for (const lin of [l.qkv, l.o, l.gateUp, l.down]) disposeLinear(lin);
       disposeLayerScale(l.selfAttnLayerScale);
       disposeLayerScale(l.mlpLayerScale);
     }
@@ -460,9 +453,10 @@ export class Code2Wav {
     const rotate = (t: tf.Tensor, n: number) => (rope.matrix
       ? tf.reshape(tf.matMul(tf.reshape(t, [n, D]), rope.matrix), [n, 1, D])
       : applyRope(toHeads(t, n), rope.cos, rope.sin));
-    const q = rotate(linear(x, layer.q), heads);
-    let k = rotate(linear(x, layer.k), kvHeads);
-    let v = toHeads(linear(x, layer.v), kvHeads);
+    const [qx, kx, vx] = tf.split(linear(x, layer.qkv), [heads * D, kvHeads * D, kvHeads * D], 1);
+    const q = rotate(qx, heads);
+    let k = rotate(kx, kvHeads);
+    let v = toHeads(vx, kvHeads);
     const pastK = state?.get(`${name}.k`), pastV = state?.get(`${name}.v`);
     if (pastK && pastV) {
       k = tf.concat([pastK, k], 1);
@@ -530,6 +524,24 @@ interface Rope {
   cos: tf.Tensor2D;
   sin: tf.Tensor2D;
   matrix?: tf.Tensor2D;
+}
+
+/**
+ * Linear layers that read the same input, joined into one [in, Σ out] weight on the host before packing (PyTorch's
+ * [out, in] matrices stack along out, then transpose): one product instead of several. Joining after packing would not
+ * work for int8, whose packed layout is blocks of 4 outputs with their scales.
+ */
+function loadJoinedLinear(ckpt: Checkpoint, prefixes: string[], outs: number[], inFeatures: number, bias: boolean, format: WeightDtype): Linear {
+  const total = outs.reduce((a, b) => a + b, 0);
+  const rows = new Float32Array(total * inFeatures), b = new Float32Array(total);
+  let at = 0;
+  prefixes.forEach((prefix, i) => {
+    rows.set(ckpt.get(`${prefix}.weight`, [outs[i], inFeatures]).data as Float32Array, at * inFeatures);
+    if (bias) b.set(ckpt.get(`${prefix}.bias`, [outs[i]]).data as Float32Array, at);
+    at += outs[i];
+  });
+  const weight = packWeight(transposeHost(rows, total, inFeatures), inFeatures, total, format);
+  return { weight, bias: bias ? tf.tensor1d(b) : undefined, inFeatures, outFeatures: total };
 }
 
 /**
