@@ -19,7 +19,8 @@ describe('siluMul (the middle of a SwiGLU in one pass)', () => {
   it('equals split → silu(g)·u as tfjs ops, on the kernel and past its size limit', () => {
     expect(Array.from(siluMul(tf.tensor2d([[1, -2, 3, 4]])).dataSync()).map((v) => +v.toFixed(3))).toEqual([2.193, -0.954]);
     const before = tf.memory().numTensors;
-    for (const [n, I] of [[1, 384], [3, 40], [2, SILU_MUL_MAX_VALUES]] as const) {
+    // 384, 40, 3072 (any size): the SIMD pass; 6: not whole vectors, the JS pass; 2 × 513 = 1026 values of odd width: the ops.
+    for (const [n, I] of [[1, 384], [3, 40], [2, 3072], [2, 6], [2, SILU_MUL_MAX_VALUES / 2 + 1]] as const) {
       const x = tf.tensor2d(values(n * 2 * I, n + I), [n, 2 * I]);
       const y = siluMul(x), want = siluMulOps(x);
       expect(y.shape).toEqual([n, I]);
@@ -27,6 +28,13 @@ describe('siluMul (the middle of a SwiGLU in one pass)', () => {
       tf.dispose([x, y, want]);
     }
     expect(tf.memory().numTensors).toBe(before);
+    // Gates far out in both tails (exp(−g) overflows float32 below −88): σ is 0 or 1 there, as in the ops.
+    const tails = tf.tensor2d([[-120, -90, -30, -5, 0, 5, 30, 120, 1, 2, 3, 4, 5, 6, 7, 8]]);
+    const [yt, wt] = [siluMul(tails), siluMulOps(tails)];
+    const round = (t: tf.Tensor) => Array.from(t.dataSync()).map((v) => +v.toFixed(4) + 0); // + 0: -0 and 0 alike
+    expect(round(yt)).toEqual(round(wt));
+    expect(maxDiff(yt, wt)).toBeLessThan(1e-4); // 120·8 = 960 at the top: relative 1e-7
+    tf.dispose([tails, yt, wt]);
     const odd = tf.zeros([1, 5]) as tf.Tensor2D;
     expect(() => siluMul(odd)).toThrow('siluMul: rows of 5 values cannot be split into gate and up halves');
     odd.dispose();
