@@ -174,7 +174,7 @@ function siluMulSimd(backend: WasmBackendInternals): (x: number, y: number, rows
       return [name, l] as const;
     };
     const K = Object.fromEntries([
-      k('hi', 88.3762626647949), k('lo', -88.3762626647949), k('log2e', 1.44269504088896341), k('c1', 0.693359375), k('c2', -2.12194440e-4),
+      k('hi', 88.3762626647949), k('lo', -88.3762626647949), k('log2e', Math.LOG2E), k('c1', 0.693359375), k('c2', -2.12194440e-4),
       k('p0', 1.9875691500e-4), k('p1', 1.3981999507e-3), k('p2', 8.3334519073e-3), k('p3', 4.1665795894e-2), k('p4', 1.6666665459e-1),
       k('p5', 5.0000001201e-1), k('one', 1), k('zero', 0),
     ]);
