@@ -240,7 +240,7 @@ describe('Code2Wav (fixture case 8)', () => {
     const release = { ...config.code2wav_config!, hidden_size: 1024, num_attention_heads: 16, num_key_value_heads: 16, intermediate_size: 3072,
       num_hidden_layers: 8, decoder_dim: 1536, upsample_rates: [8, 5, 4, 3], upsampling_ratios: [2, 2] };
     for (const c of [config.code2wav_config!, release]) {
-      for (const weights of ['float32', 'bf16'] as const) {
+      for (const weights of ['float32', 'bf16', 'int8'] as const) {
         const { front, steps } = Code2Wav.frameCostMs(c, weights);
         expect(steps.length).toBe(2 + 4 * c.upsample_rates.length);
         const loads = steps.map((_, k) => k).concat(steps.length).map((k) => {
@@ -252,6 +252,8 @@ describe('Code2Wav (fixture case 8)', () => {
     }
     // bf16 halves the transformer's bytes, so the front thread takes on more of the decoder.
     expect(Code2Wav.pipelineSplit(release, 'bf16')).toBeGreaterThanOrEqual(Code2Wav.pipelineSplit(release, 'float32'));
+    // int8 makes the transformer a quarter of float32's bytes and the decoder ~2x faster: the cut moves later again.
+    expect(Code2Wav.pipelineSplit(release, 'int8')).toBeGreaterThanOrEqual(Code2Wav.pipelineSplit(release, 'bf16'));
   });
 
   it('names what is wrong with bad codes', () => {

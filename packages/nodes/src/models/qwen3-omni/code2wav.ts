@@ -88,8 +88,8 @@ export class Code2Wav {
    * Where a two-thread decoder (Code2WavPipeline) is cut by default, in decoder steps: the cut that best balances the
    * two threads' estimated time per frame (`frameCostMs`). For the release: step 6 with float32 weights (the front
    * thread runs the transformer, upsampling, decoder.0, block 1 and block 2's upsampling; the back thread the rest),
-   * step 7 with bf16 (block 2's first residual unit moves to the front) — the best cuts of the measured per-step
-   * profile.
+   * step 7 with bf16 (block 2's first residual unit moves to the front), step 8 with int8 (two of block 2's units in
+   * front) — the best cuts of the measured per-step profiles.
    */
   static pipelineSplit(config: Code2WavConfig, weights: WeightDtype = 'float32'): number {
     const { front, steps } = Code2Wav.frameCostMs(config, weights);
@@ -112,6 +112,7 @@ export class Code2Wav {
    * step s.
    */
   static frameCostMs(config: Code2WavConfig, weights: WeightDtype = 'float32'): { front: number; steps: number[] } {
+    if (weights === 'int8') return int8FrameCostMs(config);
     const c = config, H = c.hidden_size, D = c.decoder_dim;
     const cost = (macs: number, weightBytes: number) => (2 * macs) / 24e6 + weightBytes / 10e6;
     const kv = (c.num_key_value_heads * H) / c.num_attention_heads;
@@ -524,6 +525,38 @@ interface Rope {
   cos: tf.Tensor2D;
   sin: tf.Tensor2D;
   matrix?: tf.Tensor2D;
+}
+
+/**
+ * Code2Wav.frameCostMs for `weights: 'int8'`, fitted to the int8 per-stage profile of the release (bench/talker.bench.ts
+ * `int8.perStageCpuMs`, same machine; every step within ~1 ms). An int8 product costs the larger of its multiply-adds at
+ * 52 GFLOP/s (the integer kernel's rate from 2 rows up) and its bytes (one per weight) at 10 GB/s. Beside those faster
+ * products the elementwise work shows: 20 ns per output value of a residual unit (two SnakeBetas, the im2col copy, the
+ * residual add), 5 ns per value of an upsampling step (one SnakeBeta), and the tfjs ops around the products, 1.2 ms
+ * per transformer layer and 1.5 ms per ConvNeXt block.
+ */
+function int8FrameCostMs(c: Code2WavConfig): { front: number; steps: number[] } {
+  const H = c.hidden_size, D = c.decoder_dim;
+  const product = (macs: number, weights: number) => Math.max((2 * macs) / 52e6, weights / 10e6);
+  const kv = (c.num_key_value_heads * H) / c.num_attention_heads;
+  const layerWeights = 2 * H * H + 2 * H * kv + 3 * H * c.intermediate_size;
+  let positions = 1;
+  let front = c.num_hidden_layers * (product(layerWeights, layerWeights) + 1.2);
+  for (const ratio of c.upsampling_ratios) {
+    front += product(positions * H * H * ratio, H * H * ratio); // transposed conv k = s
+    positions *= ratio;
+    front += product(positions * 8 * H * H, 8 * H * H) + 1.5; // ConvNeXt
+  }
+  const steps = [product(positions * H * D * 7, H * D * 7)];
+  c.upsample_rates.forEach((rate, i) => {
+    const inC = D / 2 ** i, outC = inC / 2;
+    steps.push(product(positions * 2 * inC * rate * outC, 2 * inC * rate * outC) + positions * rate * outC * 5e-6);
+    positions *= rate;
+    for (let u = 0; u < RESIDUAL_DILATIONS.length; u++) steps.push(product(positions * 8 * outC * outC, 8 * outC * outC) + positions * outC * 20e-6);
+  });
+  const lastC = D / 2 ** c.upsample_rates.length;
+  steps.push((2 * positions * lastC * 7) / 24e6 + positions * lastC * 5e-6); // SnakeBeta and the float32 1-channel conv
+  return { front, steps };
 }
 
 /**
