@@ -3,7 +3,8 @@
  * - Code2Wav streaming on two worker threads (Code2WavPipeline): throughput RTF with the halves overlapping;
  * - Code2Wav streaming: one codec frame per push (the streaming decoder keeps its left context), real-time factor
  *   = decode time per frame / 80 ms, and the time to the first audio packet after the first code frame; the offline
- *   decode of the same 25 frames beside it; per-stage CPU time of a frame; float32 and bf16 weights;
+ *   decode of the same 25 frames beside it; per-stage CPU time of a frame; float32, bf16 and int8 weights (int8: also
+ *   the waveform's SNR against float32 on the same weights);
  * - code predictor: one codec frame (2-row prefill + 14 single-row steps, 15 heads), with the bytes of weights each
  *   step reads and the resulting effective bandwidth;
  * - talker decode step at context 100: 20 MoE layers (top-6 of 128 experts + shared expert), final norm, codec head;
@@ -63,9 +64,10 @@ const gbps = (bytes: number, ms: number) => +(bytes / (ms / 1000) / 1e9).toFixed
 
 /**
  * Code2Wav at spec 2.7 dims: streaming RTF, first-packet latency, offline decode, with float32 weights (top-level
- * fields) and with `weights: 'bf16'` (the release's own precision for the weight-streaming layers, `bf16`); the
- * per-stage CPU time of a steady-state frame; and two frames per push (bf16), which reads the weights once per two
- * frames at the cost of 80 ms more latency.
+ * fields), with `weights: 'bf16'` (the release's own precision for the weight-streaming layers, `bf16`) and with
+ * `weights: 'int8'` (every matrix and decoder conv int8, `int8`); the per-stage CPU time of a steady-state frame; two
+ * frames per push (bf16), which reads the weights once per two frames at the cost of 80 ms more latency; and int8's
+ * offline waveform against float32's on the same random weights (SNR, largest sample error).
  */
 export async function code2wavBench(): Promise<object> {
   const config = code2WavConfigSchema.parse(CODE2WAV_RELEASE);
@@ -100,9 +102,10 @@ export async function code2wavBench(): Promise<object> {
 
   const f32 = Code2Wav.load(randomCheckpoint(), config);
   let float32: object;
+  let float32Wav: Float32Array = new Float32Array(0);
   try {
     const s = stream(f32, 1);
-    const offlineMs = await medianMs(() => f32.decode(codes, FRAMES), 1, 0); // one run: the kernels are warm from the stream
+    const offlineMs = await medianMs(() => (float32Wav = f32.decode(codes, FRAMES)), 1, 0); // one run: the kernels are warm from the stream
     float32 = {
       frames: FRAMES,
       samplesStreamed: s.samples,
@@ -124,11 +127,36 @@ export async function code2wavBench(): Promise<object> {
   } finally {
     f32.dispose();
   }
+  let int8: object;
+  const q8 = Code2Wav.load(randomCheckpoint(), config, 'code2wav', { weights: 'int8' }); // the same random weights
+  try {
+    const s = stream(q8, 1);
+    let wav: Float32Array = new Float32Array(0);
+    const offlineMs = await medianMs(() => (wav = q8.decode(codes, FRAMES)), 1, 0);
+    let signal = 0, noise = 0, worst = 0;
+    float32Wav.forEach((v, i) => {
+      [signal, noise, worst] = [signal + v * v, noise + (wav[i] - v) ** 2, Math.max(worst, Math.abs(wav[i] - v))];
+    });
+    int8 = {
+      firstAudioPacketMs: r(s.wall[0]),
+      streamingMsPerFrameMedian: r(s.steadyWall),
+      streamingRealTimeFactor: r(s.steadyWall / 80, 2),
+      streamingCpuMsPerFrameMedian: r(s.steadyCpu),
+      streamingCpuRealTimeFactor: r(s.steadyCpu / 80, 2),
+      firstAudioPacketCpuMs: r(s.cpu[0]),
+      offlineDecodeMs: r(offlineMs, 0),
+      vsFloat32: { snrDb: r(10 * Math.log10(signal / noise)), maxAbsSampleError: r(worst, 4), waveformRms: r(Math.sqrt(signal / wav.length), 4) },
+      perStageCpuMs: stageProfile(q8, chunk),
+    };
+  } finally {
+    q8.dispose();
+  }
   const b16 = Code2Wav.load(randomCheckpoint(), config, 'code2wav', { weights: 'bf16' });
   try {
     const s = stream(b16, 1), two = stream(b16, 2);
     return {
       ...float32,
+      int8,
       bf16: {
         firstAudioPacketMs: r(s.wall[0]),
         streamingMsPerFrameMedian: r(s.steadyWall),
@@ -184,7 +212,7 @@ function stageProfile(c2w: Code2Wav, chunk: (f: number, n: number) => Int32Array
 /**
  * The same stream on two worker threads (Code2WavPipeline, cut at Code2Wav.pipelineSplit): frames pushed back to back
  * as a fast talker would, so the halves overlap; throughput RTF = wall time / audio time. With float32 weights (top-level
- * fields) and bf16 (`bf16`).
+ * fields), bf16 (`bf16`) and int8 (`int8`), each at its own default cut.
  */
 export async function code2wavPipelineBench(rawConfig: unknown): Promise<object> {
   const config = code2WavConfigSchema.parse(rawConfig);
@@ -221,7 +249,7 @@ export async function code2wavPipelineBench(rawConfig: unknown): Promise<object>
     }
   };
   const float32 = await run('float32');
-  return { ...float32, bf16: await run('bf16') };
+  return { ...float32, bf16: await run('bf16'), int8: await run('int8') };
 }
 
 /**
@@ -419,7 +447,7 @@ export async function run(): Promise<object> {
     codePredictor,
     talker,
     notes: [
-      'code2wav: float32 weights, and bf16 for the weight-streaming layers under `bf16`; everything but code2wavTwoWorkers: one wasm thread (Node runs the wasm backend single-threaded)',
+      'code2wav: float32 weights, bf16 for the weight-streaming layers under `bf16`, int8 for every matrix and decoder conv under `int8`; everything but code2wavTwoWorkers: one wasm thread (Node runs the wasm backend single-threaded)',
       'the machine is shared: cpu* figures (process CPU time) are what the work cost; wall figures include waiting for a core',
       'the talker experts come from a shared pool of real-size experts (the full 12 GB does not fit the wasm heap); routing and per-step reads are as in the release',
     ],
