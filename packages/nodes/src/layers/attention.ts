@@ -144,18 +144,17 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
         k: swap01(normRope(tf.reshape(linear(x, attn.k_proj!), [S, Hkv, D]), attn.k_norm, { cos, sin })) as tf.Tensor3D,
         v: swap01(tf.reshape(linear(x, attn.v_proj!), [S, Hkv, D])) as tf.Tensor3D,
       };
-    // [H, S, D] -> [Hkv, groups·S, D]: the queries of one KV group become the rows of one matrix.
-    const qg = tf.reshape(q, [Hkv, groups * S, D]) as tf.Tensor3D;
-    let out: tf.Tensor; // [Hkv, groups·S, D]
+    let merged: tf.Tensor2D; // [S, H·D]: the heads side by side per position
     if (slot && decodeKernel && decodeAttentionApplies(S, D)) {
       // Decode steps (inference: always with a cache): the cache's buffers read in place by the SIMD kernel, no copy
-      // of the live prefix.
+      // of the live prefix; it writes the heads side by side.
       const b = slot.cache.appendInPlace(slot.layer, kNew, vNew);
-      out = decodeAttention(qg, b.k, b.v, b.length, S);
+      merged = decodeAttention(q, b.k, b.v, b.length);
     } else {
-      out = attendOps(qg, kNew, vNew, S, groups, slot);
+      // [H, S, D] -> [Hkv, groups·S, D]: the queries of one KV group become the rows of one matrix.
+      const out = attendOps(tf.reshape(q, [Hkv, groups * S, D]) as tf.Tensor3D, kNew, vNew, S, groups, slot);
+      merged = tf.reshape(swap01(tf.reshape(out, [H, S, D])), [S, H * D]) as tf.Tensor2D;
     }
-    const merged = tf.reshape(swap01(tf.reshape(out, [H, S, D])), [S, H * D]) as tf.Tensor2D;
     return linear(merged, attn.o_proj) as tf.Tensor2D;
   });
 }

@@ -15,7 +15,7 @@ export const DECODE_ATTENTION_MAX_ROWS = 4;
 const DECODE_ATTENTION = 'OmniflowDecodeAttention';
 
 interface DecodeAttentionAttrs {
-  /** Query positions per KV head's row block (rows are group-major: row g·S + i is query i of group head g). */
+  /** Query positions S (q is [heads, S, D]: for KV head h, row g·S + i of its block is query i of head h·groups + g). */
   queries: number;
   /** Cached positions to attend to (the buffers may hold more). */
   length: number;
@@ -30,24 +30,26 @@ export function decodeAttentionApplies(queries: number, headDim: number): boolea
 }
 
 /**
- * Causal attention of grouped queries `qg` ([kvHeads, groups·S, D], already scaled by 1/√D; row g·S + i is query i of
- * group head g) over the first `length` positions of the cache buffers `k`, `v` ([kvHeads, capacity, D]); the S
- * queries are the last S of those positions (query i sees positions up to length − S + i). Returns
- * [kvHeads, groups·S, D]. Inference only (no gradient); check decodeAttentionApplies first.
+ * Causal attention of head-major queries `q` ([heads, S, D], already scaled by 1/√D; head h reads KV head
+ * floor(h / (heads / kvHeads))) over the first `length` positions of the cache buffers `k`, `v` ([kvHeads, capacity,
+ * D]); the S queries are the last S of those positions (query i sees positions up to length − S + i). Returns the
+ * heads side by side per query, [S, heads·D], as the output projection reads them. Inference only (no gradient);
+ * check decodeAttentionApplies first.
  *
  * ```ts
  * const b = cache.appendInPlace(layer, kNew, vNew);
- * const out = decodeAttention(qg, b.k, b.v, b.length, 1); // one decode step
+ * const merged = decodeAttention(q, b.k, b.v, b.length); // one decode step: [1, heads·D]
  * ```
  */
-export function decodeAttention(qg: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, length: number, queries: number): tf.Tensor3D {
-  const [Hkv, rows, D] = qg.shape;
-  if (k.shape[0] !== Hkv || k.shape[2] !== D || !tf.util.arraysEqual(k.shape, v.shape) || k.shape[1] < length || rows % queries !== 0 || length < queries) {
-    throw new Error(`decodeAttention: q [${qg.shape}] with ${queries} queries does not fit k [${k.shape}], v [${v.shape}] over ${length} positions`);
+export function decodeAttention(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, length: number): tf.Tensor2D {
+  const [H, S, D] = q.shape;
+  const Hkv = k.shape[0];
+  if (H % Hkv !== 0 || k.shape[2] !== D || !tf.util.arraysEqual(k.shape, v.shape) || k.shape[1] < length || length < S) {
+    throw new Error(`decodeAttention: q [${q.shape}] does not fit k [${k.shape}], v [${v.shape}] over ${length} positions`);
   }
   register();
-  const attrs: DecodeAttentionAttrs = { queries, length };
-  return tf.engine().runKernel(DECODE_ATTENTION, { q: qg, k, v }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor3D;
+  const attrs: DecodeAttentionAttrs = { queries: S, length };
+  return tf.engine().runKernel(DECODE_ATTENTION, { q, k, v }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
 interface DecodeAttentionModule {
@@ -131,10 +133,11 @@ function register(): void {
 function decodeAttentionWasm(args: { inputs: { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo }; backend: WasmBackendInternals; attrs: DecodeAttentionAttrs }): tf.TensorInfo {
   const { backend, attrs } = args;
   const { q, k, v } = args.inputs;
-  const [Hkv, R, D] = q.shape as [number, number, number];
-  const cap = k.shape[1]!, T = attrs.length, S = attrs.queries;
-  const out = backend.makeOutput([Hkv, R, D], 'float32');
-  if (Hkv === 0 || R === 0) return out;
+  const [H, S, D] = q.shape as [number, number, number];
+  const Hkv = k.shape[0]!, R = (H / Hkv) * S; // query rows per KV head
+  const cap = k.shape[1]!, T = attrs.length;
+  const out = backend.makeOutput([S, H * D], 'float32');
+  if (H === 0 || S === 0) return out;
   const scratch = backend.makeOutput([R * T], 'float32'); // scores, then probabilities, of one KV head
   try {
     const mod = moduleFor(backend);
@@ -159,7 +162,15 @@ function decodeAttentionWasm(args: { inputs: { q: tf.TensorInfo; k: tf.TensorInf
         for (let t = 0; t < seen; t++) f[row + t] = f[row + t]! * inv;
         f.fill(0, row + seen, row + T);
       }
-      mod.values(so, vo + h * cap * D * 4, oo + h * R * D * 4, R, T, D);
+      // Row r = g·S + i (head h·groups + g, query i) goes to out[i, (h·groups + g)·D ...]: for one query the rows of
+      // all heads are already in that order; for several, one row at a time.
+      if (S === 1) mod.values(so, vo + h * cap * D * 4, oo + h * R * D * 4, R, T, D);
+      else {
+        for (let r = 0; r < R; r++) {
+          const head = h * (R / S) + Math.floor(r / S), i = r % S;
+          mod.values(so + r * T * 4, vo + h * cap * D * 4, oo + (i * H + head) * D * 4, 1, T, D);
+        }
+      }
     }
   } finally {
     backend.disposeData(scratch.dataId);
