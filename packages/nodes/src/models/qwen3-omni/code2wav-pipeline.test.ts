@@ -73,6 +73,28 @@ describe('Code2WavPipeline (two worker threads)', () => {
   });
 });
 
+describe('code2wav node with weights: int8 (loads the folder itself)', () => {
+  it('emits what an int8 Code2WavStream returns frame by frame, tail included', async () => {
+    const cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
+    const codes = cases.read('code2wav.codes').data as Int32Array;
+    cases.close();
+    const frames = 12;
+    const frame = (f: number) => Int32Array.from({ length: 4 }, (_, g) => codes[g * frames + f]);
+    const packets = [
+      ...Array.from({ length: frames }, (_, f) => codesPacket({ pts: 0, codes: frame(f), groups: 4, frames: 1 })),
+      controlPacket({ pts: 0, signal: 'turn-end' }),
+    ];
+    const got = await lastValueFrom(from(packets).pipe(code2wav({ model: fixtureDir(), weights: 'int8' }), toArray()));
+    const ckpt = Checkpoint.open(fixturePath('model.safetensors'));
+    const local = Code2Wav.load(ckpt, readQwen3OmniConfig(fixtureDir()).config.code2wav_config!, 'code2wav', { weights: 'int8' });
+    ckpt.close();
+    const stream = new Code2WavStream(local);
+    const want = [...Array.from({ length: frames }, (_, f) => [...stream.push(frame(f), 1)]), [...stream.flush()]];
+    local.dispose();
+    expect(got.map((a) => [...a.samples])).toEqual(want);
+  });
+});
+
 describe('code2wav node with workers: true', () => {
   it('emits the same audio as the single-thread node, in order, tail included (bf16 weights, default cut)', async () => {
     const cases = SafetensorsFile.open(fixturePath('cases.safetensors'));
