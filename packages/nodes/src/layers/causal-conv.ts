@@ -139,7 +139,7 @@ export interface CausalTransConv1d {
   /**
    * k = s: [in, s·out], column t·out + o holds the PyTorch weight [i, o, t].
    * k = 2s: [2·in, s·out], row i holds W[i, o, s + t] (the tap on the previous input), row in + i holds W[i, o, t].
-   * float32, or packed bf16 (int32 [rows, s·out/2], see packWeight).
+   * float32, packed bf16 (int32 [rows, s·out/2]) or int8 (packInt8's marked int32 tensor), see packWeight.
    */
   readonly weight: tf.Tensor2D;
   readonly bias: tf.Tensor1D;
@@ -154,7 +154,8 @@ export interface CausalTransConv1d {
 /**
  * Loads `${prefix}.conv.weight` ([in, out, k], PyTorch ConvTranspose1d layout) and `${prefix}.conv.bias`. With
  * `format` 'bf16' the weight is kept packed (packWeight): worth it where a call sees one or two rows, so the product
- * streams its weights (Code2Wav's upsampling while streaming); exact on a bf16 checkpoint.
+ * streams its weights (Code2Wav's upsampling while streaming); exact on a bf16 checkpoint. 'int8' packs the joined
+ * polyphase matrix per output column (after joining: the packed layout is blocks of 4 outputs), faster at any row count.
  *
  * ```ts
  * const up = loadCausalTransConv1d(ckpt, 'code2wav.decoder.1.block.1', 1536, 768, 16, 8);

@@ -20,7 +20,8 @@ export interface ConvNeXtBlock {
 
 /**
  * Loads `${prefix}.{dwconv.conv, norm, pwconv1, pwconv2, gamma}`; `format` 'bf16' packs the two pointwise layers
- * (packWeight), for blocks that see one or two rows per call.
+ * (packWeight), for blocks that see one or two rows per call; 'int8' quantizes them (faster at any row count). The
+ * depthwise conv stays float32.
  *
  * ```ts
  * const block = loadConvNeXtBlock(ckpt, 'code2wav.upsample.0.1', 1024);
