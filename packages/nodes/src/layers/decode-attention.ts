@@ -69,19 +69,24 @@ function moduleFor(backend: WasmBackendInternals): DecodeAttentionModule {
   const m = new WasmModuleBuilder().importMemory('env', 'memory', heapImportLimits(heap));
   const p6 = { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const, results: [] as const };
   m.func('scores', p6, (c, [q, k, s, R, T, D]) => {
-    const t = c.local('i32'), r = c.local('i32'), d = c.local('i32'), kt = c.local('i32'), qr = c.local('i32'), sp = c.local('i32');
-    const acc = c.local('v128');
+    const t = c.local('i32'), r = c.local('i32'), d = c.local('i32'), kt = c.local('i32'), qr = c.local('i32'), sp = c.local('i32'), d16 = c.local('i32');
+    const acc = c.local('v128'), a1 = c.local('v128'), a2 = c.local('v128'), a3 = c.local('v128');
+    const fma = (into: typeof acc, off: number) => {
+      c.localGet(into);
+      c.localGet(qr).localGet(d).i32Const(4).i32Mul().i32Add().v128Load(off);
+      c.localGet(kt).localGet(d).i32Const(4).i32Mul().i32Add().v128Load(off);
+      c.f32x4Mul().f32x4Add().localSet(into);
+    };
+    c.localGet(D).i32Const(-16).i32And().localSet(d16); // D rounded down to 16
     c.for(t, () => c.i32Const(0), () => c.localGet(T), 1, () => {
       c.localGet(k).localGet(t).localGet(D).i32Mul().i32Const(4).i32Mul().i32Add().localSet(kt);
       c.for(r, () => c.i32Const(0), () => c.localGet(R), 1, () => {
         c.localGet(q).localGet(r).localGet(D).i32Mul().i32Const(4).i32Mul().i32Add().localSet(qr);
-        c.v128ConstI32x4([0, 0, 0, 0]).localSet(acc);
-        c.for(d, () => c.i32Const(0), () => c.localGet(D), 4, () => {
-          c.localGet(acc);
-          c.localGet(qr).localGet(d).i32Const(4).i32Mul().i32Add().v128Load(0);
-          c.localGet(kt).localGet(d).i32Const(4).i32Mul().i32Add().v128Load(0);
-          c.f32x4Mul().f32x4Add().localSet(acc);
-        });
+        for (const a of [acc, a1, a2, a3]) c.v128ConstI32x4([0, 0, 0, 0]).localSet(a);
+        // Four independent accumulators over 16 floats a step (one chain of adds would wait on each add's latency).
+        c.for(d, () => c.i32Const(0), () => c.localGet(d16), 16, () => [acc, a1, a2, a3].forEach((a, u) => fma(a, 16 * u)));
+        c.for(d, () => c.localGet(d16), () => c.localGet(D), 4, () => fma(acc, 0));
+        c.localGet(acc).localGet(a1).f32x4Add().localGet(a2).localGet(a3).f32x4Add().f32x4Add().localSet(acc);
         c.localGet(s).localGet(r).localGet(T).i32Mul().localGet(t).i32Add().i32Const(4).i32Mul().i32Add().localSet(sp);
         c.localGet(sp);
         c.localGet(acc).f32x4ExtractLane(0).localGet(acc).f32x4ExtractLane(1).f32Add();
@@ -91,30 +96,25 @@ function moduleFor(backend: WasmBackendInternals): DecodeAttentionModule {
     });
   });
   m.func('values', p6, (c, [p, v, out, R, T, D]) => {
-    const r = c.local('i32'), t = c.local('i32'), d = c.local('i32'), o = c.local('i32'), vt = c.local('i32'), pr = c.local('i32');
+    const r = c.local('i32'), t = c.local('i32'), d = c.local('i32'), o = c.local('i32'), vt = c.local('i32'), pr = c.local('i32'), d16 = c.local('i32');
     const w = c.local('v128'), a0 = c.local('v128'), a1 = c.local('v128'), a2 = c.local('v128'), a3 = c.local('v128');
-    const accs = [a0, a1, a2, a3];
+    /** out[r, d .. d + 4·units) = Σ_t p[r, t] · v[t, d .. d + 4·units), with `units` accumulators. */
+    const block = (accs: readonly (typeof w)[]) => {
+      for (const a of accs) c.v128ConstI32x4([0, 0, 0, 0]).localSet(a);
+      c.for(t, () => c.i32Const(0), () => c.localGet(T), 1, () => {
+        c.localGet(pr).localGet(t).i32Const(4).i32Mul().i32Add().v128Load32Splat(0).localSet(w);
+        c.localGet(v).localGet(t).localGet(D).i32Mul().localGet(d).i32Add().i32Const(4).i32Mul().i32Add().localSet(vt);
+        accs.forEach((a, u) => c.localGet(a).localGet(w).localGet(vt).v128Load(16 * u).f32x4Mul().f32x4Add().localSet(a));
+      });
+      c.localGet(out).localGet(r).localGet(D).i32Mul().localGet(d).i32Add().i32Const(4).i32Mul().i32Add().localSet(o);
+      accs.forEach((a, u) => c.localGet(o).localGet(a).v128Store(16 * u));
+    };
+    c.localGet(D).i32Const(-16).i32And().localSet(d16); // D rounded down to 16
     c.for(r, () => c.i32Const(0), () => c.localGet(R), 1, () => {
       c.localGet(p).localGet(r).localGet(T).i32Mul().i32Const(4).i32Mul().i32Add().localSet(pr);
-      // 16 columns at a time in four accumulators (D is a multiple of 4; the last block may be narrower).
-      c.for(d, () => c.i32Const(0), () => c.localGet(D), 16, () => {
-        for (const a of accs) c.v128ConstI32x4([0, 0, 0, 0]).localSet(a);
-        c.for(t, () => c.i32Const(0), () => c.localGet(T), 1, () => {
-          c.localGet(pr).localGet(t).i32Const(4).i32Mul().i32Add().v128Load32Splat(0).localSet(w);
-          c.localGet(v).localGet(t).localGet(D).i32Mul().localGet(d).i32Add().i32Const(4).i32Mul().i32Add().localSet(vt);
-          accs.forEach((a, u) => {
-            const body = () => c.localGet(a).localGet(w).localGet(vt).v128Load(16 * u).f32x4Mul().f32x4Add().localSet(a);
-            if (u === 0) body();
-            else c.localGet(d).i32Const(4 * u).i32Add().localGet(D).i32LtS().if(body);
-          });
-        });
-        c.localGet(out).localGet(r).localGet(D).i32Mul().localGet(d).i32Add().i32Const(4).i32Mul().i32Add().localSet(o);
-        accs.forEach((a, u) => {
-          const store = () => c.localGet(o).localGet(a).v128Store(16 * u);
-          if (u === 0) store();
-          else c.localGet(d).i32Const(4 * u).i32Add().localGet(D).i32LtS().if(store);
-        });
-      });
+      // 16 columns at a time in four accumulators, then the last columns 4 at a time (D is a multiple of 4).
+      c.for(d, () => c.i32Const(0), () => c.localGet(d16), 16, () => block([a0, a1, a2, a3]));
+      c.for(d, () => c.localGet(d16), () => c.localGet(D), 4, () => block([a0]));
     });
   });
   mod = m.instantiate({ env: { memory: heap } }) as unknown as DecodeAttentionModule;
