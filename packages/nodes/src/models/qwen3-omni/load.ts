@@ -55,7 +55,7 @@ export interface LoadQwen3OmniOptions {
    * layers (see Code2Wav.load), are kept as packed bf16 (half the memory and half the bytes per decode step; exact for
    * the released bf16 checkpoint; inference only). The encoders and Code2Wav's decoder convolutions stay float32.
    * 'int8': the same matrices of the thinker, talker, codec head and code predictor quantized per output column (a
-   * quarter of float32's bytes; approximate, see WeightDtype); Code2Wav, which has no int8 path, takes bf16.
+   * quarter of float32's bytes; approximate, see WeightDtype), and Code2Wav's as Code2Wav.load describes.
    * Routers and norms stay float32 in every format. Default 'float32'.
    */
   readonly weights?: WeightDtype;
@@ -206,9 +206,7 @@ export async function loadQwen3Omni(dir: string, options: LoadQwen3OmniOptions =
         loaded.push(codePredictor);
         talker = { talker: t, codecHead, codePredictor };
       }
-      // Code2Wav joins its gate and up matrices after packing, which only the column-wise formats allow.
-      const code2wavWeights = { weights: weights.weights === 'int8' ? 'bf16' : weights.weights } as const;
-      const code2wav = wanted.has('code2wav') ? Code2Wav.load(ckpt, config.code2wav_config!, 'code2wav', code2wavWeights) : undefined;
+      const code2wav = wanted.has('code2wav') ? Code2Wav.load(ckpt, config.code2wav_config!, 'code2wav', weights) : undefined;
       if (code2wav) loaded.push(code2wav);
 
       const unusedKeys = ckpt.unused();
