@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
 import { packBf16, unpackBf16 } from './bf16.js';
-import { ParallelMatMul, PARALLEL_MIN_ROWS } from './parallel-matmul.js';
+import { defaultChunkWidths, ParallelMatMul, PARALLEL_MIN_ROWS } from './parallel-matmul.js';
 
 /** Deterministic values in [-1, 1). */
 function values(n: number, seed: number): Float32Array {
@@ -230,9 +230,14 @@ describe('ParallelMatMul errors and lifetime', () => {
     tf.dispose([w, x]);
   });
 
-  it('cuts W into whole groups of 8 columns, chunksPerThread per thread', () => {
+  it('cuts W into whole groups of 8 columns: wide then narrow by default, or chunksPerThread equal ones', () => {
+    expect(defaultChunkWidths(4096, 2)).toEqual([1792, 1792, 256, 256]);
+    expect(defaultChunkWidths(1000, 2)).toEqual([432, 432, 72, 64]);
+    expect(defaultChunkWidths(1000, 3)).toEqual([288, 288, 288, 48, 48, 40]);
+    expect(defaultChunkWidths(100, 2)).toEqual([56, 44]); // too narrow to split further
     const w = tf.zeros([3, 1000]) as tf.Tensor2D;
-    expect(make(w, { threads: 2 }).chunkCount).toBe(8); // 8 chunks of 128 columns (the last 104)
+    expect(make(w, { threads: 2 }).chunkCount).toBe(4);
+    expect(make(w, { threads: 2, chunksPerThread: 4 }).chunkCount).toBe(8); // 8 chunks of 128 columns (the last 104)
     expect(make(w, { threads: 3, chunksPerThread: 1 }).chunkCount).toBe(3); // 336, 336, 328
     expect(make(tf.zeros([3, 20]) as tf.Tensor2D, { threads: 3 }).chunkCount).toBe(3); // 8, 8, 4: never narrower than 8
     expect(() => make(w, { threads: 2, chunksPerThread: 200 })).toThrow('ParallelMatMul: chunksPerThread must be an integer in 1..127, got 200');
