@@ -7,17 +7,7 @@ import { packBf16 } from './bf16.js';
 import { buildInt8MatMul, int8MatMulModuleBytes, int8XMax } from './matmul-int8-module.js';
 import { MATMUL_EPILOGUE } from './matmul-module.js';
 import { webAssembly } from './wasm-emitter.js';
-
-/** Deterministic values in [-1, 1). */
-function values(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
+import { lcgValues as values } from '../testing/values.js';
 
 /** Round half to even, as f32x4.nearest. */
 function nearest(v: number): number {

@@ -7,31 +7,13 @@ import { BLOCKED_MIN_ROWS, heapImportLimits, matMulBf16, matMulSmall, OMNIFLOW_M
 import { BLOCKED_FMA_VARIANT, BLOCKED_VARIANT, blockedMatMulModuleBytes, blockedScratchBytes, buildBlockedMatMul, type BlockedMatMulVariant } from './matmul-blocked-module.js';
 import { buildMatMulModule, DEFAULT_VARIANT, FMA_VARIANT, MATMUL_EPILOGUE, type MatMulVariant } from './matmul-module.js';
 import { webAssembly, WasmModuleBuilder, type WasmMemoryLike } from './wasm-emitter.js';
+import { lcgValues as values, maxAbsDiff } from '../testing/values.js';
 
 /** relaxedSimdAvailable() caches its answer; this asks the engine again. */
 function relaxedSimdAvailableNow(): boolean {
   const m = new WasmModuleBuilder();
   m.func('madd', { params: ['v128', 'v128', 'v128'], results: ['v128'] }, (c, [a, b, d]) => c.localGet(a!).localGet(b!).localGet(d!).f32x4RelaxedMadd());
   return (webAssembly() as unknown as { validate(bytes: Uint8Array): boolean }).validate(m.encode());
-}
-
-/** Deterministic values in [-1, 1). */
-function values(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
-
-function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
-  const x = a.dataSync(), y = b.dataSync();
-  expect(x.length).toBe(y.length);
-  let d = 0;
-  for (let i = 0; i < x.length; i++) d = Math.max(d, Math.abs(x[i]! - y[i]!));
-  return d;
 }
 
 /** tf.matMul and plain ops, the definition matMulSmall must agree with. */

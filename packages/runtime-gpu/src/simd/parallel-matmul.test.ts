@@ -5,25 +5,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
 import { packBf16, unpackBf16 } from './bf16.js';
 import { defaultChunkWidths, ParallelMatMul, PARALLEL_MIN_ROWS } from './parallel-matmul.js';
-
-/** Deterministic values in [-1, 1). */
-function values(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
-
-function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
-  expect(a.shape).toEqual(b.shape);
-  const x = a.dataSync(), y = b.dataSync();
-  let d = 0;
-  for (let i = 0; i < x.length; i++) d = Math.max(d, Math.abs(x[i]! - y[i]!));
-  return d;
-}
+import { lcgValues as values, maxAbsDiff } from '../testing/values.js';
 
 /** tf.matMul and plain ops: the definition apply must agree with. */
 function expected(x: tf.Tensor2D, w: tf.Tensor2D, bias: tf.Tensor1D | undefined, alpha: number, relu: boolean): tf.Tensor2D {
