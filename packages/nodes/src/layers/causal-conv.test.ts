@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { initBackend, isInt8Weight, type Checkpoint } from '@omniflow/runtime-gpu';
-import { causalConv1d, disposeConv, im2col, loadCausalConv1d } from './causal-conv.js';
+import { initBackend, isInt8Weight, matMulInt8, packInt8, type Checkpoint } from '@omniflow/runtime-gpu';
+import { causalConv1d, disposeConv, im2col, im2colInt8, im2colInt8Applies, loadCausalConv1d } from './causal-conv.js';
 import { StreamState } from './stream-state.js';
 
 /** A checkpoint stand-in holding one conv's weight ([out, in, k]) and bias, deterministic pseudo-random values. */
@@ -70,6 +70,29 @@ describe('causalConv1d with int8 weights (im2col + int8 product)', () => {
     tf.dispose(x);
     disposeConv(f32);
     disposeConv(q);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  // 8 channels x k 7: K = 56 padded to 64; 5 outputs leave a partial 4-output block; 96 x 7 at dilation 9 is Code2Wav's
+  // last block. Rows 3-12 of x are zero (a zero im2col row: scale 0), one row is large (a wide per-row range).
+  it.each([
+    [8, 5, 7, 3, true], [96, 96, 7, 9, false], [16, 12, 3, 1, true],
+  ])('im2colInt8 (fused im2col + quantize) equals matMulInt8(im2col(x)) bit for bit: C %i, N %i, k %i, d %i, bias %s', (C, N, k, d, withBias) => {
+    const before = tf.memory().numTensors;
+    const rows = 50 + (k - 1) * d;
+    const data = tf.tidy(() => tf.randomNormal([rows, C], 0, 1, 'float32', 5).dataSync() as Float32Array);
+    data.fill(0, 3 * C, 13 * C);
+    for (let c = 0; c < C; c++) data[30 * C + c] *= 1000;
+    const x = tf.tensor2d(data, [rows, C]);
+    const w = tf.tidy(() => packInt8(tf.randomNormal([k * C, N], 0, 0.1, 'float32', 6) as tf.Tensor2D));
+    const bias = withBias ? tf.randomNormal([N], 0, 1, 'float32', 7) as tf.Tensor1D : undefined;
+    expect(im2colInt8Applies(x, w)).toBe(true);
+    const want = tf.tidy(() => matMulInt8(im2col(x, k, d), w, { bias }).dataSync());
+    const got = tf.tidy(() => im2colInt8(x, w, k, d, bias).dataSync());
+    expect(got.length).toBe(50 * N);
+    expect([...got]).toEqual([...want]);
+    expect(() => tf.tidy(() => im2colInt8(x, w, k + 1, d))).toThrow(/int8 \[\d+, N\] weight for k \d+ over \d+ channels/);
+    tf.dispose([x, w, ...(bias ? [bias] : [])]);
     expect(tf.memory().numTensors).toBe(before);
   });
 });

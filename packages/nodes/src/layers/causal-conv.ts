@@ -1,5 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { heapOffset, wasmHeap, type Checkpoint, type WasmBackendInternals } from '@omniflow/runtime-gpu';
+import {
+  buildInt8MatMul, heapImportLimits, heapOffset, int8ScratchBytes, int8WeightShape, int8XMax, INT8_VARIANT, MATMUL_EPILOGUE, wasmHeap, WasmModuleBuilder,
+  type Checkpoint, type Int8MatMul, type WasmBackendInternals, type WasmCode, type WasmLocal,
+} from '@omniflow/runtime-gpu';
 import { matMulWeight, packWeight, type WeightDtype } from './linear.js';
 import type { StreamState } from './stream-state.js';
 
@@ -78,6 +81,7 @@ export function causalConv1d(x: tf.Tensor3D, conv: CausalConv1d, state?: StreamS
       // Row l of the im2col matrix is [x[l], x[l + d], ..., x[l + (k-1)·d]] of the padded input: each output row is
       // one product row, so it depends on its own input rows only (int8 quantizes x per row: chunking cannot change it).
       const rows = tf.reshape(padded, [padded.shape[1], inC]) as tf.Tensor2D;
+      if (im2colInt8Applies(rows, conv.im2col)) return tf.reshape(im2colInt8(rows, conv.im2col, conv.kernelSize, conv.dilation, conv.bias), [1, length, conv.outChannels]);
       const y = matMulWeight(im2col(rows, conv.kernelSize, conv.dilation), conv.im2col, { bias: conv.bias });
       return tf.reshape(y, [1, length, conv.outChannels]);
     }
@@ -280,6 +284,134 @@ function im2colWasm(args: { inputs: { x: tf.TensorInfo }; backend: WasmBackendIn
     for (let t = 0, i = src + (l + t * d) * C; t < k; t++, i += d * C, o += C) heap.copyWithin(o, i, i + C);
   }
   return out;
+}
+
+const IM2COL_INT8 = 'OmniflowIm2colInt8';
+
+/**
+ * Whether im2colInt8 runs here: the wasm backend, an int8 weight (packInt8) and channels a multiple of 8 (the fused
+ * quantizer's vector step).
+ */
+export function im2colInt8Applies(x: tf.Tensor2D, weight: tf.Tensor2D): boolean {
+  return tf.getBackend() === 'wasm' && x.dtype === 'float32' && x.shape[1] % 8 === 0 && int8WeightShape(weight) !== undefined;
+}
+
+/**
+ * `matMulInt8(im2col(x, k, d), weight, { bias })` with the im2col matrix never built in float32: one wasm pass reads
+ * each im2col row's k taps straight from x (which stays in L2), takes their max |x| and writes the row quantized to
+ * int16, the same values and scale runtime-gpu's int8 kernel's own `quantize` gives the float im2col row (identical
+ * output); then that kernel's row blocks. At Code2Wav's narrow end this skips writing and re-reading the [L, k·C]
+ * float32 matrix (5 MB for the last block's [1920, 672]). Check im2colInt8Applies first.
+ *
+ * ```ts
+ * const y = im2colInt8(padded, conv.im2col!, 7, 9, conv.bias); // padded [L + 54, 96] -> [L, 96]
+ * ```
+ */
+export function im2colInt8(x: tf.Tensor2D, weight: tf.Tensor2D, kernelSize: number, dilation: number, bias?: tf.Tensor1D): tf.Tensor2D {
+  const [rows, C] = x.shape, shape = int8WeightShape(weight);
+  if (!shape || shape.K !== kernelSize * C) throw new Error(`im2colInt8: weight must be an int8 [${kernelSize * C}, N] weight for k ${kernelSize} over ${C} channels, got [${weight.shape}]`);
+  if (rows < (kernelSize - 1) * dilation) throw new Error(`im2colInt8: ${rows} rows are fewer than the ${(kernelSize - 1) * dilation} of left context a k ${kernelSize}, dilation ${dilation} conv needs`);
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== shape.N)) throw new Error(`im2colInt8: bias must be [${shape.N}], got [${bias.shape}]`);
+  if (!tf.getKernel(IM2COL_INT8, 'wasm')) tf.registerKernel({ kernelName: IM2COL_INT8, backendName: 'wasm', kernelFunc: im2colInt8Wasm as unknown as tf.KernelFunc });
+  const inputs: tf.NamedTensorMap = bias ? { x, w: weight, bias } : { x, w: weight };
+  return tf.engine().runKernel(IM2COL_INT8, inputs, { kernelSize, dilation, N: shape.N } as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+}
+
+/** Same tiling as runtime-gpu's int8 kernel: column tiles of ~256 KiB of weights, so W stays in L2 across row blocks. */
+const IM2COL_INT8_TILE_BYTES = 256 * 1024;
+
+interface Im2colInt8Module {
+  /** xq [L, Kp] int16 and sx [L] f32 for im2col rows of x (byte addresses; `tapStride` = d·C·4 bytes). */
+  quantize(x: number, L: number, C: number, k: number, tapStride: number, Kp: number, xmax: number, xq: number, sx: number): void;
+  product: Int8MatMul;
+}
+
+const im2colInt8Modules = new WeakMap<object, Im2colInt8Module>();
+
+function im2colInt8Wasm(args: { inputs: { x: tf.TensorInfo; w: tf.TensorInfo; bias?: tf.TensorInfo }; backend: WasmBackendInternals; attrs: { kernelSize: number; dilation: number; N: number } }): tf.TensorInfo {
+  const { backend, attrs: { kernelSize: k, dilation: d, N } } = args;
+  const { x, w, bias } = args.inputs;
+  const [rows, C] = x.shape as [number, number];
+  const L = rows - (k - 1) * d, K = k * C, Kp = w.shape[1]! - 4;
+  const out = backend.makeOutput([L, N], 'float32');
+  if (L === 0) return out;
+  let mod = im2colInt8Modules.get(backend);
+  if (!mod) {
+    const heap = wasmHeap(backend);
+    const limits = heapImportLimits(heap);
+    const m = new WasmModuleBuilder().importMemory('env', 'memory', limits);
+    m.func('quantize', { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32', 'i32'], results: [] }, emitIm2colQuantize);
+    const exports = m.instantiate({ env: { memory: heap } });
+    mod = { quantize: exports.quantize as Im2colInt8Module['quantize'], product: buildInt8MatMul(heap, INT8_VARIANT, limits) };
+    im2colInt8Modules.set(backend, mod);
+  }
+  const scratch = backend.makeOutput([Math.ceil(int8ScratchBytes(L, Kp) / 4)], 'int32');
+  try {
+    // Offsets after every allocation (an allocation can grow the heap).
+    const xq = heapOffset(backend, scratch, 'scratch'), sx = xq + L * Kp * 2;
+    const wOff = heapOffset(backend, w, 'w'), yOff = heapOffset(backend, out, 'y'), bOff = bias ? heapOffset(backend, bias, 'bias') : 0;
+    mod.quantize(heapOffset(backend, x, 'x'), L, C, k, d * C * 4, Kp, int8XMax(K), xq, sx);
+    const { rows: fns, variant } = mod.product;
+    const tile = 4 * Math.max(1, Math.floor(IM2COL_INT8_TILE_BYTES / (4 * Kp + 16)));
+    for (let n0 = 0; n0 < N; n0 += tile) {
+      for (let r0 = 0; r0 < L; r0 += variant.maxRows) {
+        fns[Math.min(variant.maxRows, L - r0)]!(xq + r0 * Kp * 2, sx + 4 * r0, wOff, bOff, yOff + r0 * N * 4, Kp, N, n0, Math.min(N, n0 + tile), 1, MATMUL_EPILOGUE.none);
+      }
+    }
+  } finally {
+    backend.disposeData(scratch.dataId);
+  }
+  return out;
+}
+
+/**
+ * Per im2col row l: amax = max |x| over its k taps (rows l + t·d, C floats each), sx[l] = amax / xmax, and the taps
+ * times xmax / amax rounded to int16 side by side, zero padded to Kp: the arithmetic of runtime-gpu's int8 `quantize`
+ * (max is order-free, so the scale and every value are the same bits).
+ */
+function emitIm2colQuantize(c: WasmCode, params: WasmLocal[]): void {
+  const [x, L, C, k, tapStride, Kp, xmax, xq, sx] = params as [WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal];
+  const [l, t, row, p, pEnd, dst, dEnd] = Array.from({ length: 7 }, () => c.local('i32'));
+  const mx = c.local('v128'), inv4 = c.local('v128'), amax = c.local('f32'), inv = c.local('f32');
+  const magic = c.local('v128'), unmagic = c.local('v128');
+  // Rounding by adding 1.5·2^23: for |v| < 2^22 the sum's low mantissa bits are v rounded to nearest-even, the same
+  // integer as f32x4.nearest + trunc_sat (|v| <= xmax <= 32767 here) at fewer x64 instructions than trunc_sat's fix-ups.
+  c.f32Const(12582912).f32x4Splat().localSet(magic);
+  c.v128ConstI32x4([-0x4b400000, -0x4b400000, -0x4b400000, -0x4b400000]).localSet(unmagic);
+  const taps = (body: () => void) => c.for(t, () => c.i32Const(0), () => c.localGet(k), 1, () => {
+    c.localGet(row).localGet(t).localGet(tapStride).i32Mul().i32Add().localSet(p);
+    c.localGet(p).localGet(C).i32Const(4).i32Mul().i32Add().localSet(pEnd);
+    body();
+  });
+  c.for(l, () => c.i32Const(0), () => c.localGet(L), 1, () => {
+    c.localGet(x).localGet(l).localGet(C).i32Mul().i32Const(4).i32Mul().i32Add().localSet(row);
+    c.f32Const(0).f32x4Splat().localSet(mx);
+    taps(() => c.loop((top) => {
+      c.localGet(mx).localGet(p).v128Load().f32x4Abs().f32x4Max().localSet(mx);
+      c.localGet(p).i32Const(16).i32Add().localTee(p).localGet(pEnd).i32LtU().brIf(top);
+    }));
+    c.localGet(mx).f32x4ExtractLane(0).localGet(mx).f32x4ExtractLane(1).f32Max();
+    c.localGet(mx).f32x4ExtractLane(2).localGet(mx).f32x4ExtractLane(3).f32Max().f32Max().localSet(amax);
+    c.localGet(sx).localGet(l).i32Const(4).i32Mul().i32Add().localGet(amax).localGet(xmax).f32Div().f32Store();
+    c.f32Const(0).localGet(xmax).localGet(amax).f32Div().localGet(amax).f32Const(0).f32Eq().select().localSet(inv);
+    c.localGet(inv).f32x4Splat().localSet(inv4);
+    c.localGet(xq).localGet(l).localGet(Kp).i32Mul().i32Const(2).i32Mul().i32Add().localSet(dst);
+    c.localGet(dst).localGet(Kp).i32Const(2).i32Mul().i32Add().localSet(dEnd);
+    taps(() => c.loop((top) => {
+      c.localGet(dst);
+      c.localGet(p).v128Load(0).localGet(inv4).f32x4Mul().localGet(magic).f32x4Add().localGet(unmagic).i32x4Add();
+      c.localGet(p).v128Load(16).localGet(inv4).f32x4Mul().localGet(magic).f32x4Add().localGet(unmagic).i32x4Add();
+      c.i16x8NarrowI32x4S().v128Store();
+      c.localGet(dst).i32Const(16).i32Add().localSet(dst);
+      c.localGet(p).i32Const(32).i32Add().localTee(p).localGet(pEnd).i32LtU().brIf(top);
+    }));
+    c.block((exit) => c.loop((top) => { // zero padding up to Kp
+      c.localGet(dst).localGet(dEnd).i32GeU().brIf(exit);
+      c.localGet(dst).i32Const(0).i32Store16();
+      c.localGet(dst).i32Const(2).i32Add().localSet(dst);
+      c.br(top);
+    }));
+  });
 }
 
 /** Disposes every tensor of a conv (filter, pointwise, weight, biases). */
