@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { initBackend, isInt8Weight, matMulInt8, packInt8, type Checkpoint } from '@omniflow/runtime-gpu';
+import { initBackend, int8WeightShape, isInt8Weight, matMulInt8, packInt8, type Checkpoint } from '@omniflow/runtime-gpu';
 import { causalConv1d, disposeConv, im2col, im2colInt8, im2colInt8Applies, loadCausalConv1d } from './causal-conv.js';
 import { StreamState } from './stream-state.js';
 
@@ -38,11 +38,13 @@ describe('causalConv1d with int8 weights (im2col + int8 product)', () => {
   // 24 channels: K = 7·24 = 168 is not a multiple of 16 (padded), 20 outputs a multiple of the 4-output blocks; 5 → 3
   // leaves a partial block.
   it.each([
-    [24, 20, 7, 1], [24, 20, 7, 3], [5, 3, 7, 9], [24, 20, 1, 1],
-  ])('in %i, out %i, k %i, dilation %i: within the int8 bound of float32, and chunked streaming equals the whole', (inC, outC, k, d) => {
+    [24, 20, 7, 1, 'rows'], [24, 20, 7, 3, 'rows'], [5, 3, 7, 9, 'rows'], [24, 20, 1, 1, 'rows'],
+    [24, 20, 7, 3, 'panels'], [5, 3, 7, 9, 'panels'], [24, 20, 1, 1, 'panels'],
+  ] as const)('in %i, out %i, k %i, dilation %i, %s: within the int8 bound of float32, and chunked streaming equals the whole', (inC, outC, k, d, packing) => {
     const before = tf.memory().numTensors;
     const f32 = loadCausalConv1d(convCheckpoint(inC, outC, k, 3), 'c', inC, outC, k, d);
-    const q = loadCausalConv1d(convCheckpoint(inC, outC, k, 3), 'c', inC, outC, k, d, 'int8');
+    const q = loadCausalConv1d(convCheckpoint(inC, outC, k, 3), 'c', inC, outC, k, d, 'int8', packing);
+    expect(int8WeightShape(k === 1 ? q.pointwise! : q.im2col!)?.packing).toBe(packing);
     expect(isInt8Weight(k === 1 ? q.pointwise! : q.im2col!)).toBe(true);
     expect(q.filter).toBeUndefined();
     const L = 40;
@@ -74,17 +76,19 @@ describe('causalConv1d with int8 weights (im2col + int8 product)', () => {
   });
 
   // 8 channels x k 7: K = 56 padded to 64; 5 outputs leave a partial 4-output block; 96 x 7 at dilation 9 is Code2Wav's
-  // last block. Rows 3-12 of x are zero (a zero im2col row: scale 0), one row is large (a wide per-row range).
+  // last block; 13 channels leave a tail in every tap. Rows 3-12 of x are zero (a zero im2col row: scale 0), one row is
+  // large (a wide per-row range).
   it.each([
-    [8, 5, 7, 3, true], [96, 96, 7, 9, false], [16, 12, 3, 1, true],
-  ])('im2colInt8 (fused im2col + quantize) equals matMulInt8(im2col(x)) bit for bit: C %i, N %i, k %i, d %i, bias %s', (C, N, k, d, withBias) => {
+    [8, 5, 7, 3, true, 'rows'], [96, 96, 7, 9, false, 'rows'], [16, 12, 3, 1, true, 'rows'], [13, 11, 7, 2, true, 'rows'],
+    [8, 5, 7, 3, true, 'panels'], [96, 96, 7, 9, false, 'panels'], [13, 11, 7, 2, true, 'panels'],
+  ] as const)('im2colInt8 (fused im2col + quantize) equals matMulInt8(im2col(x)) bit for bit: C %i, N %i, k %i, d %i, bias %s, %s', (C, N, k, d, withBias, packing) => {
     const before = tf.memory().numTensors;
     const rows = 50 + (k - 1) * d;
     const data = tf.tidy(() => tf.randomNormal([rows, C], 0, 1, 'float32', 5).dataSync() as Float32Array);
     data.fill(0, 3 * C, 13 * C);
     for (let c = 0; c < C; c++) data[30 * C + c] *= 1000;
     const x = tf.tensor2d(data, [rows, C]);
-    const w = tf.tidy(() => packInt8(tf.randomNormal([k * C, N], 0, 0.1, 'float32', 6) as tf.Tensor2D));
+    const w = tf.tidy(() => packInt8(tf.randomNormal([k * C, N], 0, 0.1, 'float32', 6).dataSync() as Float32Array, k * C, N, 'in-out', packing));
     const bias = withBias ? tf.randomNormal([N], 0, 1, 'float32', 7) as tf.Tensor1D : undefined;
     expect(im2colInt8Applies(x, w)).toBe(true);
     const want = tf.tidy(() => matMulInt8(im2col(x, k, d), w, { bias }).dataSync());

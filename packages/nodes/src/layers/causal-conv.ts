@@ -1,7 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import {
-  buildInt8MatMul, heapImportLimits, heapOffset, int8ScratchBytes, int8WeightShape, int8XMax, INT8_VARIANT, MATMUL_EPILOGUE, wasmHeap, WasmModuleBuilder,
-  type Checkpoint, type Int8MatMul, type WasmBackendInternals, type WasmCode, type WasmLocal,
+  heapOffset, int8WeightShape, MATMUL_EPILOGUE, runInt8Product, wasmHeap, type Checkpoint, type Int8Packing, type WasmBackendInternals,
 } from '@omniflow/runtime-gpu';
 import { matMulWeight, packWeight, type WeightDtype } from './linear.js';
 import type { StreamState } from './stream-state.js';
@@ -38,17 +37,18 @@ export interface CausalConv1d {
  * Loads `${prefix}.conv.weight` ([out, in, k], PyTorch layout) and `${prefix}.conv.bias`. `format` 'int8' packs the
  * weight per output column (packWeight) and runs the conv as im2col + the int8 product: on wasm 1.4-2.3x faster than
  * XNNPACK's float32 conv at Code2Wav's decoder shapes (k = 7, 96-1536 channels, 4-1920 rows; slower only for a
- * single output channel), with the int8 product's error (~0.4% rms with uniform random weights). Other formats keep
+ * single output channel), with the int8 product's error (~0.4% rms with uniform random weights); `packing` 'panels'
+ * for convs that see many rows per call (runtime-gpu's Int8Packing: ~1.3x the 'rows' kernel there). Other formats keep
  * float32 (a conv sees many rows per call, where bf16 does not pay).
  *
  * ```ts
  * const conv = loadCausalConv1d(ckpt, 'code2wav.decoder.0', 1024, 1536, 7);
  * const y = causalConv1d(x, conv); // [1, L, 1024] -> [1, L, 1536]
- * const conv8 = loadCausalConv1d(ckpt, 'code2wav.decoder.0', 1024, 1536, 7, 1, 'int8'); // a quarter of the bytes
+ * const conv8 = loadCausalConv1d(ckpt, 'code2wav.decoder.0', 1024, 1536, 7, 1, 'int8', 'panels'); // a quarter of the bytes
  * ```
  */
 export function loadCausalConv1d(
-  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, dilation = 1, format: WeightDtype = 'float32',
+  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, dilation = 1, format: WeightDtype = 'float32', packing: Int8Packing = 'rows',
 ): CausalConv1d {
   const w = ckpt.get(`${prefix}.conv.weight`, [outChannels, inChannels, kernelSize]).data as Float32Array;
   const bias = tf.tensor1d(ckpt.get(`${prefix}.conv.bias`, [outChannels]).data as Float32Array);
@@ -62,9 +62,9 @@ export function loadCausalConv1d(
   }
   const int8 = format === 'int8';
   // A pointwise conv is a plain matmul, faster than conv2d on wasm.
-  if (kernelSize === 1) return { ...base, pointwise: packWeight(m, inChannels, outChannels, int8 ? 'int8' : 'float32') };
+  if (kernelSize === 1) return { ...base, pointwise: packWeight(m, inChannels, outChannels, int8 ? 'int8' : 'float32', packing) };
   // [k, in, out] read as [k·in, out] is the im2col weight: tap-major rows, as the shifted slices are concatenated.
-  if (int8) return { ...base, im2col: packWeight(m, kernelSize * inChannels, outChannels, 'int8') };
+  if (int8) return { ...base, im2col: packWeight(m, kernelSize * inChannels, outChannels, 'int8', packing) };
   return { ...base, filter: tf.tensor4d(m, [1, kernelSize, inChannels, outChannels]) };
 }
 
@@ -159,7 +159,8 @@ export interface CausalTransConv1d {
  * Loads `${prefix}.conv.weight` ([in, out, k], PyTorch ConvTranspose1d layout) and `${prefix}.conv.bias`. With
  * `format` 'bf16' the weight is kept packed (packWeight): worth it where a call sees one or two rows, so the product
  * streams its weights (Code2Wav's upsampling while streaming); exact on a bf16 checkpoint. 'int8' packs the joined
- * polyphase matrix per output column (after joining: the packed layout is blocks of 4 outputs), faster at any row count.
+ * polyphase matrix per output column (after joining: the packed layout groups outputs), faster at any row count;
+ * `packing` as for loadCausalConv1d.
  *
  * ```ts
  * const up = loadCausalTransConv1d(ckpt, 'code2wav.decoder.1.block.1', 1536, 768, 16, 8);
@@ -167,7 +168,7 @@ export interface CausalTransConv1d {
  * ```
  */
 export function loadCausalTransConv1d(
-  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, stride: number, format: WeightDtype = 'float32',
+  ckpt: Checkpoint, prefix: string, inChannels: number, outChannels: number, kernelSize: number, stride: number, format: WeightDtype = 'float32', packing: Int8Packing = 'rows',
 ): CausalTransConv1d {
   if (kernelSize !== stride && kernelSize !== 2 * stride) {
     throw new Error(`${prefix}: causal transposed conv with kernel ${kernelSize} and stride ${stride} is not supported (kernel must be stride or 2·stride)`);
@@ -187,7 +188,7 @@ export function loadCausalTransConv1d(
       }
     }
   }
-  const weight = packWeight(m, rows, cols, format);
+  const weight = packWeight(m, rows, cols, format, packing);
   const bias = tf.tensor1d(ckpt.get(`${prefix}.conv.bias`, [outChannels]).data as Float32Array);
   const phaseBias = tf.tidy(() => tf.tile(bias, [s]) as tf.Tensor1D);
   return { weight, bias, phaseBias, kernelSize, stride, inChannels, outChannels };
@@ -288,20 +289,17 @@ function im2colWasm(args: { inputs: { x: tf.TensorInfo }; backend: WasmBackendIn
 
 const IM2COL_INT8 = 'OmniflowIm2colInt8';
 
-/**
- * Whether im2colInt8 runs here: the wasm backend, an int8 weight (packInt8) and channels a multiple of 8 (the fused
- * quantizer's vector step).
- */
+/** Whether im2colInt8 runs here: the wasm backend, float32 x and an int8 weight (packInt8, either packing). */
 export function im2colInt8Applies(x: tf.Tensor2D, weight: tf.Tensor2D): boolean {
-  return tf.getBackend() === 'wasm' && x.dtype === 'float32' && x.shape[1] % 8 === 0 && int8WeightShape(weight) !== undefined;
+  return tf.getBackend() === 'wasm' && x.dtype === 'float32' && int8WeightShape(weight) !== undefined;
 }
 
 /**
- * `matMulInt8(im2col(x, k, d), weight, { bias })` with the im2col matrix never built in float32: one wasm pass reads
- * each im2col row's k taps straight from x (which stays in L2), takes their max |x| and writes the row quantized to
- * int16, the same values and scale runtime-gpu's int8 kernel's own `quantize` gives the float im2col row (identical
- * output); then that kernel's row blocks. At Code2Wav's narrow end this skips writing and re-reading the [L, k·C]
- * float32 matrix (5 MB for the last block's [1920, 672]). Check im2colInt8Applies first.
+ * `matMulInt8(im2col(x, k, d), weight, { bias })` with the im2col matrix never built in float32: runtime-gpu's int8
+ * quantizer reads each im2col row's k taps straight from x (which stays in L2), takes their max |x| and writes the row
+ * quantized to int16 (the same values and scale it gives the float im2col row, so the output is identical); then the
+ * weight's packing's row blocks. At Code2Wav's narrow end this skips writing and re-reading the [L, k·C] float32
+ * matrix (5 MB for the last block's [1920, 672]). Check im2colInt8Applies first.
  *
  * ```ts
  * const y = im2colInt8(padded, conv.im2col!, 7, 9, conv.bias); // padded [L + 54, 96] -> [L, 96]
@@ -314,104 +312,17 @@ export function im2colInt8(x: tf.Tensor2D, weight: tf.Tensor2D, kernelSize: numb
   if (bias && (bias.rank !== 1 || bias.shape[0] !== shape.N)) throw new Error(`im2colInt8: bias must be [${shape.N}], got [${bias.shape}]`);
   if (!tf.getKernel(IM2COL_INT8, 'wasm')) tf.registerKernel({ kernelName: IM2COL_INT8, backendName: 'wasm', kernelFunc: im2colInt8Wasm as unknown as tf.KernelFunc });
   const inputs: tf.NamedTensorMap = bias ? { x, w: weight, bias } : { x, w: weight };
-  return tf.engine().runKernel(IM2COL_INT8, inputs, { kernelSize, dilation, N: shape.N } as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+  return tf.engine().runKernel(IM2COL_INT8, inputs, { kernelSize, dilation, N: shape.N, packing: shape.packing } as unknown as tf.NamedAttrMap) as tf.Tensor2D;
 }
 
-/** Same tiling as runtime-gpu's int8 kernel: column tiles of ~256 KiB of weights, so W stays in L2 across row blocks. */
-const IM2COL_INT8_TILE_BYTES = 256 * 1024;
-
-interface Im2colInt8Module {
-  /** xq [L, Kp] int16 and sx [L] f32 for im2col rows of x (byte addresses; `tapStride` = d·C·4 bytes). */
-  quantize(x: number, L: number, C: number, k: number, tapStride: number, Kp: number, xmax: number, xq: number, sx: number): void;
-  product: Int8MatMul;
-}
-
-const im2colInt8Modules = new WeakMap<object, Im2colInt8Module>();
-
-function im2colInt8Wasm(args: { inputs: { x: tf.TensorInfo; w: tf.TensorInfo; bias?: tf.TensorInfo }; backend: WasmBackendInternals; attrs: { kernelSize: number; dilation: number; N: number } }): tf.TensorInfo {
-  const { backend, attrs: { kernelSize: k, dilation: d, N } } = args;
+function im2colInt8Wasm(args: { inputs: { x: tf.TensorInfo; w: tf.TensorInfo; bias?: tf.TensorInfo }; backend: WasmBackendInternals; attrs: { kernelSize: number; dilation: number; N: number; packing: Int8Packing } }): tf.TensorInfo {
+  const { backend, attrs: { kernelSize: k, dilation: d, N, packing } } = args;
   const { x, w, bias } = args.inputs;
   const [rows, C] = x.shape as [number, number];
-  const L = rows - (k - 1) * d, K = k * C, Kp = w.shape[1]! - 4;
+  const L = rows - (k - 1) * d;
   const out = backend.makeOutput([L, N], 'float32');
-  if (L === 0) return out;
-  let mod = im2colInt8Modules.get(backend);
-  if (!mod) {
-    const heap = wasmHeap(backend);
-    const limits = heapImportLimits(heap);
-    const m = new WasmModuleBuilder().importMemory('env', 'memory', limits);
-    m.func('quantize', { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32', 'i32'], results: [] }, emitIm2colQuantize);
-    const exports = m.instantiate({ env: { memory: heap } });
-    mod = { quantize: exports.quantize as Im2colInt8Module['quantize'], product: buildInt8MatMul(heap, INT8_VARIANT, limits) };
-    im2colInt8Modules.set(backend, mod);
-  }
-  const scratch = backend.makeOutput([Math.ceil(int8ScratchBytes(L, Kp) / 4)], 'int32');
-  try {
-    // Offsets after every allocation (an allocation can grow the heap).
-    const xq = heapOffset(backend, scratch, 'scratch'), sx = xq + L * Kp * 2;
-    const wOff = heapOffset(backend, w, 'w'), yOff = heapOffset(backend, out, 'y'), bOff = bias ? heapOffset(backend, bias, 'bias') : 0;
-    mod.quantize(heapOffset(backend, x, 'x'), L, C, k, d * C * 4, Kp, int8XMax(K), xq, sx);
-    const { rows: fns, variant } = mod.product;
-    const tile = 4 * Math.max(1, Math.floor(IM2COL_INT8_TILE_BYTES / (4 * Kp + 16)));
-    for (let n0 = 0; n0 < N; n0 += tile) {
-      for (let r0 = 0; r0 < L; r0 += variant.maxRows) {
-        fns[Math.min(variant.maxRows, L - r0)]!(xq + r0 * Kp * 2, sx + 4 * r0, wOff, bOff, yOff + r0 * N * 4, Kp, N, n0, Math.min(N, n0 + tile), 1, MATMUL_EPILOGUE.none);
-      }
-    }
-  } finally {
-    backend.disposeData(scratch.dataId);
-  }
+  if (L > 0) runInt8Product(backend, { x: heapOffset(backend, x, 'x'), rows: L, channels: C, taps: k, tapStride: d * C * 4 }, w, bias, out, N, packing, 1, MATMUL_EPILOGUE.none);
   return out;
-}
-
-/**
- * Per im2col row l: amax = max |x| over its k taps (rows l + t·d, C floats each), sx[l] = amax / xmax, and the taps
- * times xmax / amax rounded to int16 side by side, zero padded to Kp: the arithmetic of runtime-gpu's int8 `quantize`
- * (max is order-free, so the scale and every value are the same bits).
- */
-function emitIm2colQuantize(c: WasmCode, params: WasmLocal[]): void {
-  const [x, L, C, k, tapStride, Kp, xmax, xq, sx] = params as [WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal];
-  const [l, t, row, p, pEnd, dst, dEnd] = Array.from({ length: 7 }, () => c.local('i32'));
-  const mx = c.local('v128'), inv4 = c.local('v128'), amax = c.local('f32'), inv = c.local('f32');
-  const magic = c.local('v128'), unmagic = c.local('v128');
-  // Rounding by adding 1.5·2^23: for |v| < 2^22 the sum's low mantissa bits are v rounded to nearest-even, the same
-  // integer as f32x4.nearest + trunc_sat (|v| <= xmax <= 32767 here) at fewer x64 instructions than trunc_sat's fix-ups.
-  c.f32Const(12582912).f32x4Splat().localSet(magic);
-  c.v128ConstI32x4([-0x4b400000, -0x4b400000, -0x4b400000, -0x4b400000]).localSet(unmagic);
-  const taps = (body: () => void) => c.for(t, () => c.i32Const(0), () => c.localGet(k), 1, () => {
-    c.localGet(row).localGet(t).localGet(tapStride).i32Mul().i32Add().localSet(p);
-    c.localGet(p).localGet(C).i32Const(4).i32Mul().i32Add().localSet(pEnd);
-    body();
-  });
-  c.for(l, () => c.i32Const(0), () => c.localGet(L), 1, () => {
-    c.localGet(x).localGet(l).localGet(C).i32Mul().i32Const(4).i32Mul().i32Add().localSet(row);
-    c.f32Const(0).f32x4Splat().localSet(mx);
-    taps(() => c.loop((top) => {
-      c.localGet(mx).localGet(p).v128Load().f32x4Abs().f32x4Max().localSet(mx);
-      c.localGet(p).i32Const(16).i32Add().localTee(p).localGet(pEnd).i32LtU().brIf(top);
-    }));
-    c.localGet(mx).f32x4ExtractLane(0).localGet(mx).f32x4ExtractLane(1).f32Max();
-    c.localGet(mx).f32x4ExtractLane(2).localGet(mx).f32x4ExtractLane(3).f32Max().f32Max().localSet(amax);
-    c.localGet(sx).localGet(l).i32Const(4).i32Mul().i32Add().localGet(amax).localGet(xmax).f32Div().f32Store();
-    c.f32Const(0).localGet(xmax).localGet(amax).f32Div().localGet(amax).f32Const(0).f32Eq().select().localSet(inv);
-    c.localGet(inv).f32x4Splat().localSet(inv4);
-    c.localGet(xq).localGet(l).localGet(Kp).i32Mul().i32Const(2).i32Mul().i32Add().localSet(dst);
-    c.localGet(dst).localGet(Kp).i32Const(2).i32Mul().i32Add().localSet(dEnd);
-    taps(() => c.loop((top) => {
-      c.localGet(dst);
-      c.localGet(p).v128Load(0).localGet(inv4).f32x4Mul().localGet(magic).f32x4Add().localGet(unmagic).i32x4Add();
-      c.localGet(p).v128Load(16).localGet(inv4).f32x4Mul().localGet(magic).f32x4Add().localGet(unmagic).i32x4Add();
-      c.i16x8NarrowI32x4S().v128Store();
-      c.localGet(dst).i32Const(16).i32Add().localSet(dst);
-      c.localGet(p).i32Const(32).i32Add().localTee(p).localGet(pEnd).i32LtU().brIf(top);
-    }));
-    c.block((exit) => c.loop((top) => { // zero padding up to Kp
-      c.localGet(dst).localGet(dEnd).i32GeU().brIf(exit);
-      c.localGet(dst).i32Const(0).i32Store16();
-      c.localGet(dst).i32Const(2).i32Add().localSet(dst);
-      c.br(top);
-    }));
-  });
 }
 
 /** Disposes every tensor of a conv (filter, pointwise, weight, biases). */

@@ -83,7 +83,7 @@ describe('linear weights: float32 and packed bf16', () => {
     const f32 = loadLinear(source(inF, outF), 'l', inF, outF, true);
     const int8 = loadLinear(source(inF, outF), 'l', inF, outF, true, 'int8');
     expect(isInt8Weight(int8.weight)).toBe(true);
-    expect(int8WeightShape(int8.weight)).toEqual({ K: inF, N: outF });
+    expect(int8WeightShape(int8.weight)).toEqual({ K: inF, N: outF, packing: 'rows' });
     expect(int8.weight.shape).toEqual([9, 148]); // 34 outputs in 9 blocks of 4; 130 inputs padded to 144, then 4 scales
     const w = f32.weight.dataSync() as Float32Array;
     const colMax = Array.from({ length: outF }, (_, n) => Math.max(...Array.from({ length: inF }, (_, k) => Math.abs(w[k * outF + n]!))));

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { isInt8Weight, matMulBf16, matMulInt8, matMulSmall, packBf16Bits, packInt8, type Checkpoint } from '@omniflow/runtime-gpu';
+import { isInt8Weight, matMulBf16, matMulInt8, matMulSmall, packBf16Bits, packInt8, type Checkpoint, type Int8Packing } from '@omniflow/runtime-gpu';
 
 // The A/B switch lives with the kernel's routing rule in the runtime; re-exported for model code and benches.
 export { useSimdMatMul } from '@omniflow/runtime-gpu';
@@ -61,7 +61,8 @@ export function loadLinear(ckpt: WeightSource, prefix: string, inFeatures: numbe
  * A weight matrix on the device from a host `[rows, cols]` float32 array (`[in, out]`), in `format`. A bf16 matrix
  * needs an even number of columns (two per int32); one with an odd width (e.g. the MoE shared-expert gate's single
  * column) stays float32, which every product below accepts. An int8 matrix takes any shape (packInt8: quantized per
- * column on the host, one tensor on the device).
+ * column on the host, one tensor on the device), packed for products of a few rows ('rows', the default) or of many
+ * ('panels': convolutions; runtime-gpu's Int8Packing).
  *
  * ```ts
  * const w = packWeight(new Float32Array(1024 * 2048), 1024, 2048, 'bf16'); // int32 [1024, 1024]
@@ -69,9 +70,9 @@ export function loadLinear(ckpt: WeightSource, prefix: string, inFeatures: numbe
  * const w8 = packWeight(new Float32Array(1024 * 2048), 1024, 2048, 'int8'); // int8 weight, int32 [512, 1028]
  * ```
  */
-export function packWeight(data: Float32Array, rows: number, cols: number, format: WeightDtype = 'float32'): tf.Tensor2D {
+export function packWeight(data: Float32Array, rows: number, cols: number, format: WeightDtype = 'float32', packing: Int8Packing = 'rows'): tf.Tensor2D {
   if (data.length !== rows * cols) throw new Error(`packWeight: ${data.length} values for a [${rows}, ${cols}] matrix`);
-  if (format === 'int8') return packInt8(data, rows, cols);
+  if (format === 'int8') return packInt8(data, rows, cols, 'in-out', packing);
   if (format === 'float32' || cols % 2 !== 0) return tf.tensor2d(data, [rows, cols]);
   // Packed on the host (round to nearest even, two per int32, see packBf16): no float32 copy on the device.
   return tf.tensor2d(packBf16Bits(new Uint32Array(data.buffer, data.byteOffset, data.length)), [rows, cols / 2], 'int32');

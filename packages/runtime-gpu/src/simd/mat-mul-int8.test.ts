@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend } from '../backend.js';
-import { int8PackedShape, int8PaddedK, int8Values, int8WeightShape, isInt8Weight, markInt8Weight, packInt8, packInt8Bits, packInt8BitsOutIn, unpackInt8 } from './int8.js';
+import { int8PackedShape, int8PaddedK, int8Values, int8WeightShape, isInt8Weight, markInt8Weight, packInt8, packInt8Bits, packInt8BitsOutIn, unpackInt8, type Int8Packing } from './int8.js';
 import { matMulInt8, OMNIFLOW_MATMUL_INT8 } from './mat-mul-int8.js';
 import { packBf16 } from './bf16.js';
 import { buildInt8MatMul, int8MatMulModuleBytes, int8XMax } from './matmul-int8-module.js';
@@ -20,9 +20,9 @@ function nearest(v: number): number {
  * dots with the packed weight, then y = sum · sx · alpha · s[n] + b[n] (relu). The kernel must match this to f32
  * rounding, so any wrong index, lane or tail shows.
  */
-function quantizedReference(x: Float32Array, M: number, K: number, bits: Int32Array, N: number, alpha: number, bias?: Float32Array, relu = false): Float32Array {
-  const { q, scales } = int8Values(bits, K, N);
-  const xmax = int8XMax(K), f = Math.fround;
+function quantizedReference(x: Float32Array, M: number, K: number, bits: Int32Array, N: number, alpha: number, bias?: Float32Array, relu = false, packing: Int8Packing = 'rows'): Float32Array {
+  const { q, scales } = int8Values(bits, K, N, packing);
+  const xmax = int8XMax(K, packing), f = Math.fround;
   const y = new Float32Array(M * N);
   for (let m = 0; m < M; m++) {
     let amax = 0;
@@ -85,7 +85,7 @@ describe('packInt8', () => {
     expect(scales[2]).toBe(0);
     const packed = packInt8(tf.tensor2d(w, [K, N]));
     expect(packed.shape).toEqual(int8PackedShape(K, N));
-    expect(int8WeightShape(packed)).toEqual({ K, N });
+    expect(int8WeightShape(packed)).toEqual({ K, N, packing: 'rows' });
     const deq = unpackInt8(packed);
     const d = deq.dataSync();
     for (let i = 0; i < K * N; i++) expect(Math.abs(d[i]! - w[i]!)).toBeLessThanOrEqual(scales[i % N]! / 2 + 1e-7 * Math.abs(w[i]!));
@@ -93,17 +93,43 @@ describe('packInt8', () => {
     tf.dispose([packed, deq]);
   });
 
+  it('panels: 8 outputs a panel, their k pairs side by side, K padded to 8; the same values and scales as rows', () => {
+    const K = 13, N = 11;
+    const w = values(K * N, 12);
+    const bits = packInt8Bits(w, K, N, 'panels');
+    expect(int8PaddedK(K, 'panels')).toBe(16);
+    expect(int8PackedShape(K, N, 'panels')).toEqual([2, 40]); // 2 panels of 8 outputs, 8·16 + 32 bytes each
+    expect(bits.length).toBe(2 * 40);
+    const bytes = new Int8Array(bits.buffer), f32 = new Float32Array(bits.buffer);
+    // q[k, n] at panel n/8, pair k/2, output n%8, byte k%2; then the panel's 8 scales
+    const s10 = f32[(160 + 128 + 2 * 4) / 4]!; // output 10 = panel 1, lane 2
+    expect(bytes[160 + 6 * 16 + 2 * 2 + 0]).toBe(Math.round(w[12 * N + 10]! / s10)); // q[12, 10]
+    expect(bytes[160 + 6 * 16 + 2 * 2 + 1]).toBe(0); // k = 13 is padding
+    expect(f32[(160 + 128 + 3 * 4) / 4]).toBe(0); // output 11 is padding: scale 0
+    const rows = int8Values(packInt8Bits(w, K, N), K, N), panels = int8Values(bits, K, N, 'panels');
+    expect(panels.q).toEqual(rows.q);
+    expect(panels.scales).toEqual(rows.scales);
+    const packed = packInt8(w, K, N, 'in-out', 'panels');
+    expect(int8WeightShape(packed)).toEqual({ K, N, packing: 'panels' });
+    expect(unpackInt8(packed).dataSync()).toEqual(unpackInt8(packInt8(w, K, N)).dataSync());
+    expect(() => markInt8Weight(tf.zeros([2, 40], 'int32') as tf.Tensor2D, K, N)).toThrow(/packed as rows is int32 \[3, 20\], got int32 \[2,40\]/);
+    expect(() => int8Values(bits, K, N)).toThrow(/80 int32 words for a \[13, 11\] int8 weight packed as rows \(expected 60\)/);
+    packed.dispose();
+  });
+
   it('packs a checkpoint-layout [N, K] array to the same bits as its [K, N] transpose', () => {
-    for (const [K, N] of [[37, 5], [16, 4], [300, 65]] as const) {
-      const w = values(K * N, K + N);
-      w[3 * N + 1] = 0.5; // a tie after scaling is as likely as any value; equal arithmetic either way
-      const outIn = new Float32Array(K * N);
-      for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) outIn[n * K + k] = w[k * N + n]!;
-      expect(packInt8BitsOutIn(outIn, K, N)).toEqual(packInt8Bits(w, K, N));
-      const t = packInt8(outIn, K, N, 'out-in');
-      expect(int8WeightShape(t)).toEqual({ K, N });
-      expect(t.dataSync()).toEqual(packInt8Bits(w, K, N));
-      t.dispose();
+    for (const packing of ['rows', 'panels'] as const) {
+      for (const [K, N] of [[37, 5], [16, 4], [300, 65]] as const) {
+        const w = values(K * N, K + N);
+        w[3 * N + 1] = 0.5; // a tie after scaling is as likely as any value; equal arithmetic either way
+        const outIn = new Float32Array(K * N);
+        for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) outIn[n * K + k] = w[k * N + n]!;
+        expect(packInt8BitsOutIn(outIn, K, N, packing)).toEqual(packInt8Bits(w, K, N, packing));
+        const t = packInt8(outIn, K, N, 'out-in', packing);
+        expect(int8WeightShape(t)).toEqual({ K, N, packing });
+        expect(t.dataSync()).toEqual(packInt8Bits(w, K, N, packing));
+        t.dispose();
+      }
     }
     expect(() => packInt8BitsOutIn(Float32Array.of(1, Infinity), 1, 2)).toThrow(/output 1 of the \[2, 1\] \(out, in\) weight holds a non-finite value/);
   });
@@ -137,7 +163,7 @@ describe.each(['wasm', 'cpu'])('matMulInt8 on %s', (backend) => {
     await tf.setBackend(backend);
   });
 
-  it('is within the quantization bound of the float product, for every row count and odd K, N', () => {
+  it.each(['rows', 'panels'] as const)('%s: is within the quantization bound of the float product, for every row count and odd K, N', (packing) => {
     const start = tf.memory().numTensors;
     for (const M of ROWS) {
       for (const [K, N] of SHAPES) {
@@ -145,11 +171,11 @@ describe.each(['wasm', 'cpu'])('matMulInt8 on %s', (backend) => {
         const xs = values(M * K, M * 31 + K), ws = values(K * N, K * 7 + N), bs = values(N, N + 3);
         tf.tidy(() => {
           const x = tf.tensor2d(xs, [M, K]), w = tf.tensor2d(ws, [K, N]), b = tf.tensor1d(bs);
-          const packed = packInt8(w);
+          const packed = packInt8(w, undefined, undefined, 'in-out', packing);
           const got = matMulInt8(x, packed, { bias: b, alpha: 0.75 }).dataSync();
           const exact = tf.add(tf.mul(tf.matMul(x, w), tf.scalar(0.75)), b).dataSync();
           // |Σ x̂·Ŵ - x·W| <= Σ |x|·s[n]/2 + Σ |W[:, n]|·sx/2 (per weight and per x rounding), times alpha, + f32 slack
-          const { scales } = int8Values(packed.dataSync() as Int32Array, K, N);
+          const { scales } = int8Values(packed.dataSync() as Int32Array, K, N, packing);
           let errSq = 0, refSq = 0;
           for (let m = 0; m < M; m++) {
             let sumX = 0, amax = 0;
@@ -157,7 +183,7 @@ describe.each(['wasm', 'cpu'])('matMulInt8 on %s', (backend) => {
               sumX += Math.abs(xs[m * K + k]!);
               amax = Math.max(amax, Math.abs(xs[m * K + k]!));
             }
-            const sx = backend === 'wasm' ? amax / int8XMax(K) : 0;
+            const sx = backend === 'wasm' ? amax / int8XMax(K, packing) : 0;
             for (let n = 0; n < N; n++) {
               let sumW = 0;
               for (let k = 0; k < K; k++) sumW += Math.abs(ws[k * N + n]!);
@@ -177,7 +203,7 @@ describe.each(['wasm', 'cpu'])('matMulInt8 on %s', (backend) => {
     expect(tf.memory().numTensors).toBe(start);
   });
 
-  it('relu, alpha, no bias, leading axes, an all-zero x row, zero columns', () => {
+  it.each(['rows', 'panels'] as const)('%s: relu, alpha, no bias, leading axes, an all-zero x row, zero columns', (packing) => {
     const start = tf.memory().numTensors;
     tf.tidy(() => {
       const K = 50, N = 6;
@@ -185,7 +211,7 @@ describe.each(['wasm', 'cpu'])('matMulInt8 on %s', (backend) => {
       for (let k = 0; k < K; k++) ws[k * N + 1] = 0;
       const xs = values(2 * 3 * K, 9);
       xs.fill(0, K, 2 * K); // row 1 is all zero
-      const packed = packInt8(tf.tensor2d(ws, [K, N]));
+      const packed = packInt8(ws, K, N, 'in-out', packing);
       const x = tf.tensor3d(xs, [2, 3, K]);
       const y = matMulInt8(x, packed, { alpha: -2, activation: 'relu' });
       expect(y.shape).toEqual([2, 3, N]);
@@ -235,13 +261,13 @@ describe('int8 kernel specifics (wasm)', () => {
     await tf.setBackend('wasm');
   });
 
-  it('matches the quantized arithmetic done on the host to f32 rounding (every group, row block and tail)', () => {
-    for (const [M, K, N] of [[1, 4099, 7], [3, 37, 9], [5, 300, 65], [16, 17, 131], [100, 33, 70]] as const) {
+  it.each(['rows', 'panels'] as const)('%s: matches the quantized arithmetic done on the host to f32 rounding (every group, row block and tail)', (packing) => {
+    for (const [M, K, N] of [[1, 4099, 7], [3, 37, 9], [5, 300, 65], [16, 17, 131], [100, 33, 70], [7, 672, 96]] as const) {
       const xs = values(M * K, M + K), ws = values(K * N, K + N), bs = values(N, 77);
-      const bits = packInt8Bits(ws, K, N);
-      const want = quantizedReference(xs, M, K, bits, N, 0.5, bs, true);
+      const bits = packInt8Bits(ws, K, N, packing);
+      const want = quantizedReference(xs, M, K, bits, N, 0.5, bs, true, packing);
       const got = tf.tidy(() => {
-        const packed = markInt8Weight(tf.tensor2d(bits, int8PackedShape(K, N), 'int32'), K, N);
+        const packed = markInt8Weight(tf.tensor2d(bits, int8PackedShape(K, N, packing), 'int32'), K, N, packing);
         return matMulInt8(tf.tensor2d(xs, [M, K]), packed, { bias: tf.tensor1d(bs), alpha: 0.5, activation: 'relu' }).dataSync();
       });
       // the kernel sums the four i32 lanes in f32 (exact on the host): a few ulps of the row's scale apart
@@ -252,10 +278,10 @@ describe('int8 kernel specifics (wasm)', () => {
     }
   });
 
-  it('a non-finite x gives NaN outputs for its row, in the vector part and the scalar tail alike (no trap)', () => {
+  it.each(['rows', 'panels'] as const)('%s: a non-finite x gives NaN outputs for its row, in the vector part and the scalar tail alike (no trap)', (packing) => {
     const K = 11, N = 4; // 8 values in the quantizer's vector step, 3 in its scalar tail
-    const packed = packInt8(tf.tensor2d(values(K * N, 8), [K, N]));
-    for (const [at, v] of [[2, NaN], [9, NaN], [10, Infinity]] as const) {
+    const packed = packInt8(values(K * N, 8), K, N, 'in-out', packing);
+    for (const [at, v] of [[2, NaN], [9, NaN], [10, Infinity], [1, -Infinity], [0, NaN]] as const) {
       const xs = values(2 * K, 3);
       xs[at] = v;
       const y = tf.tidy(() => matMulInt8(tf.tensor2d(xs, [2, K]), packed).dataSync());
@@ -265,13 +291,15 @@ describe('int8 kernel specifics (wasm)', () => {
     packed.dispose();
   });
 
-  it('accumulates without overflow at the largest x the K allows (every lane at its bound)', () => {
+  it.each(['rows', 'panels'] as const)('%s: accumulates without overflow at the largest x the K allows (every lane at its bound)', (packing) => {
     // x all at ±max and W all at ±127 with matching signs: every product is 127·xmax, the i32 sum is at its limit.
-    const K = 8192, N = 4;
-    const xs = new Float32Array(K).fill(3);
-    const ws = new Float32Array(K * N).fill(-1);
-    const got = tf.tidy(() => matMulInt8(tf.tensor2d(xs, [1, K]), packInt8(tf.tensor2d(ws, [K, N]))).dataSync());
-    for (const v of got) expect(v / (-3 * K)).toBeCloseTo(1, 5);
+    for (const M of [1, 5]) {
+      const K = 8192, N = 9;
+      const xs = new Float32Array(M * K).fill(3);
+      const ws = new Float32Array(K * N).fill(-1);
+      const got = tf.tidy(() => matMulInt8(tf.tensor2d(xs, [M, K]), packInt8(ws, K, N, 'in-out', packing)).dataSync());
+      for (const v of got) expect(v / (-3 * K)).toBeCloseTo(1, 5);
+    }
   });
 
   it('frees its scratch and leaves no tensor behind', () => {
@@ -279,7 +307,9 @@ describe('int8 kernel specifics (wasm)', () => {
     const bytesBefore = tf.memory().numBytes;
     tf.tidy(() => {
       const packed = packInt8(tf.tensor2d(values(64 * 40, 1), [64, 40]));
+      const panels = packInt8(values(64 * 40, 1), 64, 40, 'in-out', 'panels');
       for (const M of [1, 2, 7]) matMulInt8(tf.ones([M, 64]), packed);
+      for (const M of [1, 5, 9]) matMulInt8(tf.ones([M, 64]), panels);
     });
     expect(tf.memory().numTensors).toBe(before);
     expect(tf.memory().numBytes).toBe(bytesBefore);
@@ -299,14 +329,14 @@ describe('int8 kernel specifics (wasm)', () => {
   it('runs over any WebAssembly.Memory (quantize, then one row block)', () => {
     const memory = new (webAssembly().Memory)({ initial: 2 });
     const k = buildInt8MatMul(memory);
-    expect(int8MatMulModuleBytes().length).toBeLessThan(8192);
+    expect(int8MatMulModuleBytes().length).toBeLessThan(20000);
     const K = 20, Kp = 32, N = 5;
     const ws = values(K * N, 3), xs = values(K, 4);
     const bits = packInt8Bits(ws, K, N);
     new Int32Array(memory.buffer, 4096, bits.length).set(bits);
     new Float32Array(memory.buffer, 0, K).set(xs);
     const after = new Float32Array(memory.buffer, 8192 + 4 * N, 3).fill(7); // past y's end: the padding output's slot
-    k.quantize(0, 1, K, Kp, int8XMax(K), 1024, 2048);
+    k.quantize(0, 1, K, 1, 0, Kp, int8XMax(K), 1024, 2048);
     k.rows[1]!(1024, 2048, 4096, 0, 8192, Kp, N, 0, N, 1, MATMUL_EPILOGUE.none);
     expect([...after]).toEqual([7, 7, 7]);
     const want = quantizedReference(xs, 1, K, bits, N, 1);
@@ -316,5 +346,33 @@ describe('int8 kernel specifics (wasm)', () => {
     const xq = new Int16Array(memory.buffer, 1024, Kp);
     expect(Math.max(...[...xq].map(Math.abs))).toBe(int8XMax(K));
     expect([...xq.slice(K)]).toEqual(new Array(Kp - K).fill(0));
+    // the same row against the 'panels' packing: its own xmax and Kp
+    const pBits = packInt8Bits(ws, K, N, 'panels'), pKp = int8PaddedK(K, 'panels');
+    new Int32Array(memory.buffer, 4096, pBits.length).set(pBits);
+    k.quantize(0, 1, K, 1, 0, pKp, int8XMax(K, 'panels'), 1024, 2048);
+    k.panels[1]!(1024, 2048, 4096, 0, 8192, pKp, N, 0, N, 1, MATMUL_EPILOGUE.none);
+    expect([...after]).toEqual([7, 7, 7]);
+    const pWant = quantizedReference(xs, 1, K, pBits, N, 1, undefined, false, 'panels');
+    for (let n = 0; n < N; n++) expect(got[n]).toBeCloseTo(pWant[n]!, 5);
+  });
+
+  it('quantizes im2col rows gathered as taps: the same integers and scales as the plain rows of the im2col matrix', () => {
+    const memory = new (webAssembly().Memory)({ initial: 4 });
+    const k = buildInt8MatMul(memory);
+    for (const [C, taps, d] of [[8, 3, 1], [13, 7, 3], [5, 2, 9]] as const) { // C = 13 and 5 exercise the scalar tail
+      const L = 6, rows = L + (taps - 1) * d, K = taps * C, Kp = int8PaddedK(K), xmax = int8XMax(K);
+      const xs = values(rows * C, C + taps);
+      new Float32Array(memory.buffer, 0, rows * C).set(xs);
+      // the im2col matrix on the host, quantized as plain rows
+      const cols = new Float32Array(L * K);
+      for (let l = 0; l < L; l++) for (let t = 0; t < taps; t++) cols.set(xs.subarray((l + t * d) * C, (l + t * d + 1) * C), l * K + t * C);
+      new Float32Array(memory.buffer, 65536, L * K).set(cols);
+      k.quantize(0, L, C, taps, d * C * 4, Kp, xmax, 131072, 196608);
+      const gathered = new Int16Array(memory.buffer, 131072, L * Kp).slice(), gScales = new Float32Array(memory.buffer, 196608, L).slice();
+      k.quantize(65536, L, K, 1, 0, Kp, xmax, 131072, 196608);
+      expect(gathered).toEqual(new Int16Array(memory.buffer, 131072, L * Kp));
+      expect(gScales).toEqual(new Float32Array(memory.buffer, 196608, L));
+      expect(Math.max(...[...gathered].map(Math.abs))).toBe(xmax);
+    }
   });
 });

@@ -1,10 +1,13 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { int8WeightShape, unpackInt8 } from './int8.js';
+import { int8PackedShape, int8PaddedK, int8WeightShape, unpackInt8, type Int8Packing } from './int8.js';
 import { heapImportLimits, heapOffset, wasmHeap, type MatMulSmallOptions, type WasmBackendInternals } from './mat-mul-small.js';
 import { MATMUL_EPILOGUE, type MatMulEpilogue } from './matmul-module.js';
 import { buildInt8MatMul, INT8_VARIANT, int8ScratchBytes, int8XMax, type Int8MatMul } from './matmul-int8-module.js';
 
-/** Kernel name registered for the 'wasm' backend: x float32 [M, K], w an int8 weight from packInt8, optional bias. */
+/**
+ * Kernel name registered for the 'wasm' backend: x float32 [M, K], w an int8 weight from packInt8 (either packing, told
+ * apart by its shape), optional bias.
+ */
 export const OMNIFLOW_MATMUL_INT8 = 'OmniflowMatMulInt8';
 
 /**
@@ -37,38 +40,76 @@ function int8Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; att
   const { x, w, bias } = args.inputs as { x: tf.TensorInfo; w: tf.TensorInfo; bias?: tf.TensorInfo };
   const { N, alpha, activation } = args.attrs as unknown as Int8Attrs;
   const [M, K] = x.shape as [number, number];
-  const Kp = w.shape[1]! - 4; // packed [ceil(N/4), Kp + 4]
-  if (!Number.isInteger(N) || Math.ceil(N / 4) !== w.shape[0] || Kp !== Math.ceil(K / 16) * 16) {
-    throw new Error(`${OMNIFLOW_MATMUL_INT8}: attr N = ${N} and packed w [${w.shape}] do not make an int8 weight for x [${x.shape}] (w must be int32 [ceil(N/4), ceil(K/16)·16 + 4])`);
+  const packing = int8PackingOf(w.shape as [number, number], K, N);
+  if (!packing) {
+    throw new Error(`${OMNIFLOW_MATMUL_INT8}: attr N = ${N} and packed w [${w.shape}] do not make an int8 weight for x [${x.shape}] (w must be int32 [ceil(N/4), ceil(K/16)·16 + 4] ('rows') or [ceil(N/8), 2·ceil(K/8)·8 + 8] ('panels'))`);
   }
   const out = backend.makeOutput([M, N], 'float32');
   if (M === 0 || N === 0) return out;
+  runInt8Product(backend, { x: heapOffset(backend, x, 'x'), rows: M, channels: K, taps: 1, tapStride: 0 }, w, bias, out, N, packing, alpha, activation === 'linear' ? MATMUL_EPILOGUE.none : MATMUL_EPILOGUE[activation]);
+  return out;
+}
+
+/** The packing whose shape `wShape` is for a [K, N] int8 weight, or undefined if neither fits. */
+function int8PackingOf(wShape: [number, number], K: number, N: number): Int8Packing | undefined {
+  if (!Number.isInteger(N) || N < 1) return undefined;
+  return (['rows', 'panels'] as const).find((p) => {
+    const [groups, words] = int8PackedShape(K, N, p);
+    return wShape[0] === groups && wShape[1] === words;
+  });
+}
+
+/**
+ * Rows of x in the wasm heap, each k taps of C floats: a plain [M, K] matrix (taps 1, channels K), or the im2col rows
+ * of a 1-D conv gathered from its input (row m's tap t at x + m·C·4 + t·tapStride bytes).
+ */
+export interface Int8Rows {
+  /** Byte offset of the first row in the heap. */
+  readonly x: number;
+  readonly rows: number;
+  readonly channels: number;
+  readonly taps: number;
+  readonly tapStride: number;
+}
+
+/**
+ * y = epilogue(alpha · rows · dequant(W) + bias) into `out` ([rows, N] float32, already allocated) on the wasm backend:
+ * quantizes the rows into scratch on the heap (freed before returning), then runs the packing's row blocks over
+ * column tiles. For kernels built on the int8 product (matMulInt8's and a conv's im2col product).
+ *
+ * ```ts
+ * runInt8Product(backend, { x: xOffset, rows: L, channels: C, taps: 7, tapStride: d * C * 4 }, w, bias, out, N, 'panels', 1, MATMUL_EPILOGUE.none);
+ * ```
+ */
+export function runInt8Product(
+  backend: WasmBackendInternals, src: Int8Rows, w: tf.TensorInfo, bias: tf.TensorInfo | undefined, out: tf.TensorInfo, N: number, packing: Int8Packing, alpha: number, epilogue: number,
+): void {
+  const M = src.rows, K = src.channels * src.taps, Kp = int8PaddedK(K, packing);
   const k = kernelsFor(backend);
-  const act = activation === 'linear' ? MATMUL_EPILOGUE.none : MATMUL_EPILOGUE[activation];
-  // Scratch on the tfjs heap for the quantized x rows and their scales, freed before returning. Offsets are read after
-  // every allocation (an allocation can grow the heap; offsets stay valid).
+  // Scratch for the quantized rows and their scales. Offsets are read after every allocation (an allocation can grow
+  // the heap; offsets stay valid, views do not).
   const scratch = backend.makeOutput([Math.ceil(int8ScratchBytes(M, Kp) / 4)], 'int32');
   try {
     const xq = heapOffset(backend, scratch, 'scratch'), sx = xq + M * Kp * 2;
     const wOff = heapOffset(backend, w, 'w'), yOff = heapOffset(backend, out, 'y');
     const bOff = bias ? heapOffset(backend, bias, 'bias') : 0;
-    k.quantize(heapOffset(backend, x, 'x'), M, K, Kp, int8XMax(K), xq, sx);
-    const maxRows = k.variant.maxRows;
+    k.quantize(src.x, M, src.channels, src.taps, src.tapStride, Kp, int8XMax(K, packing), xq, sx);
+    const panels = packing === 'panels';
+    const fns = panels ? k.panels : k.rows, maxRows = panels ? k.variant.panelRows : k.variant.maxRows;
     const block = (r0: number, n0: number, n1: number) => {
-      const R = Math.min(maxRows, M - r0);
-      k.rows[R]!(xq + r0 * Kp * 2, sx + 4 * r0, wOff, bOff, yOff + r0 * N * 4, Kp, N, n0, n1, alpha, act);
+      fns[Math.min(maxRows, M - r0)]!(xq + r0 * Kp * 2, sx + 4 * r0, wOff, bOff, yOff + r0 * N * 4, Kp, N, n0, n1, alpha, epilogue);
     };
     if (M <= maxRows) {
       block(0, 0, N); // decode: one pass over W
     } else {
-      // tiles of whole 4-output blocks (each 4·Kp + 16 bytes)
-      const tile = 4 * Math.max(1, Math.floor(TILE_BYTES / (4 * Kp + 16)));
+      // tiles of whole blocks or panels (g outputs, g·Kp + 4g bytes each)
+      const g = panels ? 8 : 4;
+      const tile = g * Math.max(1, Math.floor(TILE_BYTES / (g * Kp + 4 * g)));
       for (let n0 = 0; n0 < N; n0 += tile) for (let r0 = 0; r0 < M; r0 += maxRows) block(r0, n0, Math.min(N, n0 + tile));
     }
   } finally {
     backend.disposeData(scratch.dataId);
   }
-  return out;
 }
 
 let registered = false;

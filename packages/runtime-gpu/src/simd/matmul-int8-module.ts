@@ -8,9 +8,12 @@ import { MATMUL_EPILOGUE } from './matmul-module.js';
  *   y[M, N] = epilogue(alpha · x[M, K] · dequant(W) + b[N])
  *
  * in two passes. `quantize` turns each x row into int16 (scratch [M, Kp], zero padded) with one scale per row,
- * sx = max|x| / xmax, where xmax keeps the i32 accumulators from overflowing: every accumulator lane adds K/4
- * products of at most 127 · xmax, so 127 · xmax · K/4 < 2^31 (xmax <= 32767, so the i16 dot never sees -32768²).
- * Then `int8_r{R}` computes R rows × output columns [n0, n1) one block of 4 outputs at a time: each step of 16
+ * sx = max|x| / xmax, where xmax keeps the i32 accumulators from overflowing (int8XMax: with 'rows' every accumulator
+ * lane adds K/4 products of at most 127 · xmax, so 127 · xmax · K/4 < 2^31; with 'panels' a lane is one output and
+ * adds all K; xmax <= 32767, so the i16 dot never sees -32768²). A row may also be gathered as k taps of C floats
+ * `tapStride` bytes apart: an im2col row of a 1-D conv, quantized straight from the conv's input.
+ *
+ * 'rows' packing (int8.ts): `int8_r{R}` computes R rows × output columns [n0, n1) one block of 4 outputs at a time: each step of 16
  * weights loads the R rows' x as two i16x8 vectors, then per output its 16 int8 weights (one load; the block's four
  * are adjacent, so W streams past in one sequential read), widens them to two i16x8 (extend_low/high_i8x16_s) and
  * adds `i32x4.dot_i16x8_s` of each half into that output's accumulator: 16 multiply-adds in 7 ops, no float in the
@@ -20,12 +23,23 @@ import { MATMUL_EPILOGUE } from './matmul-module.js';
  *
  * Decode (M <= 2) is one call over all columns: it streams W once, a quarter of float32's bytes. Larger M runs
  * row blocks over column tiles small enough to stay in L2, so W comes from memory once per tile whatever M is.
+ *
+ * 'panels' packing: `panel_r{R}` computes R rows × one panel of 8 outputs at a time: per pair of k, two
+ * `v128.load8x8_s` (vpmovsxbw from memory) give the panel's 8 outputs' two weights as i16 pairs, and each row's x
+ * pair, broadcast (`v128.load32_splat`), meets both in one `i32x4.dot_i16x8_s` each: 4 outputs' partial sums per
+ * accumulator, so the end of the panel needs no reduction across lanes, and R = 4 rows hold 8 accumulators, 2 weight
+ * vectors and one broadcast, within x64's 16 vector registers (the 'rows' kernel at 4 rows needs 27 and spills).
+ * Measured on this repository's machine at Code2Wav's decoder shapes ([32..1920 rows, 672..5376] · [.., 96..768]):
+ * ~35 GMAC/s against ~26 for 'rows' at the same row counts, near the ~4 G vpmaddwd/s one core sustains here. Unrolling
+ * the pair loop made it slower (V8 hoists the unrolled loads and spills), so the loop is one pair per iteration.
  */
 
 /** Loop shape (measured choices in INT8_VARIANT). */
 export interface Int8MatMulVariant {
   /** Largest row block with its own function (`int8_r1` .. `int8_r{maxRows}`). */
   readonly maxRows: number;
+  /** Largest row block of the 'panels' kernel (`panel_r1` .. `panel_r{panelRows}`). */
+  readonly panelRows: number;
   /** Steps of 16 weights per loop iteration (immediate load offsets, one pointer update per iteration), by row count. */
   readonly kUnroll: readonly number[];
 }
@@ -38,10 +52,14 @@ export interface Int8MatMulVariant {
  * about 0.7 ms per row per 16.7M weights. Before the 4-output interleaved layout (one row per output, 4 short
  * streams at a time) a decode step at K = 1024 streamed about a third slower.
  */
-export const INT8_VARIANT: Int8MatMulVariant = { maxRows: 4, kUnroll: [1, 1, 1, 1] };
+export const INT8_VARIANT: Int8MatMulVariant = { maxRows: 4, panelRows: 4, kUnroll: [1, 1, 1, 1] };
 
-/** Signature of `quantize`: x [M, K] f32 → xq [M, Kp] int16 and sx [M] f32 (pointers are byte offsets). */
-export type Int8QuantizeFn = (x: number, M: number, K: number, Kp: number, xmax: number, xq: number, sx: number) => void;
+/**
+ * Signature of `quantize`: M rows of k·C f32 → xq [M, Kp] int16 and sx [M] f32 (pointers are byte offsets). Row m's
+ * tap t is the C floats at x + m·C·4 + t·tapStride: a plain [M, K] matrix is k = 1, C = K (tapStride unused); the
+ * im2col rows of a conv with dilation d over x [L + (k-1)·d, C] are tapStride = d·C·4.
+ */
+export type Int8QuantizeFn = (x: number, M: number, C: number, k: number, tapStride: number, Kp: number, xmax: number, xq: number, sx: number) => void;
 
 /**
  * Signature of `int8_r{R}`: R rows of xq (row stride Kp int16) and sx, the packed weight, output columns [n0, n1)
@@ -52,20 +70,25 @@ export type Int8MatMulFn = (xq: number, sx: number, w: number, bias: number, y: 
 /** An instantiated int8 module. */
 export interface Int8MatMul {
   readonly quantize: Int8QuantizeFn;
-  /** rows[R] handles exactly R rows (index 0 unused). */
+  /** rows[R] handles exactly R rows of a 'rows'-packed weight (index 0 unused). */
   readonly rows: readonly Int8MatMulFn[];
+  /** panels[R] handles exactly R rows of a 'panels'-packed weight (n0 a multiple of 8; index 0 unused). */
+  readonly panels: readonly Int8MatMulFn[];
   readonly variant: Int8MatMulVariant;
 }
 
 /**
- * The largest int16 magnitude x may be quantized to for a K-long dot product with int8 weights (see the header).
+ * The largest int16 magnitude x may be quantized to for a K-long dot product with int8 weights of a packing (see the
+ * header).
  *
  * ```ts
  * int8XMax(4096); // 16513
+ * int8XMax(4096, 'panels'); // 4128
  * ```
  */
-export function int8XMax(K: number): number {
-  return Math.max(1, Math.min(32767, Math.floor((2 ** 31 - 1) / (127 * Math.ceil(Math.max(K, 4) / 4)))));
+export function int8XMax(K: number, packing: 'rows' | 'panels' = 'rows'): number {
+  const terms = packing === 'panels' ? Math.ceil(Math.max(K, 8) / 8) * 8 : Math.ceil(Math.max(K, 4) / 4);
+  return Math.max(1, Math.min(32767, Math.floor((2 ** 31 - 1) / (127 * terms))));
 }
 
 /** Bytes of scratch for M rows: xq (M · Kp int16), then sx (M f32). */
@@ -82,13 +105,14 @@ export function int8ScratchBytes(M: number, Kp: number): number {
  */
 export function int8MatMulModuleBytes(variant: Int8MatMulVariant = INT8_VARIANT, memory: MemoryLimits = { initial: 1 }): Uint8Array {
   if (!Number.isInteger(variant.maxRows) || variant.maxRows < 1 || variant.maxRows > 8) throw new Error(`int8MatMulModuleBytes: maxRows must be 1..8, got ${variant.maxRows}`);
+  if (!Number.isInteger(variant.panelRows) || variant.panelRows < 1 || variant.panelRows > 6) throw new Error(`int8MatMulModuleBytes: panelRows must be 1..6, got ${variant.panelRows}`);
   const u = variant.kUnroll;
   if (u.length < variant.maxRows || u.some((g) => !Number.isInteger(g) || g < 1 || g > 8)) throw new Error(`int8MatMulModuleBytes: kUnroll needs ${variant.maxRows} entries in 1..8, got [${u}]`);
   const m = new WasmModuleBuilder().importMemory('env', 'memory', memory);
-  m.func('quantize', { params: ['i32', 'i32', 'i32', 'i32', 'f32', 'i32', 'i32'], results: [] }, emitQuantize);
-  for (let R = 1; R <= variant.maxRows; R++) {
-    m.func(`int8_r${R}`, { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'], results: [] }, (c, p) => emitInt8(c, p, R, variant.kUnroll[R - 1]!));
-  }
+  m.func('quantize', { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32', 'i32'], results: [] }, emitQuantize);
+  const product = { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'i32', 'f32', 'i32'] as const, results: [] };
+  for (let R = 1; R <= variant.maxRows; R++) m.func(`int8_r${R}`, product, (c, p) => emitInt8(c, p, R, variant.kUnroll[R - 1]!));
+  for (let R = 1; R <= variant.panelRows; R++) m.func(`panel_r${R}`, product, (c, p) => emitPanel(c, p, R));
   return m.encode();
 }
 
@@ -97,85 +121,104 @@ export function int8MatMulModuleBytes(variant: Int8MatMulVariant = INT8_VARIANT,
  *
  * ```ts
  * const k = buildInt8MatMul((tf.backend() as any).wasm.asm.memory);
- * k.quantize(x, 1, K, Kp, int8XMax(K), xq, sx);
+ * k.quantize(x, 1, K, 1, 0, Kp, int8XMax(K), xq, sx);
  * k.rows[1](xq, sx, w, 0, y, Kp, N, 0, N, 1, MATMUL_EPILOGUE.none); // y[1, N] = x[1, K] · dequant(W)
  * ```
  */
 export function buildInt8MatMul(memory: WasmMemoryLike, variant: Int8MatMulVariant = INT8_VARIANT, limits: MemoryLimits = { initial: 1 }): Int8MatMul {
   const wasm = webAssembly();
   const { exports } = new wasm.Instance(new wasm.Module(int8MatMulModuleBytes(variant, limits)), { env: { memory } });
-  const rows = [undefined, ...Array.from({ length: variant.maxRows }, (_, r) => exports[`int8_r${r + 1}`])] as Int8MatMulFn[];
-  return { quantize: exports.quantize as Int8QuantizeFn, rows, variant };
+  const fns = (prefix: string, n: number) => [undefined, ...Array.from({ length: n }, (_, r) => exports[`${prefix}${r + 1}`])] as Int8MatMulFn[];
+  return { quantize: exports.quantize as Int8QuantizeFn, rows: fns('int8_r', variant.maxRows), panels: fns('panel_r', variant.panelRows), variant };
 }
 
+/**
+ * Per row: amax = max |x| over its k taps, sx = amax / xmax, and the taps times xmax / amax rounded to int16 side by
+ * side, zero padded to Kp. Eight values per vector step, a scalar tail when C is not a multiple of 8. The max uses
+ * f32x4.pmax (one vmaxps; f32x4.max's NaN rules cost ~7 x64 instructions) and a separate sum of x - x, which is 0
+ * for finite x and NaN otherwise: a row holding NaN or ±Inf gets amax = NaN, so sx = NaN and its outputs are NaN
+ * whatever integers the quantizer wrote. Rounding adds 1.5·2^23: for |v| < 2^22 the sum's low mantissa bits are v
+ * rounded to nearest-even, the same integer as f32x4.nearest + trunc_sat (|v| <= xmax <= 32767 here) at fewer
+ * instructions than trunc_sat's fix-ups.
+ */
 function emitQuantize(c: WasmCode, params: WasmLocal[]): void {
-  const [x, M, K, Kp, xmax, xq, sx] = params as [WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal];
-  const i32 = () => c.local('i32');
-  const [m, src, end, dst, dEnd, vEnd] = Array.from({ length: 6 }, i32);
-  const mx = c.local('v128'), inv4 = c.local('v128');
-  const amax = c.local('f32'), inv = c.local('f32');
-
+  const [x, M, C, k, tapStride, Kp, xmax, xq, sx] = params as [WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal];
+  const [m, t, row, p, pEnd, vEnd, dst, dEnd] = Array.from({ length: 8 }, () => c.local('i32'));
+  const mx = c.local('v128'), bad = c.local('v128'), v = c.local('v128'), inv4 = c.local('v128'), magic = c.local('v128'), unmagic = c.local('v128');
+  const amax = c.local('f32'), inv = c.local('f32'), f = c.local('f32');
+  c.f32Const(12582912).f32x4Splat().localSet(magic);
+  c.v128ConstI32x4([-0x4b400000, -0x4b400000, -0x4b400000, -0x4b400000]).localSet(unmagic);
+  // tap t of the row: p .. pEnd (C floats), vEnd where fewer than 8 remain
+  const taps = (body: () => void) => c.for(t, () => c.i32Const(0), () => c.localGet(k), 1, () => {
+    c.localGet(row).localGet(t).localGet(tapStride).i32Mul().i32Add().localSet(p);
+    c.localGet(p).localGet(C).i32Const(4).i32Mul().i32Add().localSet(pEnd);
+    c.localGet(pEnd).i32Const(28).i32Sub().localSet(vEnd);
+    body();
+  });
+  /** while p < vEnd (8 or more floats left): body; p += 32 — then while p < pEnd: tail; p += 4 */
+  const overTap = (body: () => void, tail: () => void) => {
+    c.block((exit) => c.loop((top) => {
+      c.localGet(p).localGet(vEnd).i32GeS().brIf(exit);
+      body();
+      c.localGet(p).i32Const(32).i32Add().localSet(p);
+      c.br(top);
+    }));
+    c.block((exit) => c.loop((top) => {
+      c.localGet(p).localGet(pEnd).i32GeU().brIf(exit);
+      tail();
+      c.localGet(p).i32Const(4).i32Add().localSet(p);
+      c.br(top);
+    }));
+  };
   c.for(m, () => c.i32Const(0), () => c.localGet(M), 1, () => {
-    c.localGet(x).localGet(m).localGet(K).i32Mul().i32Const(4).i32Mul().i32Add().localSet(src);
-    c.localGet(src).localGet(K).i32Const(4).i32Mul().i32Add().localSet(end);
-    // max |x| over the row: vectors of 4, then the tail
-    c.f32Const(0).f32x4Splat().localSet(mx);
-    c.localGet(end).i32Const(12).i32Sub().localSet(vEnd);
-    c.localGet(src).localSet(dst);
-    c.block((exit) => {
-      c.localGet(K).i32Const(4).i32LtS().brIf(exit);
-      c.loop((top) => {
-        c.localGet(mx).localGet(dst).v128Load().f32x4Abs().f32x4Max().localSet(mx);
-        c.localGet(dst).i32Const(16).i32Add().localTee(dst).localGet(vEnd).i32LtU().brIf(top);
-      });
-    });
+    c.localGet(x).localGet(m).localGet(C).i32Mul().i32Const(4).i32Mul().i32Add().localSet(row);
+    c.f32Const(0).f32x4Splat().localTee(mx).localSet(bad);
+    c.f32Const(0).localSet(amax);
+    taps(() => overTap(
+      () => {
+        for (const off of [0, 16]) {
+          c.localGet(p).v128Load(off).localSet(v);
+          c.localGet(v).f32x4Abs().localGet(mx).f32x4Pmax().localSet(mx);
+          c.localGet(bad).localGet(v).localGet(v).f32x4Sub().f32x4Add().localSet(bad);
+        }
+      },
+      () => {
+        c.localGet(p).f32Load().localSet(f);
+        c.localGet(amax).localGet(f).f32Abs().f32Max().localSet(amax); // f32.max: NaN wins
+        c.localGet(amax).localGet(f).localGet(f).f32Sub().f32Add().localSet(amax); // ±Inf: Inf - Inf = NaN
+      },
+    ));
+    // amax = max of the lanes and the tail, plus the lanes of `bad` (0, or NaN for a non-finite value)
     c.localGet(mx).f32x4ExtractLane(0).localGet(mx).f32x4ExtractLane(1).f32Max();
-    c.localGet(mx).f32x4ExtractLane(2).localGet(mx).f32x4ExtractLane(3).f32Max().f32Max().localSet(amax);
-    c.block((exit) => {
-      c.loop((top) => {
-        c.localGet(dst).localGet(end).i32GeU().brIf(exit);
-        c.localGet(amax).localGet(dst).f32Load().f32Abs().f32Max().localSet(amax);
-        c.localGet(dst).i32Const(4).i32Add().localSet(dst);
-        c.br(top);
-      });
-    });
+    c.localGet(mx).f32x4ExtractLane(2).localGet(mx).f32x4ExtractLane(3).f32Max().f32Max().localGet(amax).f32Max();
+    c.localGet(bad).f32x4ExtractLane(0).localGet(bad).f32x4ExtractLane(1).f32Add();
+    c.localGet(bad).f32x4ExtractLane(2).localGet(bad).f32x4ExtractLane(3).f32Add().f32Add().f32Add().localSet(amax);
     // sx = max / xmax; x · (xmax / max) rounds to [-xmax, xmax]. An all-zero row quantizes to zeros with sx 0.
     c.localGet(sx).localGet(m).i32Const(4).i32Mul().i32Add().localGet(amax).localGet(xmax).f32Div().f32Store();
     c.f32Const(0).localGet(xmax).localGet(amax).f32Div().localGet(amax).f32Const(0).f32Eq().select().localSet(inv);
     c.localGet(inv).f32x4Splat().localSet(inv4);
     c.localGet(xq).localGet(m).localGet(Kp).i32Mul().i32Const(2).i32Mul().i32Add().localSet(dst);
     c.localGet(dst).localGet(Kp).i32Const(2).i32Mul().i32Add().localSet(dEnd);
-    // 8 values per step: two f32x4 → rounded i32x4 → one i16x8
-    c.localGet(end).i32Const(28).i32Sub().localSet(vEnd);
-    c.block((exit) => {
-      c.localGet(K).i32Const(8).i32LtS().brIf(exit);
-      c.loop((top) => {
+    taps(() => overTap(
+      () => {
         c.localGet(dst);
-        c.localGet(src).v128Load(0).localGet(inv4).f32x4Mul().f32x4Nearest().i32x4TruncSatF32x4S();
-        c.localGet(src).v128Load(16).localGet(inv4).f32x4Mul().f32x4Nearest().i32x4TruncSatF32x4S();
+        c.localGet(p).v128Load(0).localGet(inv4).f32x4Mul().localGet(magic).f32x4Add().localGet(unmagic).i32x4Add();
+        c.localGet(p).v128Load(16).localGet(inv4).f32x4Mul().localGet(magic).f32x4Add().localGet(unmagic).i32x4Add();
         c.i16x8NarrowI32x4S().v128Store();
         c.localGet(dst).i32Const(16).i32Add().localSet(dst);
-        c.localGet(src).i32Const(32).i32Add().localTee(src).localGet(vEnd).i32LtU().brIf(top);
-      });
-    });
-    c.block((exit) => {
-      c.loop((top) => {
-        c.localGet(src).localGet(end).i32GeU().brIf(exit);
-        c.localGet(dst).localGet(src).f32Load().localGet(inv).f32Mul().f32Nearest().i32TruncSatF32S().i32Store16();
+      },
+      () => {
+        // the same rounding in scalar form; |v| <= xmax fits an i16 (a non-finite row writes garbage that sx = NaN hides)
+        c.localGet(dst).localGet(p).f32Load().localGet(inv).f32Mul().f32Const(12582912).f32Add().i32ReinterpretF32().i32Const(-0x4b400000).i32Add().i32Store16();
         c.localGet(dst).i32Const(2).i32Add().localSet(dst);
-        c.localGet(src).i32Const(4).i32Add().localSet(src);
-        c.br(top);
-      });
-    });
-    // zero padding up to Kp
-    c.block((exit) => {
-      c.loop((top) => {
-        c.localGet(dst).localGet(dEnd).i32GeU().brIf(exit);
-        c.localGet(dst).i32Const(0).i32Store16();
-        c.localGet(dst).i32Const(2).i32Add().localSet(dst);
-        c.br(top);
-      });
-    });
+      },
+    ));
+    c.block((exit) => c.loop((top) => { // zero padding up to Kp
+      c.localGet(dst).localGet(dEnd).i32GeU().brIf(exit);
+      c.localGet(dst).i32Const(0).i32Store16();
+      c.localGet(dst).i32Const(2).i32Add().localSet(dst);
+      c.br(top);
+    }));
   });
 }
 
@@ -273,5 +316,75 @@ function emitInt8(c: WasmCode, params: WasmLocal[], R: number, U: number): void 
       );
     }
     c.localGet(wp).i32Const(16).i32Add().localSet(wp); // past the scales: the next block
+  });
+}
+
+function emitPanel(c: WasmCode, params: WasmLocal[], R: number): void {
+  const [xq, sx, w, b, y, Kp, N, n0, n1, alpha, act] = params as [WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal, WasmLocal];
+  const i32 = () => c.local('i32');
+  const [n, panelBytes, xRowBytes, yRowBytes, wp, yn, xEnd] = Array.from({ length: 7 }, i32);
+  const xp = Array.from({ length: R }, i32); // row r's x pointer, advanced one pair (4 bytes) per step
+  const acc = Array.from({ length: R }, () => [c.local('v128'), c.local('v128')] as const); // outputs 0..3, 4..7
+  const wlo = c.local('v128'), whi = c.local('v128'), xb = c.local('v128'), v = c.local('v128');
+  const rs = Array.from({ length: R }, () => c.local('v128')); // splat(sx[r] · alpha)
+  const zero4 = c.local('v128');
+  const fa = c.local('f32');
+
+  c.localGet(Kp).i32Const(8).i32Mul().i32Const(32).i32Add().localSet(panelBytes);
+  c.localGet(Kp).i32Const(2).i32Mul().localSet(xRowBytes);
+  c.localGet(N).i32Const(4).i32Mul().localSet(yRowBytes);
+  for (let r = 0; r < R; r++) c.localGet(sx).f32Load(4 * r).localGet(alpha).f32Mul().f32x4Splat().localSet(rs[r]!);
+
+  // One panel of 8 outputs per iteration: n = n0, n0 + 8, ... < n1 (n0 is a multiple of 8).
+  c.localGet(w).localGet(n0).i32Const(3).i32ShrU().localGet(panelBytes).i32Mul().i32Add().localSet(wp);
+  c.for(n, () => c.localGet(n0), () => c.localGet(n1), 8, () => {
+    for (let r = 0; r < R; r++) {
+      c.localGet(zero4).localSet(acc[r]![0]);
+      c.localGet(zero4).localSet(acc[r]![1]);
+      if (r === 0) c.localGet(xq).localSet(xp[0]!);
+      else c.localGet(xp[r - 1]!).localGet(xRowBytes).i32Add().localSet(xp[r]!);
+    }
+    c.localGet(xq).localGet(xRowBytes).i32Add().localSet(xEnd);
+    // Kp/2 pairs (Kp >= 8)
+    c.loop((top) => {
+      c.localGet(wp).v128Load8x8S(0).localSet(wlo);
+      c.localGet(wp).v128Load8x8S(8).localSet(whi);
+      for (let r = 0; r < R; r++) {
+        c.localGet(xp[r]!).v128Load32Splat().localSet(xb);
+        c.localGet(acc[r]![0]).localGet(xb).localGet(wlo).i32x4DotI16x8S().i32x4Add().localSet(acc[r]![0]);
+        c.localGet(acc[r]![1]).localGet(xb).localGet(whi).i32x4DotI16x8S().i32x4Add().localSet(acc[r]![1]);
+      }
+      c.localGet(wp).i32Const(16).i32Add().localSet(wp);
+      for (let r = 1; r < R; r++) c.localGet(xp[r]!).i32Const(4).i32Add().localSet(xp[r]!);
+      c.localGet(xp[0]!).i32Const(4).i32Add().localTee(xp[0]!).localGet(xEnd).i32LtU().brIf(top);
+    });
+    // wp is at the panel's 8 scales: y[r, n + 4h ..] = acc · sx[r] · alpha · s + b, per half h
+    c.localGet(y).localGet(n).i32Const(4).i32Mul().i32Add().localSet(yn);
+    for (let r = 0; r < R; r++) {
+      for (let h = 0; h < 2; h++) {
+        c.localGet(acc[r]![h]).f32x4ConvertI32x4S().localGet(rs[r]!).f32x4Mul().localGet(wp).v128Load(16 * h).f32x4Mul().localSet(v);
+        c.localGet(n).i32Const(4 * h + 4).i32Add().localGet(n1).i32LeS().if(
+          () => {
+            // four outputs inside [n0, n1): vector bias, relu, store
+            c.localGet(b).if(() => c.localGet(v).localGet(b).localGet(n).i32Const(4).i32Mul().i32Add().v128Load(16 * h).f32x4Add().localSet(v));
+            c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(zero4).localGet(v).f32x4Pmax().localSet(v)); // pmax(0, v): -0 → +0
+            c.localGet(yn).localGet(v).v128Store(16 * h);
+          },
+          () => {
+            // the last, partial panel (N not a multiple of 8): outputs n + 4h + j < n1 one by one
+            for (let j = 0; j < 4; j++) {
+              c.localGet(n).i32Const(4 * h + j).i32Add().localGet(n1).i32LtS().if(() => {
+                c.localGet(v).f32x4ExtractLane(j).localSet(fa);
+                c.localGet(b).if(() => c.localGet(fa).localGet(b).localGet(n).i32Const(4).i32Mul().i32Add().f32Load(16 * h + 4 * j).f32Add().localSet(fa));
+                c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(fa).f32Const(0).f32Max().localSet(fa));
+                c.localGet(yn).localGet(fa).f32Store(16 * h + 4 * j);
+              });
+            }
+          },
+        );
+      }
+      if (r + 1 < R) c.localGet(yn).localGet(yRowBytes).i32Add().localSet(yn);
+    }
+    c.localGet(wp).i32Const(32).i32Add().localSet(wp); // past the scales: the next panel
   });
 }

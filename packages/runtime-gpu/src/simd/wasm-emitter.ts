@@ -70,7 +70,7 @@ function utf8(name: string): number[] {
 
 /** SIMD opcodes (after the 0xfd prefix) that WasmCode emits; named as in the spec. */
 const SIMD = {
-  'v128.load': 0x00, 'v128.load32_splat': 0x09, 'v128.store': 0x0b, 'v128.const': 0x0c, 'i8x16.shuffle': 0x0d,
+  'v128.load': 0x00, 'v128.load8x8_s': 0x01, 'v128.load32_splat': 0x09, 'v128.store': 0x0b, 'v128.const': 0x0c, 'i8x16.shuffle': 0x0d,
   'i32x4.splat': 0x11, 'f32x4.splat': 0x13, 'f32x4.extract_lane': 0x1f,
   'v128.and': 0x4e, 'v128.or': 0x50,
   'i32x4.extend_low_i16x8_u': 0xa9, 'i32x4.extend_high_i16x8_u': 0xaa, 'i32x4.shl': 0xab, 'i32x4.shr_u': 0xad,
@@ -245,6 +245,10 @@ export class WasmCode {
   v128Store(offset = 0): this {
     return this.simd('v128.store').raw(4, ...uleb(offset));
   }
+  /** Loads 8 bytes and sign-extends each to an i16 lane (one `vpmovsxbw` with a memory operand on x64). */
+  v128Load8x8S(offset = 0): this {
+    return this.simd('v128.load8x8_s').raw(3, ...uleb(offset));
+  }
   /** Loads one f32/i32 and copies it into all four lanes. */
   v128Load32Splat(offset = 0): this {
     return this.simd('v128.load32_splat').raw(2, ...uleb(offset));
@@ -281,6 +285,7 @@ export class WasmCode {
   /** f32 → i32 truncating toward zero, saturating (NaN → 0; no trap, unlike i32.trunc_f32_s). */
   i32TruncSatF32S(): this { return this.raw(0xfc, 0x00); }
   f32ReinterpretI32(): this { return this.raw(0xbe); }
+  i32ReinterpretF32(): this { return this.raw(0xbc); }
 
   // ---- SIMD ------------------------------------------------------------------------------------
 
@@ -291,6 +296,7 @@ export class WasmCode {
   f32x4Splat(): this { return this.simd('f32x4.splat'); }
   f32x4ExtractLane(lane: number): this { return this.simd('f32x4.extract_lane').raw(lane); }
   f32x4Add(): this { return this.simd('f32x4.add'); }
+  f32x4Sub(): this { return this.simd('f32x4.sub'); }
   f32x4Mul(): this { return this.simd('f32x4.mul'); }
   /** a·b + c of the three vectors on the stack, fused or not (relaxed SIMD: Node 20 needs --experimental-wasm-relaxed-simd). */
   f32x4RelaxedMadd(): this { return this.simd('f32x4.relaxed_madd'); }

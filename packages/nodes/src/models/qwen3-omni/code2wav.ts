@@ -189,18 +189,19 @@ export class Code2Wav {
       rows *= ratio;
       return { up, convnext: loadConvNeXtBlock(ckpt, `${prefix}.upsample.${s}.1`, H, 7, 1e-6, streamingFormat(format, rows)) };
     });
-    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7, 1, convFormat);
+    // The decoder's int8 products see 4 rows or more per streamed frame: the 'panels' packing, built for many rows.
+    const decoderIn = loadCausalConv1d(ckpt, `${prefix}.decoder.0`, H, c.decoder_dim, 7, 1, convFormat, 'panels');
     const blocks: DecoderBlock[] = c.upsample_rates.map((rate, i) => {
       const inC = c.decoder_dim / 2 ** i, outC = c.decoder_dim / 2 ** (i + 1);
       const p = `${prefix}.decoder.${i + 1}.block`;
       return {
         snake: loadSnakeBeta(ckpt, `${p}.0`, inC),
-        up: loadCausalTransConv1d(ckpt, `${p}.1`, inC, outC, 2 * rate, rate, streamingFormat(format, rows * c.upsample_rates.slice(0, i).reduce((a, b) => a * b, 1))),
+        up: loadCausalTransConv1d(ckpt, `${p}.1`, inC, outC, 2 * rate, rate, streamingFormat(format, rows * c.upsample_rates.slice(0, i).reduce((a, b) => a * b, 1)), 'panels'),
         units: RESIDUAL_DILATIONS.map((d, u) => ({
           act1: loadSnakeBeta(ckpt, `${p}.${u + 2}.act1`, outC),
-          conv1: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv1`, outC, outC, 7, d, convFormat),
+          conv1: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv1`, outC, outC, 7, d, convFormat, 'panels'),
           act2: loadSnakeBeta(ckpt, `${p}.${u + 2}.act2`, outC),
-          conv2: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv2`, outC, outC, 1, 1, convFormat),
+          conv2: loadCausalConv1d(ckpt, `${p}.${u + 2}.conv2`, outC, outC, 1, 1, convFormat, 'panels'),
         })),
       };
     });
