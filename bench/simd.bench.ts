@@ -99,14 +99,15 @@ function parallelSweep(): Record<string, unknown> {
 /**
  * int8 weights (packInt8) against the float32 and bf16 kernels over [M, 4096]·[4096, 4096], M = 1-256 (decode to
  * prefill): process CPU ms (best and median of 15, interleaved), and for each M the int8 kernel's GB/s of its own
- * bytes and of the float32 bytes it stands for (the figure to hold against the float32 kernel's).
+ * bytes and of the float32 bytes it stands for (the figure to hold against the float32 kernel's). `int8Panels` is the
+ * same weight in the 'panels' packing (for many rows), with `panelsGmacs` its multiply-adds per second.
  */
 function int8Sweep(): Record<string, unknown> {
   const K = 4096, N = 4096;
   registerInt8Kernel();
   const attrs = { alpha: 1, activation: 'linear' };
   const w = tf.tidy(() => tf.randomUniform([K, N], -1, 1, 'float32', 1) as tf.Tensor2D);
-  const bf16 = packBf16(w), int8 = packInt8(w);
+  const bf16 = packBf16(w), int8 = packInt8(w), panels = packInt8(w, undefined, undefined, 'in-out', 'panels');
   const int8Bytes = N * (K + 4), f32Bytes = K * N * 4;
   const rows: Record<string, unknown> = {};
   for (const M of [1, 2, 3, 4, 8, 16, 64, 256]) {
@@ -117,13 +118,17 @@ function int8Sweep(): Record<string, unknown> {
         f32: () => (M <= 16 ? (tf.engine().runKernel('OmniflowMatMul', { x, w }, attrs) as tf.Tensor) : tf.matMul(x, w)).dispose(),
         bf16: () => (tf.engine().runKernel('OmniflowMatMulBf16', { x, w: bf16 }, attrs) as tf.Tensor).dispose(),
         int8: () => (tf.engine().runKernel(OMNIFLOW_MATMUL_INT8, { x, w: int8 }, { ...attrs, N }) as tf.Tensor).dispose(),
+        int8Panels: () => (tf.engine().runKernel(OMNIFLOW_MATMUL_INT8, { x, w: panels }, { ...attrs, N }) as tf.Tensor).dispose(),
       },
       M >= 64 ? 5 : 15,
     );
     const ms = t.int8!.bestMs;
-    rows[`M=${M}`] = { ...t, int8GBps: +(int8Bytes / ms / 1e6).toFixed(2), int8Float32EquivalentGBps: +(f32Bytes / ms / 1e6).toFixed(2), int8SpeedupOverF32: +(t.f32!.bestMs / ms).toFixed(2) };
+    rows[`M=${M}`] = {
+      ...t, int8GBps: +(int8Bytes / ms / 1e6).toFixed(2), int8Float32EquivalentGBps: +(f32Bytes / ms / 1e6).toFixed(2), int8SpeedupOverF32: +(t.f32!.bestMs / ms).toFixed(2),
+      panelsGmacs: +((M * K * N) / t.int8Panels!.bestMs / 1e6).toFixed(1), panelsSpeedupOverRows: +(ms / t.int8Panels!.bestMs).toFixed(2),
+    };
     x.dispose();
   }
-  tf.dispose([w, bf16, int8]);
+  tf.dispose([w, bf16, int8, panels]);
   return { weights: `[${K}, ${N}]: int8 ${(int8Bytes / 2 ** 20).toFixed(1)} MiB, bf16 32 MiB, float32 64 MiB`, rows };
 }

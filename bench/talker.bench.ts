@@ -179,7 +179,7 @@ export async function code2wavBench(): Promise<object> {
  * each: the embedding + transformer, the upsampling, and each decoder step (Code2Wav.decoderSteps: decoder.0, per
  * block its upsampling and three residual units, the output). The barriers add a little; the sum is close to a push.
  */
-function stageProfile(c2w: Code2Wav, chunk: (f: number, n: number) => Int32Array): object {
+export function stageProfile(c2w: Code2Wav, chunk: (f: number, n: number) => Int32Array): object {
   const state = new StreamState();
   const rows: number[][] = [];
   const cpu = () => {
