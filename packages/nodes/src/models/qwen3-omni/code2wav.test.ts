@@ -252,7 +252,7 @@ describe('Code2Wav (fixture case 8)', () => {
     }
     // bf16 halves the transformer's bytes, so the front thread takes on more of the decoder.
     expect(Code2Wav.pipelineSplit(release, 'bf16')).toBeGreaterThanOrEqual(Code2Wav.pipelineSplit(release, 'float32'));
-    // int8 makes the transformer a quarter of float32's bytes and the decoder ~2x faster: the cut moves later again.
+    // int8 makes the transformer a quarter of float32's bytes and the decoder ~3x faster: the cut stays at least as late.
     expect(Code2Wav.pipelineSplit(release, 'int8')).toBeGreaterThanOrEqual(Code2Wav.pipelineSplit(release, 'bf16'));
   });
 

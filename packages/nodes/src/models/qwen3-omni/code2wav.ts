@@ -88,8 +88,9 @@ export class Code2Wav {
    * Where a two-thread decoder (Code2WavPipeline) is cut by default, in decoder steps: the cut that best balances the
    * two threads' estimated time per frame (`frameCostMs`). For the release: step 6 with float32 weights (the front
    * thread runs the transformer, upsampling, decoder.0, block 1 and block 2's upsampling; the back thread the rest),
-   * step 7 with bf16 (block 2's first residual unit moves to the front), step 8 with int8 (two of block 2's units in
-   * front) — the best cuts of the measured per-step profiles.
+   * step 7 with bf16 (block 2's first residual unit moves to the front), and step 7 with int8 too (the int8 decoder's
+   * 'panels' products are ~1.5x its earlier kernel's, so its steps shrank as much as the transformer's) — the best cuts
+   * of the measured per-step profiles.
    */
   static pipelineSplit(config: Code2WavConfig, weights: WeightDtype = 'float32'): number {
     const { front, steps } = Code2Wav.frameCostMs(config, weights);
@@ -530,30 +531,33 @@ interface Rope {
 
 /**
  * Code2Wav.frameCostMs for `weights: 'int8'`, fitted to the int8 per-stage profile of the release (bench/talker.bench.ts
- * `int8.perStageCpuMs`, same machine; every step within ~1 ms). An int8 product costs the larger of its multiply-adds at
- * 52 GFLOP/s (the integer kernel's rate from 2 rows up) and its bytes (one per weight) at 10 GB/s. Beside those faster
- * products the elementwise work shows: 20 ns per output value of a residual unit (two SnakeBetas, the im2col copy, the
- * residual add), 5 ns per value of an upsampling step (one SnakeBeta), and the tfjs ops around the products, 1.2 ms
- * per transformer layer and 1.5 ms per ConvNeXt block.
+ * `int8.perStageCpuMs`, same machine; every step within ~1 ms). An int8 product costs the larger of its multiply-adds
+ * and its bytes (one per weight) at 10 GB/s; multiply-adds run at 52 GFLOP/s in the transformer and upsampling ('rows'
+ * packing, 1-4 rows) and at 67 GFLOP/s in the decoder ('panels', 4-1920 rows). Beside those products the elementwise
+ * work shows: 7 ns per output value of a residual unit (two SnakeBetas, the im2col quantizer, the residual add), 5 ns
+ * per value of an upsampling step (one SnakeBeta), and the tfjs ops around the products, 1.2 ms per transformer layer
+ * and 1.5 ms per ConvNeXt block.
  */
 function int8FrameCostMs(c: Code2WavConfig): { front: number; steps: number[] } {
   const H = c.hidden_size, D = c.decoder_dim;
-  const product = (macs: number, weights: number) => Math.max((2 * macs) / 52e6, weights / 10e6);
+  const product = (macs: number, weights: number, flopsPerMs: number) => Math.max((2 * macs) / flopsPerMs, weights / 10e6);
+  const rows = (macs: number, weights: number) => product(macs, weights, 52e6);
+  const panels = (macs: number, weights: number) => product(macs, weights, 67e6);
   const kv = (c.num_key_value_heads * H) / c.num_attention_heads;
   const layerWeights = 2 * H * H + 2 * H * kv + 3 * H * c.intermediate_size;
   let positions = 1;
-  let front = c.num_hidden_layers * (product(layerWeights, layerWeights) + 1.2);
+  let front = c.num_hidden_layers * (rows(layerWeights, layerWeights) + 1.2);
   for (const ratio of c.upsampling_ratios) {
-    front += product(positions * H * H * ratio, H * H * ratio); // transposed conv k = s
+    front += rows(positions * H * H * ratio, H * H * ratio); // transposed conv k = s
     positions *= ratio;
-    front += product(positions * 8 * H * H, 8 * H * H) + 1.5; // ConvNeXt
+    front += rows(positions * 8 * H * H, 8 * H * H) + 1.5; // ConvNeXt
   }
-  const steps = [product(positions * H * D * 7, H * D * 7)];
+  const steps = [panels(positions * H * D * 7, H * D * 7)];
   c.upsample_rates.forEach((rate, i) => {
     const inC = D / 2 ** i, outC = inC / 2;
-    steps.push(product(positions * 2 * inC * rate * outC, 2 * inC * rate * outC) + positions * rate * outC * 5e-6);
+    steps.push(panels(positions * 2 * inC * rate * outC, 2 * inC * rate * outC) + positions * rate * outC * 5e-6);
     positions *= rate;
-    for (let u = 0; u < RESIDUAL_DILATIONS.length; u++) steps.push(product(positions * 8 * outC * outC, 8 * outC * outC) + positions * outC * 20e-6);
+    for (let u = 0; u < RESIDUAL_DILATIONS.length; u++) steps.push(panels(positions * 8 * outC * outC, 8 * outC * outC) + positions * outC * 7e-6);
   });
   const lastC = D / 2 ** c.upsample_rates.length;
   steps.push((2 * positions * lastC * 7) / 24e6 + positions * lastC * 5e-6); // SnakeBeta and the float32 1-channel conv
