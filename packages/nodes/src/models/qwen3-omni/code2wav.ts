@@ -88,9 +88,8 @@ export class Code2Wav {
    * Where a two-thread decoder (Code2WavPipeline) is cut by default, in decoder steps: the cut that best balances the
    * two threads' estimated time per frame (`frameCostMs`). For the release: step 6 with float32 weights (the front
    * thread runs the transformer, upsampling, decoder.0, block 1 and block 2's upsampling; the back thread the rest),
-   * step 7 with bf16 (block 2's first residual unit moves to the front), and step 7 with int8 too (the int8 decoder's
-   * 'panels' products are ~1.5x its earlier kernel's, so its steps shrank as much as the transformer's) — the best cuts
-   * of the measured per-step profiles.
+   * step 7 with bf16 (block 2's first residual unit moves to the front), step 8 with int8 (two of block 2's units in
+   * front) — the best cuts of the measured per-step profiles and, for int8, of a sweep of the pipeline itself.
    */
   static pipelineSplit(config: Code2WavConfig, weights: WeightDtype = 'float32'): number {
     const { front, steps } = Code2Wav.frameCostMs(config, weights);
@@ -534,9 +533,12 @@ interface Rope {
  * `int8.perStageCpuMs`, same machine; every step within ~1 ms). An int8 product costs the larger of its multiply-adds
  * and its bytes (one per weight) at 10 GB/s; multiply-adds run at 52 GFLOP/s in the transformer and upsampling ('rows'
  * packing, 1-4 rows) and at 67 GFLOP/s in the decoder ('panels', 4-1920 rows). Beside those products the elementwise
- * work shows: 7 ns per output value of a residual unit (two SnakeBetas, the im2col quantizer, the residual add), 5 ns
+ * work shows: 12 ns per output value of a residual unit (two SnakeBetas, the im2col quantizer, the residual add), 5 ns
  * per value of an upsampling step (one SnakeBeta), and the tfjs ops around the products, 1.2 ms per transformer layer
- * and 1.5 ms per ConvNeXt block.
+ * and 1.5 ms per ConvNeXt block. The per-value term is the least certain: five profiles on the shared machine put the
+ * narrow blocks' units at 6.0-7.5 ms (block 2-4), which 7-12 ns all fit; 12 ns makes the balanced cut step 8, and a
+ * sweep of the two-thread pipeline itself agreed (cut 7 / 8 / 9: medians of 10 / 10 / 3 interleaved runs 78.6 / 70.0 /
+ * 75.0 ms per frame).
  */
 function int8FrameCostMs(c: Code2WavConfig): { front: number; steps: number[] } {
   const H = c.hidden_size, D = c.decoder_dim;
@@ -557,7 +559,7 @@ function int8FrameCostMs(c: Code2WavConfig): { front: number; steps: number[] } 
     const inC = D / 2 ** i, outC = inC / 2;
     steps.push(panels(positions * 2 * inC * rate * outC, 2 * inC * rate * outC) + positions * rate * outC * 5e-6);
     positions *= rate;
-    for (let u = 0; u < RESIDUAL_DILATIONS.length; u++) steps.push(panels(positions * 8 * outC * outC, 8 * outC * outC) + positions * outC * 7e-6);
+    for (let u = 0; u < RESIDUAL_DILATIONS.length; u++) steps.push(panels(positions * 8 * outC * outC, 8 * outC * outC) + positions * outC * 12e-6);
   });
   const lastC = D / 2 ** c.upsample_rates.length;
   steps.push((2 * positions * lastC * 7) / 24e6 + positions * lastC * 5e-6); // SnakeBeta and the float32 1-channel conv
