@@ -15,7 +15,8 @@ export type WeightSource = Pick<Checkpoint, 'get'>;
  * bfloat16 and packs two per int32 (`[in, out / 2]`), halving the bytes every decode step reads; products still
  * accumulate in float32. The released checkpoint is stored in bf16, so for it the rounding changes nothing.
  * 'int8' quantizes each output column to int8 with its own scale (max |w| / 127; runtime-gpu's packInt8: a marked
- * int32 tensor `[ceil(out / 4), ceil(in / 16)·16 + 4]`), a quarter of float32's bytes; on wasm the product quantizes
+ * int32 tensor `[ceil(out / 4), ceil(in / 16)·16 + 4]`, or `[ceil(out / 8), 2·ceil(in / 8)·8 + 8]` in the 'panels'
+ * packing that convolutions use), a quarter of float32's bytes; on wasm the product quantizes
  * x to int16 per row and accumulates in int32. Each weight is off by up to half a step (1/254 of its column's largest
  * weight): measured relative rms error of a [4, 4096]·[4096, 1024] product 0.39% for uniform random weights, 0.86%
  * for Gaussian ones (bf16: 0.15%). Inference only (no gradients through packed weights).
