@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { heapImportLimits, heapOffset, wasmHeap, WasmModuleBuilder, type WasmBackendInternals, type WasmMemoryLike } from '@omniflow/runtime-gpu';
+import { heapOffset, perWasmBackend, wasmHeap, WasmModuleBuilder, type WasmBackendInternals } from '@omniflow/runtime-gpu';
 
 /*
  * Attention of a decode step reads few query rows against the whole cache. As tfjs ops on wasm that is two batched
@@ -59,14 +59,9 @@ interface DecodeAttentionModule {
   values(p: number, v: number, out: number, R: number, T: number, D: number): void;
 }
 
-const modules = new WeakMap<object, DecodeAttentionModule>();
-
 /** The two SIMD loops over the backend's heap. Loops count indices (addresses can pass 2^31, so no signed compares on them). */
-function moduleFor(backend: WasmBackendInternals): DecodeAttentionModule {
-  let mod = modules.get(backend);
-  if (mod) return mod;
-  const heap: WasmMemoryLike = wasmHeap(backend);
-  const m = new WasmModuleBuilder().importMemory('env', 'memory', heapImportLimits(heap));
+const moduleFor = perWasmBackend((heap, limits): DecodeAttentionModule => {
+  const m = new WasmModuleBuilder().importMemory('env', 'memory', limits);
   const p6 = { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32'] as const, results: [] as const };
   m.func('scores', p6, (c, [q, k, s, R, T, D]) => {
     const t = c.local('i32'), r = c.local('i32'), d = c.local('i32'), kt = c.local('i32'), qr = c.local('i32'), sp = c.local('i32'), d16 = c.local('i32');
@@ -117,10 +112,8 @@ function moduleFor(backend: WasmBackendInternals): DecodeAttentionModule {
       c.for(d, () => c.localGet(d16), () => c.localGet(D), 4, () => block([a0]));
     });
   });
-  mod = m.instantiate({ env: { memory: heap } }) as unknown as DecodeAttentionModule;
-  modules.set(backend, mod);
-  return mod;
-}
+  return m.instantiate({ env: { memory: heap } }) as unknown as DecodeAttentionModule;
+});
 
 let registered = false;
 

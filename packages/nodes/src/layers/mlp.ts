@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { heapImportLimits, heapOffset, uleb, wasmHeap, WasmModuleBuilder, type WasmBackendInternals } from '@omniflow/runtime-gpu';
+import { heapOffset, perWasmBackend, wasmHeap, WasmModuleBuilder, type WasmBackendInternals } from '@omniflow/runtime-gpu';
 import { matMulWeight, packWeight, type WeightDtype, type WeightSource } from './linear.js';
 
 /**
@@ -153,18 +153,14 @@ function siluMulWasm(args: { inputs: { x: tf.TensorInfo }; backend: WasmBackendI
   return out;
 }
 
-const siluMulModules = new WeakMap<object, (x: number, y: number, rows: number, I: number) => void>();
 
 /**
  * silu(g)·u over rows [g | u] (byte addresses; I a multiple of 4) in wasm SIMD, four values per step. exp(−g) is
  * Cephes' expf (range reduction by ln 2, a degree-6 polynomial, 2^n built in the exponent bits; about 1 ulp, the
  * argument clamped to ±88.38 where float32 exp overflows), then σ = 1 / (1 + exp(−g)) and (g·σ)·u in float32.
  */
-function siluMulSimd(backend: WasmBackendInternals): (x: number, y: number, rows: number, I: number) => void {
-  let fn = siluMulModules.get(backend);
-  if (fn) return fn;
-  const heap = wasmHeap(backend);
-  const m = new WasmModuleBuilder().importMemory('env', 'memory', heapImportLimits(heap));
+const siluMulSimd = perWasmBackend((heap, limits): ((x: number, y: number, rows: number, I: number) => void) => {
+  const m = new WasmModuleBuilder().importMemory('env', 'memory', limits);
   m.func('siluMul', { params: ['i32', 'i32', 'i32', 'i32'], results: [] }, (c, [x, y, rows, I]) => {
     const r = c.local('i32'), i = c.local('i32'), gr = c.local('i32'), yr = c.local('i32'), ub = c.local('i32');
     const g = c.local('v128'), t = c.local('v128'), fx = c.local('v128'), z = c.local('v128'), p = c.local('v128');
@@ -187,12 +183,12 @@ function siluMulSimd(backend: WasmBackendInternals): (x: number, y: number, rows
       c.for(i, () => c.i32Const(0), () => c.localGet(I), 4, () => {
         c.localGet(gr).localGet(i).i32Const(4).i32Mul().i32Add().v128Load(0).localSet(g);
         // t = clamp(−g, lo, hi)
-        c.localGet(K.hi!).localGet(K.zero!).localGet(g).simd('f32x4.sub').simd('f32x4.pmin').localSet(t);
+        c.localGet(K.hi!).localGet(K.zero!).localGet(g).f32x4Sub().simd('f32x4.pmin').localSet(t);
         c.localGet(K.lo!).localGet(t).f32x4Pmax().localSet(t);
         // fx = nearest(t·log2e); t -= fx·ln2 (in two parts)
         c.localGet(t).localGet(K.log2e!).f32x4Mul().f32x4Nearest().localSet(fx);
-        c.localGet(t).localGet(fx).localGet(K.c1!).f32x4Mul().simd('f32x4.sub').localSet(t);
-        c.localGet(t).localGet(fx).localGet(K.c2!).f32x4Mul().simd('f32x4.sub').localSet(t);
+        c.localGet(t).localGet(fx).localGet(K.c1!).f32x4Mul().f32x4Sub().localSet(t);
+        c.localGet(t).localGet(fx).localGet(K.c2!).f32x4Mul().f32x4Sub().localSet(t);
         c.localGet(t).localGet(t).f32x4Mul().localSet(z);
         // p = ((((p0·t + p1)·t + p2)·t + p3)·t + p4)·t + p5, then p·z + t + 1
         c.localGet(K.p0!).localGet(t).f32x4Mul().localGet(K.p1!).f32x4Add().localSet(p);
@@ -201,7 +197,7 @@ function siluMulSimd(backend: WasmBackendInternals): (x: number, y: number, rows
         // · 2^fx: (fx + 127) << 23 as float bits
         c.localGet(p).localGet(fx).i32x4TruncSatF32x4S().localGet(bias).i32x4Add().i32Const(23).i32x4Shl().f32x4Mul().localSet(p);
         // σ = 1 / (1 + exp(−g)); y = (g·σ)·u
-        c.localGet(K.one!).localGet(K.one!).localGet(p).f32x4Add().raw(0xfd, ...uleb(0xe7) /* f32x4.div */).localSet(p);
+        c.localGet(K.one!).localGet(K.one!).localGet(p).f32x4Add().f32x4Div().localSet(p);
         c.localGet(yr).localGet(i).i32Const(4).i32Mul().i32Add();
         c.localGet(g).localGet(p).f32x4Mul();
         c.localGet(gr).localGet(ub).i32Add().localGet(i).i32Const(4).i32Mul().i32Add().v128Load(0);
@@ -209,11 +205,8 @@ function siluMulSimd(backend: WasmBackendInternals): (x: number, y: number, rows
       });
     });
   });
-  const exports = m.instantiate({ env: { memory: heap } }) as unknown as { siluMul: (x: number, y: number, rows: number, I: number) => void };
-  fn = exports.siluMul;
-  siluMulModules.set(backend, fn);
-  return fn;
-}
+  return (m.instantiate({ env: { memory: heap } }) as unknown as { siluMul: (x: number, y: number, rows: number, I: number) => void }).siluMul;
+});
 
 export function disposeSwiGluMlp(mlp: SwiGluMlp): void {
   mlp.gateUp.dispose();

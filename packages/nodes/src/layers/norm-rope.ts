@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { heapImportLimits, heapOffset, wasmHeap, WasmModuleBuilder, type WasmBackendInternals } from '@omniflow/runtime-gpu';
+import { heapOffset, perWasmBackend, wasmHeap, WasmModuleBuilder, type WasmBackendInternals } from '@omniflow/runtime-gpu';
 import { rmsNorm, type RMSNorm } from './rms-norm.js';
 import { applyRope } from './rope.js';
 
@@ -138,13 +138,8 @@ interface NormRopeSimd {
   row(x: number, y: number, w: number, D: number, eps: number, scale: number, cos: number, sin: number, rope: number, Df: number): void;
 }
 
-const simdModules = new WeakMap<object, NormRopeSimd>();
-
-function simdModuleFor(backend: WasmBackendInternals): NormRopeSimd {
-  let mod = simdModules.get(backend);
-  if (mod) return mod;
-  const heap = wasmHeap(backend);
-  const m = new WasmModuleBuilder().importMemory('env', 'memory', heapImportLimits(heap));
+const simdModuleFor = perWasmBackend((heap, limits): NormRopeSimd => {
+  const m = new WasmModuleBuilder().importMemory('env', 'memory', limits);
   m.func('row', { params: ['i32', 'i32', 'i32', 'i32', 'f32', 'f32', 'i32', 'i32', 'i32', 'f32'], results: [] }, (c, [x, y, w, D, eps, scale, cs, sn, rope, Df]) => {
     const d = c.local('i32'), half = c.local('i32'), hb = c.local('i32'), s = c.local('f32');
     const ss = c.local('v128'), v = c.local('v128'), inv = c.local('v128'), a = c.local('v128'), b = c.local('v128');
@@ -189,7 +184,7 @@ function simdModuleFor(backend: WasmBackendInternals): NormRopeSimd {
         at(cs);
         c.v128Load(0).f32x4Mul().localGet(b);
         at(sn);
-        c.v128Load(0).f32x4Mul().simd('f32x4.sub').v128Store(0);
+        c.v128Load(0).f32x4Mul().f32x4Sub().v128Store(0);
         at(y, true);
         c.localGet(b);
         at(cs, true);
@@ -199,11 +194,8 @@ function simdModuleFor(backend: WasmBackendInternals): NormRopeSimd {
       });
     });
   });
-  const exports = m.instantiate({ env: { memory: heap } }) as unknown as { row: (...a: number[]) => void };
-  mod = { row: (xp, yp, wp, D, eps, scale, cp, sp, rope, Df) => exports.row(xp, yp, wp, D, eps, scale, cp, sp, rope, Df) };
-  simdModules.set(backend, mod);
-  return mod;
-}
+  return m.instantiate({ env: { memory: heap } }) as unknown as NormRopeSimd;
+});
 
 /**
  * One row of normRope on the heap view `f` (float indices): y[yr..] = scale · rope(rmsNorm(x[xr..])) with the cos/sin

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { WasmModuleBuilder, heapOffset, uleb, wasmHeap, type Checkpoint, type WasmBackendInternals, type WasmMemoryLike } from '@omniflow/runtime-gpu';
+import { WasmModuleBuilder, heapOffset, perWasmBackend, uleb, type Checkpoint, type MemoryLimits, type WasmBackendInternals, type WasmMemoryLike } from '@omniflow/runtime-gpu';
 
 /**
  * SnakeBeta activation (BigVGAN style): `y = x + 1/(exp(β) + 1e-9) · sin²(x · exp(α))`, per channel.
@@ -68,7 +68,7 @@ function registerSnakeBetaKernel(): boolean {
 }
 
 type SnakeFn = (x: number, freq: number, inv: number, y: number, n: number, channels: number) => void;
-const simdModules = new WeakMap<object, { snake4: SnakeFn; snake16: SnakeFn }>();
+const simdModuleFor = perWasmBackend((heap, limits) => buildSnakeBetaSimd(heap, limits));
 
 function snakeBetaWasm(args: { inputs: { x: tf.TensorInfo; frequency: tf.TensorInfo; inverseMagnitude: tf.TensorInfo }; backend: WasmBackendInternals }): tf.TensorInfo {
   const { backend } = args;
@@ -77,8 +77,7 @@ function snakeBetaWasm(args: { inputs: { x: tf.TensorInfo; frequency: tf.TensorI
   const n = x.shape.reduce((a, b) => a * b, 1), C = frequency.shape[0];
   if (n === 0) return out;
   if (C % 4 === 0) {
-    let mod = simdModules.get(backend);
-    if (!mod) simdModules.set(backend, (mod = buildSnakeBetaSimd(wasmHeap(backend))));
+    const mod = simdModuleFor(backend);
     (C % 16 === 0 ? mod.snake16 : mod.snake4)(heapOffset(backend, x, 'x'), heapOffset(backend, frequency, 'frequency'), heapOffset(backend, inverseMagnitude, 'inverseMagnitude'), heapOffset(backend, out, 'y'), n, C);
     return out;
   }
@@ -102,8 +101,8 @@ const PI_HI = Math.round(Math.PI * 2048) / 2048, PI_LO = Math.PI - PI_HI;
  * polynomial's truncation error is below 6e-8 on |r| ≤ π/2. `snake4` needs C a multiple of 4; `snake16` a multiple of
  * 16 and runs four independent vectors per iteration (the Horner chain is latency-bound: 1.5x faster measured).
  */
-function buildSnakeBetaSimd(memory: WasmMemoryLike): { snake4: SnakeFn; snake16: SnakeFn } {
-  const m = new WasmModuleBuilder().importMemory('env', 'memory', { initial: 1 });
+function buildSnakeBetaSimd(memory: WasmMemoryLike, limits: MemoryLimits): { snake4: SnakeFn; snake16: SnakeFn } {
+  const m = new WasmModuleBuilder().importMemory('env', 'memory', limits);
   const F32X4_NEAREST = 0x6a;
   for (const unroll of [1, 4]) {
     m.func(`snake${4 * unroll}`, { params: ['i32', 'i32', 'i32', 'i32', 'i32', 'i32'], results: [] }, (c, [x, freq, inv, y, n, channels]) => {
@@ -130,7 +129,7 @@ function buildSnakeBetaSimd(memory: WasmMemoryLike): { snake4: SnakeFn; snake16:
           each((u) => c.localGet(x).v128Load(16 * u).localTee(xv[u]).localGet(freq).localGet(ch).i32Add().v128Load(16 * u).f32x4Mul().localSet(z[u]));
           // t = nearest(z / π); r = (z − t·π_hi) − t·π_lo; r2 = r²
           each((u) => c.localGet(z[u]).localGet(invPi).f32x4Mul().raw(0xfd, ...uleb(F32X4_NEAREST)).localSet(t[u]));
-          each((u) => c.localGet(z[u]).localGet(t[u]).localGet(piHi).f32x4Mul().simd('f32x4.sub').localGet(t[u]).localGet(piLo).f32x4Mul().simd('f32x4.sub').localSet(r[u]));
+          each((u) => c.localGet(z[u]).localGet(t[u]).localGet(piHi).f32x4Mul().f32x4Sub().localGet(t[u]).localGet(piLo).f32x4Mul().f32x4Sub().localSet(r[u]));
           each((u) => c.localGet(r[u]).localGet(r[u]).f32x4Mul().localSet(r2[u]));
           // p = sin(r)/r by Horner in r², the vectors interleaved
           each((u) => c.localGet(coef[5]).localSet(p[u]));

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { int8PackedShape, int8PaddedK, int8WeightShape, unpackInt8, type Int8Packing } from './int8.js';
-import { heapImportLimits, heapOffset, wasmHeap, type MatMulSmallOptions, type WasmBackendInternals } from './mat-mul-small.js';
+import { heapOffset, perWasmBackend, type MatMulSmallOptions, type WasmBackendInternals } from './mat-mul-small.js';
 import { MATMUL_EPILOGUE, type MatMulEpilogue } from './matmul-module.js';
 import { buildInt8MatMul, INT8_VARIANT, int8ScratchBytes, int8XMax, type Int8MatMul } from './matmul-int8-module.js';
 
@@ -23,17 +23,7 @@ interface Int8Attrs {
   activation: 'linear' | MatMulEpilogue;
 }
 
-const kernels = new WeakMap<object, Int8MatMul>();
-
-function kernelsFor(backend: WasmBackendInternals): Int8MatMul {
-  let k = kernels.get(backend);
-  if (!k) {
-    const heap = wasmHeap(backend);
-    k = buildInt8MatMul(heap, INT8_VARIANT, heapImportLimits(heap));
-    kernels.set(backend, k);
-  }
-  return k;
-}
+const kernelsFor = perWasmBackend((heap, limits): Int8MatMul => buildInt8MatMul(heap, INT8_VARIANT, limits));
 
 function int8Kernel(args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap }): tf.TensorInfo {
   const backend = args.backend as WasmBackendInternals;

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { buildMatMulModule, DEFAULT_VARIANT, FMA_VARIANT, relaxedSimdAvailable, MATMUL_EPILOGUE, type MatMulEpilogue, type MatMulFn, type MatMulModule } from './matmul-module.js';
 import { unpackBf16 } from './bf16.js';
-import { BLOCKED_FMA_VARIANT, BLOCKED_VARIANT, blockedScratchBytes, buildBlockedMatMul, type BlockedMatMul, type BlockedMatMulVariant } from './matmul-blocked-module.js';
+import { BLOCKED_FMA_VARIANT, BLOCKED_VARIANT, blockedScratchBytes, buildBlockedMatMul } from './matmul-blocked-module.js';
 import type { MemoryLimits, WasmMemoryLike } from './wasm-emitter.js';
 
 /** Kernel names registered for the 'wasm' backend. */
@@ -53,31 +53,37 @@ export interface WasmBackendInternals {
   disposeData(dataId: object, force?: boolean): boolean;
 }
 
-const modules = new WeakMap<object, MatMulModule>();
-const blockedKernels = new WeakMap<object, { kernels: BlockedMatMul; variant: BlockedMatMulVariant }>();
+/**
+ * `build` memoized per tfjs-wasm backend: it runs once per backend, on first use, with the backend's heap and the
+ * import limits a module needs to link against it (heapImportLimits); every kernel that assembles its own wasm module
+ * over the heap gets it this way.
+ *
+ * ```ts
+ * const moduleFor = perWasmBackend((heap, limits) => buildInt8MatMul(heap, INT8_VARIANT, limits));
+ * moduleFor(backend).rows[1](...); // built on the first call, the same instance after
+ * ```
+ */
+export function perWasmBackend<T>(build: (heap: WasmMemoryLike, limits: MemoryLimits) => T): (backend: WasmBackendInternals) => T {
+  const built = new WeakMap<object, T>();
+  return (backend) => {
+    let value = built.get(backend);
+    if (value === undefined) {
+      const heap = wasmHeap(backend);
+      value = build(heap, heapImportLimits(heap));
+      built.set(backend, value);
+    }
+    return value;
+  };
+}
 
 /** The blocked kernels over this backend's heap, built on first use. */
-function blockedFor(backend: WasmBackendInternals): { kernels: BlockedMatMul; variant: BlockedMatMulVariant } {
-  let kernel = blockedKernels.get(backend);
-  if (!kernel) {
-    const heap = wasmHeap(backend);
-    const variant = relaxedSimdAvailable() ? BLOCKED_FMA_VARIANT : BLOCKED_VARIANT;
-    kernel = { kernels: buildBlockedMatMul(heap, variant, heapImportLimits(heap)), variant };
-    blockedKernels.set(backend, kernel);
-  }
-  return kernel;
-}
+const blockedFor = perWasmBackend((heap, limits) => {
+  const variant = relaxedSimdAvailable() ? BLOCKED_FMA_VARIANT : BLOCKED_VARIANT;
+  return { kernels: buildBlockedMatMul(heap, variant, limits), variant };
+});
 
 /** The kernel module over this backend's heap, built on first use (about a millisecond). */
-function moduleFor(backend: WasmBackendInternals): MatMulModule {
-  let mod = modules.get(backend);
-  if (!mod) {
-    const heap = wasmHeap(backend);
-    mod = buildMatMulModule(heap, relaxedSimdAvailable() ? FMA_VARIANT : DEFAULT_VARIANT, heapImportLimits(heap));
-    modules.set(backend, mod);
-  }
-  return mod;
-}
+const moduleFor = perWasmBackend((heap, limits): MatMulModule => buildMatMulModule(heap, relaxedSimdAvailable() ? FMA_VARIANT : DEFAULT_VARIANT, limits));
 
 /**
  * How a module must declare the import of `memory`: unshared with no maximum (tfjs-wasm's single-threaded builds), or

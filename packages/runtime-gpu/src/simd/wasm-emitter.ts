@@ -74,7 +74,7 @@ const SIMD = {
   'i32x4.splat': 0x11, 'f32x4.splat': 0x13, 'f32x4.extract_lane': 0x1f,
   'v128.and': 0x4e, 'v128.or': 0x50,
   'i32x4.extend_low_i16x8_u': 0xa9, 'i32x4.extend_high_i16x8_u': 0xaa, 'i32x4.shl': 0xab, 'i32x4.shr_u': 0xad,
-  'f32x4.add': 0xe4, 'f32x4.sub': 0xe5, 'f32x4.mul': 0xe6, 'f32x4.pmin': 0xea, 'f32x4.pmax': 0xeb,
+  'f32x4.add': 0xe4, 'f32x4.sub': 0xe5, 'f32x4.mul': 0xe6, 'f32x4.div': 0xe7, 'f32x4.pmin': 0xea, 'f32x4.pmax': 0xeb,
   'f32x4.relaxed_madd': 0x105,
   // integer dot products (int8 weights): widen, multiply-add pairs, convert, and the quantizer's round/narrow
   'f32x4.replace_lane': 0x20, 'f32x4.nearest': 0x6a, 'i16x8.narrow_i32x4_s': 0x85,
@@ -298,6 +298,7 @@ export class WasmCode {
   f32x4Add(): this { return this.simd('f32x4.add'); }
   f32x4Sub(): this { return this.simd('f32x4.sub'); }
   f32x4Mul(): this { return this.simd('f32x4.mul'); }
+  f32x4Div(): this { return this.simd('f32x4.div'); }
   /** a·b + c of the three vectors on the stack, fused or not (relaxed SIMD: Node 20 needs --experimental-wasm-relaxed-simd). */
   f32x4RelaxedMadd(): this { return this.simd('f32x4.relaxed_madd'); }
   /** `b < a ? a : b` lane-wise — with a zero operand, a cheap relu (no NaN canonicalisation). */
