@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { KVCache } from '@omniflow/runtime-gpu';
-import { disposeLinear, linear, loadLinear, packWeight, transposeHost, type Linear, type WeightDtype, type WeightSource } from './linear.js';
+import { disposeLinear, linear, loadLinear, type Linear, type WeightDtype, type WeightSource } from './linear.js';
+import { loadFusedLinear } from './fused-linear.js';
 import { loadRMSNorm, type RMSNorm } from './rms-norm.js';
 import { normRope, qkvNormRope } from './norm-rope.js';
 import { decodeAttention, decodeAttentionApplies } from './decode-attention.js';
@@ -56,7 +57,7 @@ export function loadDecoderAttention(ckpt: WeightSource, prefix: string, s: Deco
   const bias = s.attentionBias ?? false, f = s.weights;
   const qOut = s.numHeads * s.headDim, kvOut = s.numKvHeads * s.headDim;
   const projections = s.fuseQkv
-    ? { qkv_proj: loadQkvLinear(ckpt, prefix, s.hidden, [qOut, kvOut, kvOut], bias, f) }
+    ? { qkv_proj: loadFusedLinear(ckpt, ['q_proj', 'k_proj', 'v_proj'].map((n) => `${prefix}.${n}`), s.hidden, [qOut, kvOut, kvOut], bias, f) }
     : {
       q_proj: loadLinear(ckpt, `${prefix}.q_proj`, s.hidden, qOut, bias, f),
       k_proj: loadLinear(ckpt, `${prefix}.k_proj`, s.hidden, kvOut, bias, f),
@@ -77,20 +78,6 @@ export function loadDecoderAttention(ckpt: WeightSource, prefix: string, s: Deco
  * `${prefix}.{q,k,v}_proj` as one Linear [hidden, q + k + v], assembled on the host (one device tensor, packed in the
  * requested format after the columns are joined).
  */
-function loadQkvLinear(ckpt: WeightSource, prefix: string, hidden: number, outs: readonly number[], bias: boolean, format?: WeightDtype): Linear {
-  const total = outs.reduce((a, o) => a + o, 0);
-  const w = new Float32Array(hidden * total), b = bias ? new Float32Array(total) : undefined;
-  let col = 0;
-  (['q_proj', 'k_proj', 'v_proj'] as const).forEach((name, i) => {
-    const out = outs[i]!;
-    const part = transposeHost(ckpt.get(`${prefix}.${name}.weight`, [out, hidden]).data as Float32Array, out, hidden); // [hidden, out]
-    for (let r = 0; r < hidden; r++) w.set(part.subarray(r * out, (r + 1) * out), r * total + col);
-    b?.set(ckpt.get(`${prefix}.${name}.bias`, [out]).data as Float32Array, col);
-    col += out;
-  });
-  return { weight: packWeight(w, hidden, total, format), bias: b && tf.tensor1d(b), inFeatures: hidden, outFeatures: total };
-}
-
 /**
  * Prefill blocks up to this many multiply-adds per attention product (KV heads × query rows × positions × head_dim)
  * also take the batched path that every single-row decode step takes. Measured on wasm (CPU time per call): a decode

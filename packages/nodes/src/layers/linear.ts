@@ -49,13 +49,23 @@ export interface Linear {
  * ```
  */
 export function loadLinear(ckpt: WeightSource, prefix: string, inFeatures: number, outFeatures: number, bias = false, format: WeightDtype = 'float32'): Linear {
-  const w = ckpt.get(`${prefix}.weight`, [outFeatures, inFeatures]);
-  // int8 packs output-major, the checkpoint's own layout: no transpose on the host
-  const weight = format === 'int8'
-    ? packInt8(w.data as Float32Array, inFeatures, outFeatures, 'out-in')
-    : packWeight(transposeHost(w.data as Float32Array, outFeatures, inFeatures), inFeatures, outFeatures, format);
+  const weight = packFromCheckpointLayout(ckpt.get(`${prefix}.weight`, [outFeatures, inFeatures]).data as Float32Array, inFeatures, outFeatures, format);
   const b = bias ? tf.tensor1d(ckpt.get(`${prefix}.bias`, [outFeatures]).data as Float32Array) : undefined;
   return { weight, bias: b, inFeatures, outFeatures };
+}
+
+/**
+ * packWeight for a host matrix in the checkpoint's Linear layout, [out, in]: int8 packs it output-major as it is (no
+ * transpose on the host), the other formats from its [in, out] transpose.
+ *
+ * ```ts
+ * const w = packFromCheckpointLayout(ckpt.get('…q_proj.weight', [64, 32]).data as Float32Array, 32, 64, 'int8');
+ * ```
+ */
+export function packFromCheckpointLayout(data: Float32Array, inFeatures: number, outFeatures: number, format: WeightDtype = 'float32'): tf.Tensor2D {
+  return format === 'int8'
+    ? packInt8(data, inFeatures, outFeatures, 'out-in')
+    : packWeight(transposeHost(data, outFeatures, inFeatures), inFeatures, outFeatures, format);
 }
 
 /**

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Checkpoint } from '@omniflow/runtime-gpu';
-import { loadLinear, linear, disposeLinear, packWeight, transposeHost, type Linear, type WeightDtype } from '../../layers/linear.js';
+import { loadLinear, linear, disposeLinear, type Linear, type WeightDtype } from '../../layers/linear.js';
+import { loadFusedLinear } from '../../layers/fused-linear.js';
 import { loadLayerScale, layerScale, disposeLayerScale, type LayerScale } from '../../layers/layer-scale.js';
 import { loadSnakeBeta, snakeBeta, disposeSnakeBeta, type SnakeBeta } from '../../layers/snake-beta.js';
 import {
@@ -172,11 +173,11 @@ export class Code2Wav {
       const p = `${prefix}.pre_transformer.layers.${n}`;
       layers.push({
         inputLayernorm: vec(`pre_transformer.layers.${n}.input_layernorm.weight`, H),
-        qkv: loadJoinedLinear(ckpt, ['q_proj', 'k_proj', 'v_proj'].map((n) => `${p}.self_attn.${n}`), [H, kvDim, kvDim], H, c.attention_bias, format),
+        qkv: loadFusedLinear(ckpt, ['q_proj', 'k_proj', 'v_proj'].map((n) => `${p}.self_attn.${n}`), H, [H, kvDim, kvDim], c.attention_bias, format),
         o: loadLinear(ckpt, `${p}.self_attn.o_proj`, H, H, c.attention_bias, format),
         selfAttnLayerScale: loadLayerScale(ckpt, `${p}.self_attn_layer_scale`, H),
         postAttentionLayernorm: vec(`pre_transformer.layers.${n}.post_attention_layernorm.weight`, H),
-        gateUp: loadJoinedLinear(ckpt, [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`], [I, I], H, false, format),
+        gateUp: loadFusedLinear(ckpt, [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`], H, [I, I], false, format),
         down: loadLinear(ckpt, `${p}.mlp.down_proj`, I, H, false, format),
         mlpLayerScale: loadLayerScale(ckpt, `${p}.mlp_layer_scale`, H),
       });
@@ -564,24 +565,6 @@ function int8FrameCostMs(c: Code2WavConfig): { front: number; steps: number[] } 
   const lastC = D / 2 ** c.upsample_rates.length;
   steps.push((2 * positions * lastC * 7) / 24e6 + positions * lastC * 5e-6); // SnakeBeta and the float32 1-channel conv
   return { front, steps };
-}
-
-/**
- * Linear layers that read the same input, joined into one [in, Σ out] weight on the host before packing (PyTorch's
- * [out, in] matrices stack along out, then transpose): one product instead of several. Joining after packing would not
- * work for int8, whose packed layout is blocks of 4 outputs with their scales.
- */
-function loadJoinedLinear(ckpt: Checkpoint, prefixes: string[], outs: number[], inFeatures: number, bias: boolean, format: WeightDtype): Linear {
-  const total = outs.reduce((a, b) => a + b, 0);
-  const rows = new Float32Array(total * inFeatures), b = new Float32Array(total);
-  let at = 0;
-  prefixes.forEach((prefix, i) => {
-    rows.set(ckpt.get(`${prefix}.weight`, [outs[i], inFeatures]).data as Float32Array, at * inFeatures);
-    if (bias) b.set(ckpt.get(`${prefix}.bias`, [outs[i]]).data as Float32Array, at);
-    at += outs[i];
-  });
-  const weight = packWeight(transposeHost(rows, total, inFeatures), inFeatures, total, format);
-  return { weight, bias: bias ? tf.tensor1d(b) : undefined, inFeatures, outFeatures: total };
 }
 
 /**
