@@ -126,13 +126,15 @@ interface Kernels {
  */
 export function defaultChunkWidths(N: number, threads: number): number[] {
   const wide = Math.floor((N * 7) / 8 / threads / 8) * 8;
-  if (wide < 64) return equalWidths(N, Math.max(8, Math.ceil(N / threads / 8) * 8));
+  if (wide < 64) return equalParts(N, threads);
   const rest = N - wide * threads;
-  return [...Array.from({ length: threads }, () => wide), ...equalWidths(rest, Math.max(8, Math.ceil(rest / threads / 8) * 8))];
+  return [...Array.from({ length: threads }, () => wide), ...equalParts(rest, threads)];
 }
 
 /** Widths of `width` columns, the last the rest. */
-function equalWidths(N: number, width: number): number[] {
+/** N columns in at most `parts` chunks of equal width (a multiple of 8, at least 8; the last takes the rest). */
+function equalParts(N: number, parts: number): number[] {
+  const width = Math.max(8, Math.ceil(N / parts / 8) * 8);
   return Array.from({ length: Math.ceil(N / width) }, (_, i) => Math.min(width, N - i * width));
 }
 
@@ -287,7 +289,7 @@ export class ParallelMatMul {
     let end = CTL_BYTES;
     this.xOffset = end;
     end = align(end + maxRows * K * 4);
-    const widths = options.chunkWidths ?? (chunksPerThread ? equalWidths(N, Math.max(8, Math.ceil(N / (threads * chunksPerThread) / 8) * 8)) : defaultChunkWidths(N, threads));
+    const widths = options.chunkWidths ?? (chunksPerThread ? equalParts(N, threads * chunksPerThread) : defaultChunkWidths(N, threads));
     checkWidths(widths, N);
     let n0 = 0;
     for (const n of widths) {
