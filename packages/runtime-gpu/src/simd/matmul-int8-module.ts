@@ -295,25 +295,7 @@ function emitInt8(c: WasmCode, params: WasmLocal[], R: number, U: number): void 
       c.localGet(a[2]!).localGet(a[3]!).i32x4Shuffle([0, 4, 1, 5]).localGet(a[2]!).localGet(a[3]!).i32x4Shuffle([2, 6, 3, 7]).f32x4Add().localSet(t1);
       c.localGet(t0).localGet(t1).i32x4Shuffle([0, 1, 4, 5]).localGet(t0).localGet(t1).i32x4Shuffle([2, 3, 6, 7]).f32x4Add();
       c.localGet(rs[r]!).f32x4Mul().localGet(wp).v128Load().f32x4Mul().localSet(v);
-      c.localGet(n).i32Const(4).i32Add().localGet(n1).i32LeS().if(
-        () => {
-          // a whole block inside [n0, n1): vector bias, relu, store
-          c.localGet(b).if(() => c.localGet(v).localGet(b).localGet(n).i32Const(4).i32Mul().i32Add().v128Load().f32x4Add().localSet(v));
-          c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(zero4).localGet(v).f32x4Pmax().localSet(v)); // pmax(0, v): -0 → +0
-          yRow(r).localGet(v).v128Store();
-        },
-        () => {
-          // the last, partial block (N not a multiple of 4): outputs n + j < n1 one by one
-          for (let j = 0; j < 3; j++) {
-            c.localGet(n).i32Const(j).i32Add().localGet(n1).i32LtS().if(() => {
-              c.localGet(v).f32x4ExtractLane(j).localSet(fa);
-              c.localGet(b).if(() => c.localGet(fa).localGet(b).localGet(n).i32Const(4).i32Mul().i32Add().f32Load(4 * j).f32Add().localSet(fa));
-              c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(fa).f32Const(0).f32Max().localSet(fa));
-              yRow(r).localGet(fa).f32Store(4 * j);
-            });
-          }
-        },
-      );
+      emitStore4(c, { v, fa, zero4, n, n1, b, act }, 0, () => yRow(r));
     }
     c.localGet(wp).i32Const(16).i32Add().localSet(wp); // past the scales: the next block
   });
@@ -363,28 +345,50 @@ function emitPanel(c: WasmCode, params: WasmLocal[], R: number): void {
     for (let r = 0; r < R; r++) {
       for (let h = 0; h < 2; h++) {
         c.localGet(acc[r]![h]).f32x4ConvertI32x4S().localGet(rs[r]!).f32x4Mul().localGet(wp).v128Load(16 * h).f32x4Mul().localSet(v);
-        c.localGet(n).i32Const(4 * h + 4).i32Add().localGet(n1).i32LeS().if(
-          () => {
-            // four outputs inside [n0, n1): vector bias, relu, store
-            c.localGet(b).if(() => c.localGet(v).localGet(b).localGet(n).i32Const(4).i32Mul().i32Add().v128Load(16 * h).f32x4Add().localSet(v));
-            c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(zero4).localGet(v).f32x4Pmax().localSet(v)); // pmax(0, v): -0 → +0
-            c.localGet(yn).localGet(v).v128Store(16 * h);
-          },
-          () => {
-            // the last, partial panel (N not a multiple of 8): outputs n + 4h + j < n1 one by one
-            for (let j = 0; j < 4; j++) {
-              c.localGet(n).i32Const(4 * h + j).i32Add().localGet(n1).i32LtS().if(() => {
-                c.localGet(v).f32x4ExtractLane(j).localSet(fa);
-                c.localGet(b).if(() => c.localGet(fa).localGet(b).localGet(n).i32Const(4).i32Mul().i32Add().f32Load(16 * h + 4 * j).f32Add().localSet(fa));
-                c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(fa).f32Const(0).f32Max().localSet(fa));
-                c.localGet(yn).localGet(fa).f32Store(16 * h + 4 * j);
-              });
-            }
-          },
-        );
+        emitStore4(c, { v, fa, zero4, n, n1, b, act }, 4 * h, () => c.localGet(yn));
       }
       if (r + 1 < R) c.localGet(yn).localGet(yRowBytes).i32Add().localSet(yn);
     }
     c.localGet(wp).i32Const(32).i32Add().localSet(wp); // past the scales: the next panel
   });
+}
+
+/**
+ * The kernels' epilogue for four outputs: `v` holds columns n + first .. n + first + 3 of a row, scaled; adds the bias
+ * (b = 0: none), applies relu when `act` says so and stores them at the address `yAddr` pushes plus 4·first bytes —
+ * as one vector when all four are below n1, else lane by lane for those that are (the last, partial group when N is
+ * not a multiple of the group).
+ */
+function emitStore4(
+  c: WasmCode, l: { v: WasmLocal; fa: WasmLocal; zero4: WasmLocal; n: WasmLocal; n1: WasmLocal; b: WasmLocal; act: WasmLocal }, first: number, yAddr: () => void,
+): void {
+  const { v, fa, zero4, n, n1, b, act } = l;
+  const bias = () => c.localGet(b).localGet(n).i32Const(4).i32Mul().i32Add();
+  c.localGet(n).i32Const(first + 4).i32Add().localGet(n1).i32LeS().if(
+    () => {
+      c.localGet(b).if(() => {
+        c.localGet(v);
+        bias();
+        c.v128Load(4 * first).f32x4Add().localSet(v);
+      });
+      c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(zero4).localGet(v).f32x4Pmax().localSet(v)); // pmax(0, v): -0 → +0
+      yAddr();
+      c.localGet(v).v128Store(4 * first);
+    },
+    () => {
+      for (let j = 0; j < 4; j++) {
+        c.localGet(n).i32Const(first + j).i32Add().localGet(n1).i32LtS().if(() => {
+          c.localGet(v).f32x4ExtractLane(j).localSet(fa);
+          c.localGet(b).if(() => {
+            c.localGet(fa);
+            bias();
+            c.f32Load(4 * (first + j)).f32Add().localSet(fa);
+          });
+          c.localGet(act).i32Const(MATMUL_EPILOGUE.relu).i32Eq().if(() => c.localGet(fa).f32Const(0).f32Max().localSet(fa));
+          yAddr();
+          c.localGet(fa).f32Store(4 * (first + j));
+        });
+      }
+    },
+  );
 }
