@@ -100,6 +100,26 @@ describe('decoderAttention', () => {
         expect(tf.memory().numTensors).toBe(before);
       });
 
+      it('packs independent sequences (segments): each row equals its sequence attended alone', () => {
+        const lengths = [2, 3, 1];
+        const pos = [0, 1, 0, 1, 2, 0]; // each sequence's own positions
+        const [cos, sin] = rope(pos);
+        const before = tf.memory().numTensors;
+        const packed = tf.tidy(() => decoderAttention(tf.tensor2d(x), layer(), cos, sin, undefined, lengths).arraySync());
+        expect(tf.memory().numTensors).toBe(before);
+        let start = 0, max = 0;
+        for (const n of lengths) {
+          const alone = naive(x.slice(start, start + n), pos.slice(start, start + n));
+          alone.forEach((r, i) => r.forEach((v, d) => (max = Math.max(max, Math.abs(v - packed[start + i]![d]!)))));
+          start += n;
+        }
+        expect(max).toBeLessThan(1e-5);
+        const xt = tf.tensor2d(x);
+        expect(() => decoderAttention(xt, layer(), cos, sin, undefined, [2, 3])).toThrow(/segments \[2, 3\] cover 5 rows, x has 6/);
+        expect(() => decoderAttention(xt, layer(), cos, sin, undefined, [6, 0])).toThrow(/positive integers/);
+        tf.dispose([cos, sin, xt]);
+      });
+
       it('gives the same rows with a KV cache fed one chunk, then one token at a time', () => {
         const [cos, sin] = rope(positions);
         const full = tf.tidy(() => decoderAttention(tf.tensor2d(x), layer(), cos, sin).arraySync());

@@ -111,15 +111,19 @@ export interface AttentionCacheSlot {
  * a cache slot, the new keys/values are appended and the queries attend to every cached position (query i sits at
  * cache position past + i and sees keys up to and including it); without one, plain causal attention over x.
  *
+ * `segments` (no cache; training) packs independent sequences into x: their lengths in order, summing to S. Each row
+ * then sees only the earlier rows of its own sequence, so one call computes what one call per sequence would.
+ *
  * ```ts
  * const [cos, sin] = ropeTensors(mropeTables([t, h, w], 128, 1e6, [24, 20, 20], true));
  * const y = decoderAttention(x, attn, cos, sin, { cache, layer: 0 }); // x [S, hidden] -> [S, hidden]
  * ```
  */
-export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf.Tensor, sin: tf.Tensor, slot?: AttentionCacheSlot): tf.Tensor2D {
+export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf.Tensor, sin: tf.Tensor, slot?: AttentionCacheSlot, segments?: readonly number[]): tf.Tensor2D {
   const { numHeads: H, numKvHeads: Hkv, headDim: D } = attn;
   const groups = H / Hkv;
   const S = x.shape[0];
+  if (segments) checkSegments(segments, S, slot);
   return tf.tidy(() => {
     // [S, heads, D] <-> [heads, S, D]: for one row (a decode step) the same memory, so a reshape instead of a copy.
     const swap01 = (t: tf.Tensor) => (S === 1 ? tf.reshape(t, [t.shape[1]!, t.shape[0]!, D]) : tf.transpose(t, [1, 0, 2]));
@@ -139,7 +143,7 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
       merged = decodeAttention(q, b.k, b.v, b.length);
     } else {
       // [H, S, D] -> [Hkv, groups·S, D]: the queries of one KV group become the rows of one matrix.
-      const out = attendOps(tf.reshape(q, [Hkv, groups * S, D]) as tf.Tensor3D, kNew, vNew, S, groups, slot);
+      const out = attendOps(tf.reshape(q, [Hkv, groups * S, D]) as tf.Tensor3D, kNew, vNew, S, groups, slot, segments);
       merged = tf.reshape(swap01(tf.reshape(out, [H, S, D])), [S, H * D]) as tf.Tensor2D;
     }
     return linear(merged, attn.o_proj) as tf.Tensor2D;
@@ -147,13 +151,13 @@ export function decoderAttention(x: tf.Tensor2D, attn: DecoderAttention, cos: tf
 }
 
 /** decoderAttention's products as tfjs ops (any backend; training; long blocks): [Hkv, groups·S, D]. */
-function attendOps(qg: tf.Tensor3D, kNew: tf.Tensor3D, vNew: tf.Tensor3D, S: number, groups: number, slot?: AttentionCacheSlot): tf.Tensor {
+function attendOps(qg: tf.Tensor3D, kNew: tf.Tensor3D, vNew: tf.Tensor3D, S: number, groups: number, slot?: AttentionCacheSlot, segments?: readonly number[]): tf.Tensor {
   const [Hkv, , D] = qg.shape;
   let k: tf.Tensor3D = kNew, v: tf.Tensor3D = vNew;
   if (slot) ({ k, v } = slot.cache.append(slot.layer, kNew, vNew));
   const T = k.shape[1];
   const past = T - S;
-  const mask = S > 1 ? causalMask(S, T, past) : undefined;
+  const mask = segments && segments.length > 1 ? segmentMask(segments) : S > 1 ? causalMask(S, T, past) : undefined;
   let out: tf.Tensor;
   if ((S === 1 && BATCHED_ATTENTION_MAX_MACS >= 0) || Hkv * groups * S * T * D <= BATCHED_ATTENTION_MAX_MACS) {
     // Decode steps and small blocks: one batched matMul for the scores (K read transposed in place) and one for the
@@ -186,6 +190,25 @@ function causalMask(S: number, T: number, past: number): tf.Tensor2D {
   const neg = -3.4028234663852886e38;
   for (let i = 0; i < S; i++) m.fill(neg, i * T + past + i + 1, (i + 1) * T);
   return tf.tensor2d(m, [S, T]);
+}
+
+/** Additive block-diagonal causal mask `[S, S]` for packed sequences: row i sees its own sequence's rows up to i. */
+function segmentMask(segments: readonly number[]): tf.Tensor2D {
+  const S = segments.reduce((a, n) => a + n, 0);
+  const m = new Float32Array(S * S).fill(-3.4028234663852886e38);
+  let start = 0;
+  for (const n of segments) {
+    for (let i = start; i < start + n; i++) m.fill(0, i * S + start, i * S + i + 1);
+    start += n;
+  }
+  return tf.tensor2d(m, [S, S]);
+}
+
+function checkSegments(segments: readonly number[], S: number, slot: AttentionCacheSlot | undefined): void {
+  if (slot) throw new Error('decoderAttention: packed sequences (segments) take no KV cache');
+  if (segments.some((n) => !Number.isInteger(n) || n <= 0)) throw new Error(`decoderAttention: segment lengths must be positive integers, got [${segments.join(', ')}]`);
+  const total = segments.reduce((a, n) => a + n, 0);
+  if (total !== S) throw new Error(`decoderAttention: segments [${segments.join(', ')}] cover ${total} rows, x has ${S}`);
 }
 
 export function disposeDecoderAttention(a: DecoderAttention): void {

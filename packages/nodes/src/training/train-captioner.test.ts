@@ -117,6 +117,30 @@ describe('trainCaptioner', () => {
     expect(report.errors[0]?.reference).toBe(generateScene(5, report.errors[0]!.index).caption);
   });
 
+  it('packs a batch into one text-model forward: its loss is the token-weighted sum of the clips\' own losses', async () => {
+    const out = join(root, 'packed');
+    await trainCaptioner({ ...base, steps: 1, outDir: out, resume: false });
+    const model = await loadQwen3Omni(out);
+    const trainable = new TrainableCaptioner(model);
+    const mel = new LogMel();
+    const examples = [0, 1, 2].map((i) => captionExample(labelledClip({ kind: 'scenes', seed: 11 }, i), model.tokenizer, mel));
+    const before = tf.memory().numTensors;
+    const batch = shardGradients(trainable, examples);
+    const alone = examples.map((e) => shardGradients(trainable, [e]));
+    expect(tf.memory().numTensors).toBe(before);
+    expect(batch.tokens).toBe(alone.reduce((a, r) => a + r.tokens, 0));
+    expect(batch.loss).toBeCloseTo(alone.reduce((a, r) => a + r.loss, 0), 4);
+    // Gradients add up the same way (summed-loss gradients), here the lm_head's.
+    const g = (r: typeof batch) => r.grads.get('model.lmHead.weight')!.data as Float32Array;
+    const sum = g(alone[0]!).map((v, j) => v + g(alone[1]!)[j]! + g(alone[2]!)[j]!);
+    let max = 0, scale = 0;
+    g(batch).forEach((v, j) => ((max = Math.max(max, Math.abs(v - sum[j]!))), (scale = Math.max(scale, Math.abs(sum[j]!)))));
+    expect(max).toBeLessThan(1e-4 * scale);
+    model.dispose();
+    trainable.embedTokens.dispose();
+    mel.dispose();
+  });
+
   it('resumed from a checkpoint, continues the uninterrupted trajectory bit for bit', async () => {
     const whole = await trainCaptioner({ ...base, outDir: join(root, 'whole'), resume: false });
     const half = await trainCaptioner({ ...base, outDir: join(root, 'split'), resume: false, stopAtStep: 2 });

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { TensorToWrite } from '@omniflow/runtime-gpu';
-import type { AudioEncoder } from '../models/qwen3-omni/audio-encoder.js';
+import { audioOutputLength, type AudioEncoder } from '../models/qwen3-omni/audio-encoder.js';
 import type { Qwen3OmniModel } from '../models/qwen3-omni/load.js';
 import { getRopeIndex, ropeIndexConfigOf } from '../models/qwen3-omni/rope-index.js';
 import type { TextModel } from '../models/qwen3-omni/text-model.js';
@@ -109,39 +109,50 @@ export class TrainableCaptioner {
       for (let m = 0; m < mel; m++) flat.set(ex.features.subarray(m * ex.frames, (m + 1) * ex.frames), m * totalFrames + col);
       col += ex.frames;
     }
-    let tokens = 0;
+    // The prompts, captions and positions of every clip, laid end to end: one packed text-model forward for the batch.
+    const ids: number[] = [], source: number[] = [], targetRows: number[] = [], targets: number[] = [], segments: number[] = [];
+    const positions: [number[], number[], number[]] = [[], [], []];
+    const outputLengths = batch.map((b) => audioOutputLength(b.frames, th.audio_config.n_window));
+    let audioOffset = 0;
+    batch.forEach((ex, i) => {
+      const prompt = tok.encodeChat([{ role: 'user', content: [{ type: 'audio', frames: ex.frames }] }], {
+        spatialMergeSize: th.vision_config.spatial_merge_size, nWindow: th.audio_config.n_window, positionIdPerSeconds: th.position_id_per_seconds,
+      });
+      const seq = [...prompt.ids, ...ex.captionIds, imEnd];
+      const P = prompt.ids.length;
+      const rope = getRopeIndex({ inputIds: [prompt.ids], audioSeqlens: prompt.audioFrames }, ropeIndexConfigOf(th));
+      // Answer tokens continue at (row index + ropeDelta), exactly the decode positions generation uses.
+      const tail = Array.from({ length: seq.length - P }, (_, j) => P + j + rope.ropeDeltas[0]);
+      for (let a = 0; a < 3; a++) positions[a]!.push(...rope.positionIds.subarray(a * P, (a + 1) * P), ...tail);
+      const first = seq.indexOf(tok.specialTokens.audioPad);
+      const n = outputLengths[i]!;
+      if (first < 0 || seq[first + n - 1] !== tok.specialTokens.audioPad || seq[first + n] === tok.specialTokens.audioPad) {
+        throw new Error(`TrainableCaptioner.loss: prompt ${i} does not hold ${n} audio placeholders in a row`);
+      }
+      // Row r of the sequence: its token's row (an index into `ids`) or, for a placeholder, audio row a (stored as −1 − a
+      // until the number of token rows, after which the audio rows sit, is known).
+      const rowStart = ids.length;
+      for (let r = 0; r < seq.length; r++) source.push(r >= first && r < first + n ? -1 - (audioOffset + r - first) : rowStart + r);
+      ids.push(...seq);
+      audioOffset += n;
+      // Row r predicts token r + 1: rows P−1 … end−1 predict the caption and the closing <|im_end|>.
+      for (let r = P - 1; r < seq.length - 1; r++) targetRows.push(rowStart + r);
+      targets.push(...seq.slice(P));
+      segments.push(seq.length);
+    });
+    const tokens = targets.length;
     const loss = tf.tidy(() => {
       const features = tf.tensor2d(flat, [mel, totalFrames]);
-      const { embeds, outputLengths } = this.encoder.encode(features, batch.map((b) => b.frames));
-      const audioRows = tf.split(embeds, outputLengths, 0) as tf.Tensor2D[];
-      const losses: tf.Tensor[] = [];
-      batch.forEach((ex, i) => {
-        const prompt = tok.encodeChat([{ role: 'user', content: [{ type: 'audio', frames: ex.frames }] }], {
-          spatialMergeSize: th.vision_config.spatial_merge_size, nWindow: th.audio_config.n_window, positionIdPerSeconds: th.position_id_per_seconds,
-        });
-        const ids = [...prompt.ids, ...ex.captionIds, imEnd];
-        const P = prompt.ids.length;
-        const rope = getRopeIndex({ inputIds: [prompt.ids], audioSeqlens: prompt.audioFrames }, ropeIndexConfigOf(th));
-        const row = (r: number) => Array.from(rope.positionIds.subarray(r * P, (r + 1) * P));
-        // Answer tokens continue at (row index + ropeDelta), exactly the decode positions generation uses.
-        const tail = Array.from({ length: ids.length - P }, (_, j) => P + j + rope.ropeDeltas[0]);
-        const positions: [number[], number[], number[]] = [[...row(0), ...tail], [...row(1), ...tail], [...row(2), ...tail]];
-        const first = ids.indexOf(tok.specialTokens.audioPad);
-        const n = outputLengths[i]!;
-        if (first < 0 || ids[first + n - 1] !== tok.specialTokens.audioPad) throw new Error(`TrainableCaptioner.loss: prompt ${i} does not hold ${n} audio placeholders in a row`);
-        const tokenRows = tf.gather(this.embedTokens, tf.tensor1d(ids, 'int32'));
-        const inputs = tf.concat([tf.slice(tokenRows, [0, 0], [first, -1]), audioRows[i]!, tf.slice(tokenRows, [first + n, 0], [-1, -1])], 0) as tf.Tensor2D;
-        const out = this.thinker.forward(inputs, { positions, logits: 'all', differentiableRouting: true });
-        out.lastHiddenState.dispose();
-        // Row r predicts token r + 1: rows P−1 … end−1 predict the caption and the closing <|im_end|>.
-        const targets = ids.slice(P);
-        const logits = tf.slice(out.logits!, [P - 1, 0], [targets.length, -1]);
-        const logp = tf.logSoftmax(logits);
-        const picked = tf.mul(logp, tf.oneHot(tf.tensor1d(targets, 'int32'), this.thinker.vocabSize));
-        losses.push(tf.neg(tf.sum(picked)));
-        tokens += targets.length;
-      });
-      return tf.div(tf.addN(losses), tokens) as tf.Scalar;
+      const { embeds } = this.encoder.encode(features, batch.map((b) => b.frames));
+      // One gather builds the packed rows from [token embeddings; audio rows].
+      const rows = tf.concat([tf.gather(this.embedTokens, tf.tensor1d(ids, 'int32')), embeds], 0);
+      const index = tf.tensor1d(source.map((s) => (s >= 0 ? s : ids.length - 1 - s)), 'int32');
+      const inputs = tf.gather(rows, index) as tf.Tensor2D;
+      const out = this.thinker.forward(inputs, { positions, segments, logits: 'all', differentiableRouting: true });
+      out.lastHiddenState.dispose();
+      const logp = tf.logSoftmax(tf.gather(out.logits!, tf.tensor1d(targetRows, 'int32')));
+      const picked = tf.mul(logp, tf.oneHot(tf.tensor1d(targets, 'int32'), this.thinker.vocabSize));
+      return tf.div(tf.neg(tf.sum(picked)), tokens) as tf.Scalar;
     });
     return { loss, tokens };
   }

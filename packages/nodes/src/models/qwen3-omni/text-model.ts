@@ -74,6 +74,11 @@ export interface TextForwardOptions {
   logits?: 'last' | 'all' | 'none';
   /** Training: MoE combine weights computed on the device so the routers get gradients (see sparseMoe). */
   differentiableRouting?: boolean;
+  /**
+   * Packed sequences (no cache; training): the lengths of independent sequences laid end to end in the rows, each
+   * attending only to itself (see decoderAttention). Positions are each sequence's own.
+   */
+  segments?: readonly number[];
 }
 
 export interface TextForwardResult {
@@ -220,7 +225,7 @@ export class TextModel {
         for (let i = 0; i < L; i++) {
           const layer = this.layers[i]!;
           h = tf.tidy(() => {
-            const attn = decoderAttention(normRope(h, layer.input_layernorm) as tf.Tensor2D, layer.self_attn, cos, sin, options.cache ? { cache: options.cache, layer: i } : undefined);
+            const attn = decoderAttention(normRope(h, layer.input_layernorm) as tf.Tensor2D, layer.self_attn, cos, sin, options.cache ? { cache: options.cache, layer: i } : undefined, options.segments);
             const r = tf.add(h, attn) as tf.Tensor2D;
             const x2 = normRope(r, layer.post_attention_layernorm) as tf.Tensor2D;
             const m = 'router' in layer.mlp ? sparseMoe(x2, layer.mlp, { differentiableRouting: options.differentiableRouting }).output : swiGlu(x2, layer.mlp);
