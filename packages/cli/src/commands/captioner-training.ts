@@ -18,6 +18,8 @@ interface TrainFlags {
   data?: string;
   sceneSeed: number;
   from?: string;
+  growAudioLayers: number;
+  growTextLayers: number;
   size: 'builtin' | 'tiny';
   initSeed: number;
   steps: number;
@@ -59,6 +61,8 @@ export function addCaptionerTrainingCommands(program: Command, setExit: (code: n
     .option('--data <dir>', 'folder of *.wav files each with a *.txt caption (default: generated scenes)')
     .option('--scene-seed <n>', 'seed of the generated scenes (or of the folder shuffle)', int('--scene-seed', 0), 1)
     .option('--from <dir>', 'fine-tune this model folder instead of starting from random weights')
+    .option('--grow-audio-layers <n>', 'with --from: append this many audio tower layers that start as no-ops (seeded by --init-seed)', int('--grow-audio-layers', 0), 0)
+    .option('--grow-text-layers <n>', 'with --from: append this many text model layers that start as no-ops (seeded by --init-seed)', int('--grow-text-layers', 0), 0)
     .option('--size <name>', "sizes of a new model: 'builtin' (the shipped one's) or 'tiny'", 'builtin')
     .option('--init-seed <n>', 'seed of the random initial weights', int('--init-seed', 0), 0)
     .option('--steps <n>', 'optimizer steps', int('--steps', 1), 1200)
@@ -96,6 +100,10 @@ async function trainCommand(f: TrainFlags): Promise<number> {
     process.stderr.write(`omniflow train-captioner: --from ${f.from} has no config.json (expected a model folder)\n`);
     return 2;
   }
+  if (!f.from && (f.growAudioLayers > 0 || f.growTextLayers > 0)) {
+    process.stderr.write('omniflow train-captioner: --grow-audio-layers and --grow-text-layers grow the model given by --from\n');
+    return 2;
+  }
   const data: CaptionDataSource = f.data ? { kind: 'folder', dir: resolve(f.data), seed: f.sceneSeed } : { kind: 'scenes', seed: f.sceneSeed };
   const showBar = (f.progress ?? true) && Boolean(process.stderr.isTTY);
   const bar = showBar
@@ -114,7 +122,7 @@ async function trainCommand(f: TrainFlags): Promise<number> {
   try {
     const result = await trainCaptioner({
       outDir: resolve(f.out),
-      init: f.from ? { from: resolve(f.from) } : { sizes: f.size === 'tiny' ? TINY_CAPTIONER_SIZES : BUILTIN_CAPTIONER_SIZES, seed: f.initSeed },
+      init: f.from ? { from: resolve(f.from), grow: { audioLayers: f.growAudioLayers, textLayers: f.growTextLayers }, seed: f.initSeed } : { sizes: f.size === 'tiny' ? TINY_CAPTIONER_SIZES : BUILTIN_CAPTIONER_SIZES, seed: f.initSeed },
       data,
       steps: f.steps,
       batchSize: f.batchSize,

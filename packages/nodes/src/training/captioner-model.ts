@@ -257,3 +257,52 @@ export function writeCaptionerFolder(dir: string, config: Record<string, any>, w
   writeFileSync(join(dir, 'tokenizer_config.json'), `${JSON.stringify(tokenizerConfig, null, 2)}\n`);
   writeSafetensors(join(dir, 'model.safetensors'), weights, { format: 'pt', ...metadata });
 }
+
+/** Layers to append to a trained captioner (see growCaptioner). */
+export interface CaptionerGrowth {
+  /** Audio tower layers added after its last one. */
+  readonly audioLayers?: number;
+  /** Text model decoder layers added after its last one. */
+  readonly textLayers?: number;
+}
+
+/** The residual output projections of a layer: zero in a new layer, so the layer adds nothing until it is trained. */
+const RESIDUAL_OUTPUTS = /^thinker\.(audio_tower\.layers\.\d+\.(self_attn\.out_proj|fc2)|model\.layers\.\d+\.(self_attn\.o_proj|mlp\.(experts\.\d+|shared_expert)\.down_proj))\.(weight|bias)$/;
+
+/**
+ * A deeper captioner computing exactly what `weights` compute: the config with `growth` more audio and text layers,
+ * the trained tensors kept, and each new layer initialised like a fresh model (seeded) except its residual output
+ * projections (attention out_proj / o_proj, fc2, the experts' down_proj), which are zero. A pre-norm block with a
+ * zero output adds nothing to the residual stream, so the grown model's captions and losses equal the original's
+ * until fine-tuning moves the new layers; their gradients are non-zero from the first step (the output projections'
+ * own gradients are the layers' activations).
+ *
+ * ```ts
+ * const grown = growCaptioner(config, weights, { audioLayers: 1, textLayers: 1 }, 0);
+ * grown.config.thinker_config.text_config.num_hidden_layers; // one more
+ * ```
+ */
+export function growCaptioner(config: Record<string, any>, weights: Record<string, TensorToWrite>, growth: CaptionerGrowth, seed: number): { config: Record<string, any>; weights: Record<string, TensorToWrite> } {
+  const audio = growth.audioLayers ?? 0, text = growth.textLayers ?? 0;
+  for (const [name, n] of [['audioLayers', audio], ['textLayers', text]] as const) {
+    if (!Number.isInteger(n) || n < 0) throw new Error(`growCaptioner: ${name} must be a non-negative integer, got ${n}`);
+  }
+  const grown = structuredClone(config);
+  grown.thinker_config.audio_config.encoder_layers += audio;
+  grown.thinker_config.text_config.num_hidden_layers += text;
+  parseQwen3OmniConfig(grown, 'grown captioner config');
+  const fresh = initialCaptionerWeights(grown, seed);
+  const out: Record<string, TensorToWrite> = {};
+  for (const [name, t] of Object.entries(fresh)) {
+    const old = weights[name];
+    if (old) {
+      if (old.shape.join(',') !== t.shape.join(',')) throw new Error(`growCaptioner: ${name} is [${old.shape}], the config implies [${t.shape}]`);
+      out[name] = old;
+    } else {
+      out[name] = RESIDUAL_OUTPUTS.test(name) ? { ...t, data: new Float32Array(t.shape.reduce((a, b) => a * b, 1)) } : t;
+    }
+  }
+  const unused = Object.keys(weights).filter((k) => !(k in out));
+  if (unused.length) throw new Error(`growCaptioner: ${unused.length} tensor(s) are not part of a captioner of this config: ${unused.slice(0, 3).join(', ')}`);
+  return { config: grown, weights: out };
+}

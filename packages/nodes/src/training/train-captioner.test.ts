@@ -1,18 +1,18 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import wavefile from 'wavefile';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { initBackend } from '@omniflow/runtime-gpu';
+import { initBackend, SafetensorsFile } from '@omniflow/runtime-gpu';
 import { LogMel } from '../media/log-mel.js';
 import { loadQwen3Omni } from '../models/qwen3-omni/load.js';
 import { captionText } from '../models/qwen3-omni/captioner.js';
 import { sparseMoe } from '../layers/moe.js';
 import { captionExample, labelledClip, loadCaptionFolder } from './caption-data.js';
 import { generateScene } from './scenes.js';
-import { TINY_CAPTIONER_SIZES } from './captioner-model.js';
+import { growCaptioner, TINY_CAPTIONER_SIZES } from './captioner-model.js';
 import { shardGradients } from './gradient-stage.js';
 import { trainCaptioner, type TrainCaptionerOptions } from './train-captioner.js';
 import { evaluateCaptioner } from './evaluate-captioner.js';
@@ -139,6 +139,31 @@ describe('trainCaptioner', () => {
     model.dispose();
     trainable.embedTokens.dispose();
     mel.dispose();
+  });
+
+  it('grows a trained model by layers that start as no-ops, then fine-tunes them', async () => {
+    const out = join(root, 'to-grow');
+    await trainCaptioner({ ...base, steps: 2, outDir: out, resume: false });
+    const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+    const file = SafetensorsFile.open(join(out, 'model.safetensors'));
+    const weights = Object.fromEntries(file.keys().map((k) => [k, { dtype: 'F32' as const, shape: file.read(k).shape, data: file.read(k).data }]));
+    file.close();
+    const grown = growCaptioner(config, weights, { audioLayers: 1, textLayers: 1 }, 3);
+    expect(grown.config.thinker_config.audio_config.encoder_layers).toBe(config.thinker_config.audio_config.encoder_layers + 1);
+    expect(grown.config.thinker_config.text_config.num_hidden_layers).toBe(config.thinker_config.text_config.num_hidden_layers + 1);
+    const L = config.thinker_config.text_config.num_hidden_layers;
+    expect(Math.max(...(grown.weights[`thinker.model.layers.${L}.self_attn.o_proj.weight`]!.data as Float32Array).map(Math.abs))).toBe(0);
+    expect(Math.max(...(grown.weights[`thinker.model.layers.${L}.self_attn.q_proj.weight`]!.data as Float32Array).map(Math.abs))).toBeGreaterThan(0);
+    // One step from the grown model starts from the same loss as one from the original: the new layers add nothing yet.
+    const data = { kind: 'scenes' as const, seed: 12 };
+    const plain = await trainCaptioner({ ...base, data, steps: 1, outDir: join(root, 'not-grown'), resume: false, init: { from: out } });
+    const deeper = await trainCaptioner({ ...base, data, steps: 2, outDir: join(root, 'grown'), resume: false, init: { from: out, grow: { audioLayers: 1, textLayers: 1 }, seed: 3 } });
+    expect(deeper.losses[0]).toBe(plain.losses[0]);
+    expect(deeper.parameters).toBeGreaterThan(plain.parameters);
+    expect(JSON.parse(readFileSync(join(root, 'grown', 'config.json'), 'utf8')).thinker_config.text_config.num_hidden_layers).toBe(L + 1);
+    expect(() => growCaptioner(config, weights, { textLayers: -1 }, 0)).toThrow(/textLayers must be a non-negative integer, got -1/);
+    const wrong = { ...weights, 'thinker.model.norm.weight': { dtype: 'F32' as const, shape: [3], data: new Float32Array(3) } };
+    expect(() => growCaptioner(config, wrong, { textLayers: 1 }, 0)).toThrow(/thinker\.model\.norm\.weight is \[3\]/);
   });
 
   it('resumed from a checkpoint, continues the uninterrupted trajectory bit for bit', async () => {

@@ -2,12 +2,12 @@ import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeF
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs-core';
-import { SafetensorsFile, WorkerStage, writeSafetensors, type HostTensor, type HostTensors } from '@omniflow/runtime-gpu';
+import { SafetensorsFile, WorkerStage, writeSafetensors, type HostTensor, type HostTensors, type TensorToWrite } from '@omniflow/runtime-gpu';
 import { LogMel } from '../media/log-mel.js';
 import { loadQwen3Omni, type Qwen3OmniModel } from '../models/qwen3-omni/load.js';
 import { Adam, learningRate } from './adam.js';
 import { captionExample, labelledClip, loadCaptionFolder, type CaptionDataSource } from './caption-data.js';
-import { captionerConfig, initialCaptionerWeights, writeCaptionerFolder, type CaptionerSizes } from './captioner-model.js';
+import { captionerConfig, growCaptioner, initialCaptionerWeights, writeCaptionerFolder, type CaptionerGrowth, type CaptionerSizes } from './captioner-model.js';
 import { shardGradients } from './gradient-stage.js';
 import { TrainableCaptioner } from './trainable-captioner.js';
 import { registerTfjsGradients } from './tfjs-gradients.js';
@@ -22,8 +22,11 @@ import { registerWasmGradientKernels } from './wasm-gradient-kernels.js';
 export interface TrainCaptionerOptions {
   /** The trained model folder is written here; checkpoints go to `<outDir>/checkpoint`. */
   readonly outDir: string;
-  /** Start from random weights of these sizes (seeded), or fine-tune a model folder. Ignored when resuming. */
-  readonly init: { readonly sizes: CaptionerSizes; readonly seed: number } | { readonly from: string };
+  /**
+   * Start from random weights of these sizes (seeded), or fine-tune a model folder, optionally grown by new layers
+   * that start as no-ops (growCaptioner; `seed` initialises them). Ignored when resuming.
+   */
+  readonly init: { readonly sizes: CaptionerSizes; readonly seed: number } | { readonly from: string; readonly grow?: CaptionerGrowth; readonly seed?: number };
   readonly data: CaptionDataSource;
   readonly steps: number;
   readonly batchSize: number;
@@ -118,7 +121,13 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
     rmSync(ckptDir, { recursive: true, force: true });
     if ('from' in o.init) {
       mkdirSync(ckptDir, { recursive: true });
-      for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) cpSync(join(o.init.from, f), join(ckptDir, f));
+      const grow = o.init.grow && ((o.init.grow.audioLayers ?? 0) > 0 || (o.init.grow.textLayers ?? 0) > 0);
+      for (const f of grow ? ['tokenizer.json', 'tokenizer_config.json'] : ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) cpSync(join(o.init.from, f), join(ckptDir, f));
+      if (grow) {
+        const grown = growCaptioner(JSON.parse(readFileSync(join(o.init.from, 'config.json'), 'utf8')), readAllTensors(join(o.init.from, 'model.safetensors')), o.init.grow!, o.init.seed ?? 0);
+        writeFileSync(join(ckptDir, 'config.json'), `${JSON.stringify(grown.config, null, 2)}\n`);
+        writeSafetensors(join(ckptDir, 'model.safetensors'), grown.weights, { format: 'pt' });
+      }
     } else {
       const config = captionerConfig(o.init.sizes);
       writeCaptionerFolder(ckptDir, config, initialCaptionerWeights(config, o.init.seed));
@@ -228,6 +237,19 @@ function saveCheckpoint(dir: string, trainable: TrainableCaptioner, adam: Adam, 
   renameSync(dir, old);
   renameSync(tmp, dir);
   rmSync(old, { recursive: true, force: true });
+}
+
+/** Every tensor of a safetensors file as float32 host data (the model files this trainer writes). */
+function readAllTensors(path: string): Record<string, TensorToWrite> {
+  const f = SafetensorsFile.open(path);
+  try {
+    return Object.fromEntries(f.keys().map((k) => {
+      const t = f.read(k);
+      return [k, { dtype: 'F32' as const, shape: t.shape, data: t.data }];
+    }));
+  } finally {
+    f.close();
+  }
 }
 
 function currentWeights(trainable: TrainableCaptioner): Map<string, Float32Array> {
