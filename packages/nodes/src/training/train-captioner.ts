@@ -1,7 +1,6 @@
 import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import * as tf from '@tensorflow/tfjs-core';
 import { SafetensorsFile, WorkerStage, writeSafetensors, type HostTensor, type HostTensors, type TensorToWrite } from '@omniflow/runtime-gpu';
 import { LogMel } from '../media/log-mel.js';
 import { loadQwen3Omni, type Qwen3OmniModel } from '../models/qwen3-omni/load.js';
@@ -178,7 +177,7 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
         const results = [local, ...(await Promise.all(remote)).map(fromWorker)];
         const tokens = results.reduce((a, r) => a + r.tokens, 0);
         const lossSum = results.reduce((a, r) => a + r.loss, 0);
-        const grads: Record<string, tf.Tensor> = {};
+        const grads: Record<string, Float32Array> = {};
         for (const p of trainable.parameters) {
           // Σ over shards in a fixed order, then / tokens: the mean-token loss's gradient, the same however it is split.
           const sum = new Float32Array(p.variable.size);
@@ -187,15 +186,10 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
             for (let j = 0; j < sum.length; j++) sum[j]! += g[j]!;
           }
           for (let j = 0; j < sum.length; j++) sum[j]! /= tokens;
-          grads[p.name] = tf.tensor(sum, p.variable.shape, 'float32');
+          grads[p.name] = sum;
         }
         const lr = learningRate(state.step, schedule);
-        let gradNorm: number;
-        try {
-          ({ gradNorm } = adam.apply(grads, lr));
-        } finally {
-          for (const g of Object.values(grads)) g.dispose();
-        }
+        const { gradNorm } = adam.apply(grads, lr);
         state.step++;
         const loss = lossSum / tokens;
         state.losses.push(loss);
