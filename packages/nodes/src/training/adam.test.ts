@@ -10,7 +10,7 @@ beforeAll(async () => {
 describe('Adam', () => {
   it('follows the AdamW formulas with global-norm clipping (matrices decay, vectors do not)', () => {
     const before = tf.memory().numTensors;
-    const [w, b] = tf.tidy(() => [tf.variable(tf.tensor2d([[0.5, -1], [2, 0]])), tf.variable(tf.tensor1d([0.25, -0.5]))]);
+    const [w, b] = tf.tidy(() => [tf.variable(tf.tensor2d([[0.5, -1], [2, 0]])), tf.variable(tf.tensor1d([0.25, -0.5]))] as tf.Variable[]);
     const adam = new Adam(new Map([['w', w], ['b', b]]), { beta1: 0.9, beta2: 0.98, epsilon: 1e-8, weightDecay: 0.1, clipNorm: 1 });
     const steps = [
       { w: [3, 0, -4, 0], b: [0, 0] }, // norm 5: clipped to 1
@@ -39,7 +39,7 @@ describe('Adam', () => {
     Array.from(b.dataSync()).forEach((x, i) => expect(x).toBeCloseTo(ref.b[i]!, 6));
     // The state round-trips: a second optimizer with it makes the same next update.
     const state = adam.exportState();
-    const [w2, b2] = tf.tidy(() => [tf.variable(tf.clone(w)), tf.variable(tf.clone(b))]);
+    const [w2, b2] = tf.tidy(() => [tf.variable(tf.clone(w!)), tf.variable(tf.clone(b!))]);
     const again = new Adam(new Map([['w', w2], ['b', b2]]), { weightDecay: 0.1, clipNorm: 1 });
     again.importState(state.step, state.tensors);
     const g = { w: Float32Array.from([0.2, 0, 0, 0.1]), b: Float32Array.from([0, 0.1]) };
