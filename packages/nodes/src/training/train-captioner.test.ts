@@ -56,6 +56,33 @@ describe('gradients on wasm', () => {
     expect(onWasm[2]![4]).toBe(0); // row 1 of the embedding was never gathered
   });
 
+  it('conv input gradients (computed by output phase on wasm) equal the cpu backend for any stride, kernel and padding', async () => {
+    const cases = [
+      { x: [2, 11, 9, 3], f: [3, 3, 3, 4], s: [2, 2] as [number, number], p: 1 },
+      { x: [1, 8, 7, 2], f: [3, 3, 2, 5], s: [1, 1] as [number, number], p: 1 },
+      { x: [1, 10, 9, 2], f: [2, 2, 2, 3], s: [3, 3] as [number, number], p: 0 }, // phases no tap reaches: zeros
+      { x: [2, 9, 12, 4], f: [3, 3, 4, 3], s: [2, 2] as [number, number], p: 0 }, // (tfjs-wasm's own forward conv2d fails on unequal strides, padding 2, some non-square kernels)
+    ];
+    const run = () => cases.map(({ x, f, s, p }, k) => {
+      const xt = tf.randomNormal(x, 0, 1, 'float32', 10 + k);
+      const ft = tf.randomNormal(f, 0, 1, 'float32', 20 + k);
+      const dx = tf.grad((xx: tf.Tensor) => tf.sum(tf.sin(tf.conv2d(xx as tf.Tensor4D, ft as tf.Tensor4D, s, p))))(xt);
+      const out = Array.from(dx.dataSync());
+      tf.dispose([xt, ft, dx]);
+      return out;
+    });
+    const before = tf.memory().numTensors;
+    const onWasm = run();
+    expect(tf.memory().numTensors).toBe(before);
+    await tf.setBackend('cpu');
+    const onCpu = run();
+    await tf.setBackend('wasm');
+    onWasm.forEach((g, i) => {
+      expect(g.length).toBe(onCpu[i]!.length);
+      g.forEach((v, j) => expect(v).toBeCloseTo(onCpu[i]![j]!, 4));
+    });
+  });
+
   it('differentiable MoE routing gives the inference output and trains the router', () => {
     const before = tf.memory().numTensors;
     const hidden = 8, E = 4;
