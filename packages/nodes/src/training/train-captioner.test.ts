@@ -56,7 +56,7 @@ describe('gradients on wasm', () => {
     expect(onWasm[2]![4]).toBe(0); // row 1 of the embedding was never gathered
   });
 
-  it('conv input gradients (computed by output phase on wasm) equal the cpu backend for any stride, kernel and padding', async () => {
+  it('conv input and filter gradients (wasm: by output phase; patches × dy) equal the cpu backend for any stride, kernel and padding', async () => {
     const cases = [
       { x: [2, 11, 9, 3], f: [3, 3, 3, 4], s: [2, 2] as [number, number], p: 1 },
       { x: [1, 8, 7, 2], f: [3, 3, 2, 5], s: [1, 1] as [number, number], p: 1 },
@@ -66,9 +66,9 @@ describe('gradients on wasm', () => {
     const run = () => cases.map(({ x, f, s, p }, k) => {
       const xt = tf.randomNormal(x, 0, 1, 'float32', 10 + k);
       const ft = tf.randomNormal(f, 0, 1, 'float32', 20 + k);
-      const dx = tf.grad((xx: tf.Tensor) => tf.sum(tf.sin(tf.conv2d(xx as tf.Tensor4D, ft as tf.Tensor4D, s, p))))(xt);
-      const out = Array.from(dx.dataSync());
-      tf.dispose([xt, ft, dx]);
+      const [dx, df] = tf.grads((xx: tf.Tensor, ff: tf.Tensor) => tf.sum(tf.sin(tf.conv2d(xx as tf.Tensor4D, ff as tf.Tensor4D, s, p))))([xt, ft]);
+      const out = [...dx!.dataSync(), ...df!.dataSync()];
+      tf.dispose([xt, ft, dx!, df!]);
       return out;
     });
     const before = tf.memory().numTensors;

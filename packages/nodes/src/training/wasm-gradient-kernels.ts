@@ -100,9 +100,10 @@ interface Conv2dBackpropFilterAttrs {
 
 /**
  * dW[kh, kw, ci, co] = Σ_{n, oh, ow} x[n, oh·sh + kh − ph, ow·sw + kw − pw, ci] · dy[n, oh, ow, co]: the input patches
- * are laid out once on the host as a [kh·kw·ci, rows] matrix (zero where the window overhangs the padding) and
- * multiplied by dy [rows, co] in one matmul on the wasm backend (XNNPACK GEMM). A direct loop in JS would be ~30x slower
- * at the audio tower's sizes, and tfjs's strided slices on wasm are slower still.
+ * are laid out once on the host as a [rows, kh·kw·ci] matrix (zero where the window overhangs the padding; each row's
+ * taps copied as contiguous runs of ci channels) and dWᵀ = dyᵀ · patches is one matmul on the wasm backend (XNNPACK
+ * GEMM; dy is transposed on the host, since tfjs-wasm runs transposed products as a scalar loop). A direct loop in JS
+ * would be ~30x slower at the audio tower's sizes, and tfjs's strided slices on wasm are slower still.
  */
 function conv2dBackpropFilter(args: { inputs: { x: tf.TensorInfo; dy: tf.TensorInfo }; backend: WasmBackendLike; attrs: Conv2dBackpropFilterAttrs }): tf.TensorInfo {
   const { x, dy } = args.inputs;
@@ -115,35 +116,33 @@ function conv2dBackpropFilter(args: { inputs: { x: tf.TensorInfo; dy: tf.TensorI
   const [, oh, ow] = dy.shape as [number, number, number, number];
   const xData = args.backend.readSync(x.dataId) as Float32Array;
   const dyData = args.backend.readSync(dy.dataId) as Float32Array;
-  const rows = n * oh * ow;
-  const cols = new Float32Array(kh * kw * ci * rows);
-  for (let a = 0; a < kh; a++) {
-    for (let b = 0; b < kw; b++) {
-      for (let c = 0; c < ci; c++) {
-        const base = ((a * kw + b) * ci + c) * rows;
-        let r = 0;
-        for (let i = 0; i < n; i++) {
-          for (let y = 0; y < oh; y++) {
-            const iy = y * sh + a - pad;
-            if (iy < 0 || iy >= h) {
-              r += ow;
-              continue;
-            }
-            const rowBase = (i * h + iy) * w;
-            for (let z = 0; z < ow; z++, r++) {
-              const ix = z * sw + b - pad;
-              if (ix >= 0 && ix < w) cols[base + r] = xData[(rowBase + ix) * ci + c]!;
-            }
+  const rows = n * oh * ow, K = kh * kw * ci;
+  const patches = new Float32Array(rows * K);
+  let r = 0;
+  for (let i = 0; i < n; i++) {
+    for (let y = 0; y < oh; y++) {
+      for (let z = 0; z < ow; z++, r++) {
+        for (let a = 0; a < kh; a++) {
+          const iy = y * sh + a - pad;
+          if (iy < 0 || iy >= h) continue;
+          for (let b = 0; b < kw; b++) {
+            const ix = z * sw + b - pad;
+            if (ix < 0 || ix >= w) continue;
+            const src = ((i * h + iy) * w + ix) * ci;
+            patches.set(xData.subarray(src, src + ci), r * K + (a * kw + b) * ci);
           }
         }
       }
     }
   }
-  const result = tf.tidy(() => tf.matMul(tf.tensor2d(cols, [kh * kw * ci, rows]), tf.tensor2d(dyData, [rows, co])));
-  const values = result.dataSync() as Float32Array;
+  const dyT = new Float32Array(co * rows);
+  for (let q = 0; q < rows; q++) for (let o = 0; o < co; o++) dyT[o * rows + q] = dyData[q * co + o]!;
+  const result = tf.tidy(() => tf.matMul(tf.tensor2d(dyT, [co, rows]), tf.tensor2d(patches, [rows, K])));
+  const values = result.dataSync() as Float32Array; // [co, K]
   result.dispose();
   const out = args.backend.makeOutput([kh, kw, ci, co], 'float32');
-  (args.backend.typedArrayFromHeap(out) as Float32Array).set(values);
+  const o = args.backend.typedArrayFromHeap(out) as Float32Array;
+  for (let k = 0; k < K; k++) for (let c = 0; c < co; c++) o[k * co + c] = values[c * K + k]!;
   return out;
 }
 
