@@ -22,8 +22,8 @@ let replica: { trainable: TrainableCaptioner; logMel: LogMel; data: CaptionDataS
 
 export async function setup(options: GradientStageSetup): Promise<void> {
   await registerTfjsGradients();
-  registerWasmGradientKernels();
   const model = await loadQwen3Omni(options.modelDir, { modules: ['thinker', 'audio_tower'] });
+  if (model.report.backend === 'wasm') registerWasmGradientKernels();
   const trainable = new TrainableCaptioner(model);
   const logMel = new LogMel({ nMels: model.config.thinker_config.audio_config.num_mel_bins });
   replica = { trainable, logMel, data: options.data, folder: options.data.kind === 'folder' ? await loadCaptionFolder(options.data.dir) : undefined };

@@ -98,7 +98,6 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
   if (!Number.isInteger(o.workers) || o.workers < 0) throw new Error(`trainCaptioner: workers must be a non-negative integer, got ${o.workers}`);
   if (o.batchSize < o.workers + 1) throw new Error(`trainCaptioner: batchSize ${o.batchSize} is smaller than the ${o.workers + 1} shards (workers + 1)`);
   await registerTfjsGradients();
-  registerWasmGradientKernels();
 
   const ckptDir = join(o.outDir, 'checkpoint');
   const hyper = { steps: o.steps, batchSize: o.batchSize, learningRate: o.learningRate, warmupSteps: o.warmupSteps, minLrRatio: o.minLrRatio, clipNorm: o.clipNorm, weightDecay: o.weightDecay, data: o.data };
@@ -136,6 +135,7 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
   }
 
   const model = await loadQwen3Omni(ckptDir, { modules: ['thinker', 'audio_tower'] });
+  if (model.report.backend === 'wasm') registerWasmGradientKernels();
   const trainable = new TrainableCaptioner(model);
   const adam = new Adam(new Map(trainable.parameters.map((p) => [p.name, p.variable])), { clipNorm: o.clipNorm, weightDecay: o.weightDecay });
   const workers: WorkerStage[] = [];

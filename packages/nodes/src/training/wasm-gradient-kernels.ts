@@ -16,8 +16,10 @@ interface WasmBackendLike {
 let registered = false;
 
 /**
- * Registers UnsortedSegmentSum and Conv2DBackpropFilter for the wasm backend, a faster Conv2DBackpropInput, and gradients of BatchMatMul, Unpack and SplitV
- * that suit it (once; later calls do nothing). Call after registerTfjsGradients, before computing gradients.
+ * Registers UnsortedSegmentSum and Conv2DBackpropFilter for the wasm backend, a faster Conv2DBackpropInput, and
+ * gradients of BatchMatMul, Unpack and SplitV that suit it (once; later calls do nothing). Call after
+ * registerTfjsGradients, once the wasm backend is loaded (initBackend, loadQwen3Omni) and before computing gradients;
+ * it throws if the backend's kernels are not registered yet (they would replace the faster Conv2DBackpropInput).
  *
  * ```ts
  * await initBackend();
@@ -27,16 +29,15 @@ let registered = false;
  */
 export function registerWasmGradientKernels(): void {
   if (registered) return;
+  const original = tf.getKernel('Conv2DBackpropInput', 'wasm');
+  if (!original) throw new Error('registerWasmGradientKernels: the wasm backend is not loaded yet (call initBackend() or load the model first)');
   registered = true;
   tf.registerKernel({ kernelName: 'UnsortedSegmentSum', backendName: 'wasm', kernelFunc: unsortedSegmentSum as unknown as tf.KernelFunc });
   tf.registerKernel({ kernelName: 'Conv2DBackpropFilter', backendName: 'wasm', kernelFunc: conv2dBackpropFilter as unknown as tf.KernelFunc });
   // tfjs-backend-wasm's own Conv2DBackpropInput is a scalar loop (~0.7 GMAC/s here); strided NHWC cases go through
   // XNNPACK's forward convolution instead (conv2dBackpropInputByPhases), anything else to the original.
-  const original = tf.getKernel('Conv2DBackpropInput', 'wasm');
-  if (original) {
-    tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
-    tf.registerKernel({ ...original, kernelFunc: ((args: Parameters<typeof conv2dBackpropInputByPhases>[0]) => conv2dBackpropInputByPhases(args) ?? original.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0])) as unknown as tf.KernelFunc });
-  }
+  tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
+  tf.registerKernel({ ...original, kernelFunc: ((args: Parameters<typeof conv2dBackpropInputByPhases>[0]) => conv2dBackpropInputByPhases(args) ?? original.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0])) as unknown as tf.KernelFunc });
   tf.registerGradient({ kernelName: 'BatchMatMul', inputsToSave: ['a', 'b'], gradFunc: batchMatMulGrad as unknown as tf.GradFunc });
   // tfjs's Unpack and SplitV gradients take `dy` as an array, but the tape passes a lone tensor when the op had one
   // output (one KV head; a batch of one clip split per clip): treat it as a one-element list.
@@ -100,10 +101,10 @@ interface Conv2dBackpropFilterAttrs {
 
 /**
  * dW[kh, kw, ci, co] = Σ_{n, oh, ow} x[n, oh·sh + kh − ph, ow·sw + kw − pw, ci] · dy[n, oh, ow, co]: the input patches
- * are laid out once on the host as a [rows, kh·kw·ci] matrix (zero where the window overhangs the padding; each row's
- * taps copied as contiguous runs of ci channels) and dWᵀ = dyᵀ · patches is one matmul on the wasm backend (XNNPACK
- * GEMM; dy is transposed on the host, since tfjs-wasm runs transposed products as a scalar loop). A direct loop in JS
- * would be ~30x slower at the audio tower's sizes, and tfjs's strided slices on wasm are slower still.
+ * are laid out once on the host as a [kh·kw·ci, rows] matrix (zero where the window overhangs the padding; one pass
+ * over x per tap, reading each pixel's ci channels together) and multiplied by dy [rows, co] in one matmul on the wasm
+ * backend (XNNPACK GEMM, whose packed right operand is then the small dy). A direct loop in JS would be ~30x slower
+ * at the audio tower's sizes, and tfjs's strided slices on wasm are slower still.
  */
 function conv2dBackpropFilter(args: { inputs: { x: tf.TensorInfo; dy: tf.TensorInfo }; backend: WasmBackendLike; attrs: Conv2dBackpropFilterAttrs }): tf.TensorInfo {
   const { x, dy } = args.inputs;
@@ -116,33 +117,35 @@ function conv2dBackpropFilter(args: { inputs: { x: tf.TensorInfo; dy: tf.TensorI
   const [, oh, ow] = dy.shape as [number, number, number, number];
   const xData = args.backend.readSync(x.dataId) as Float32Array;
   const dyData = args.backend.readSync(dy.dataId) as Float32Array;
-  const rows = n * oh * ow, K = kh * kw * ci;
-  const patches = new Float32Array(rows * K);
-  let r = 0;
-  for (let i = 0; i < n; i++) {
-    for (let y = 0; y < oh; y++) {
-      for (let z = 0; z < ow; z++, r++) {
-        for (let a = 0; a < kh; a++) {
+  const rows = n * oh * ow;
+  const cols = new Float32Array(kh * kw * ci * rows);
+  for (let a = 0; a < kh; a++) {
+    for (let b = 0; b < kw; b++) {
+      const base = (a * kw + b) * ci * rows;
+      let r = 0;
+      for (let i = 0; i < n; i++) {
+        for (let y = 0; y < oh; y++) {
           const iy = y * sh + a - pad;
-          if (iy < 0 || iy >= h) continue;
-          for (let b = 0; b < kw; b++) {
+          if (iy < 0 || iy >= h) {
+            r += ow;
+            continue;
+          }
+          const rowBase = (i * h + iy) * w;
+          for (let z = 0; z < ow; z++, r++) {
             const ix = z * sw + b - pad;
             if (ix < 0 || ix >= w) continue;
-            const src = ((i * h + iy) * w + ix) * ci;
-            patches.set(xData.subarray(src, src + ci), r * K + (a * kw + b) * ci);
+            const src = (rowBase + ix) * ci;
+            for (let c = 0; c < ci; c++) cols[base + c * rows + r] = xData[src + c]!;
           }
         }
       }
     }
   }
-  const dyT = new Float32Array(co * rows);
-  for (let q = 0; q < rows; q++) for (let o = 0; o < co; o++) dyT[o * rows + q] = dyData[q * co + o]!;
-  const result = tf.tidy(() => tf.matMul(tf.tensor2d(dyT, [co, rows]), tf.tensor2d(patches, [rows, K])));
-  const values = result.dataSync() as Float32Array; // [co, K]
+  const result = tf.tidy(() => tf.matMul(tf.tensor2d(cols, [kh * kw * ci, rows]), tf.tensor2d(dyData, [rows, co])));
+  const values = result.dataSync() as Float32Array;
   result.dispose();
   const out = args.backend.makeOutput([kh, kw, ci, co], 'float32');
-  const o = args.backend.typedArrayFromHeap(out) as Float32Array;
-  for (let k = 0; k < K; k++) for (let c = 0; c < co; c++) o[k * co + c] = values[c * K + k]!;
+  (args.backend.typedArrayFromHeap(out) as Float32Array).set(values);
   return out;
 }
 
@@ -178,7 +181,9 @@ function conv2dBackpropInputByPhases(args: { inputs: { dy: tf.TensorInfo; filter
     const lo = Math.ceil((r + pad - k + 1) / s), hi = Math.floor((r + pad) / s);
     return { lo, hi, count: Math.max(0, hi - lo + 1) };
   };
-  const result = tf.tidy(() => {
+  // Host copies of the phases' outputs (gathered outside tidy's return value, which it would walk element by element).
+  const phases: Float32Array[] = [];
+  tf.tidy(() => {
     const dyT = tf.tensor4d(dyData, [n, oh, ow, co]);
     const phase = (ry: number, rx: number): tf.Tensor4D => {
       const ty = taps(ry, sh, kh), tx = taps(rx, sw, kw);
@@ -199,17 +204,23 @@ function conv2dBackpropInputByPhases(args: { inputs: { dy: tf.TensorInfo; filter
       const window = tf.slice(padded, [0, ty.lo + before[0]!, tx.lo + before[1]!, 0], [n, Qy + ty.count - 1, Qx + tx.count - 1, co]);
       return tf.conv2d(window, tf.tensor4d(wp, [ty.count, tx.count, co, ci]), 1, 'valid');
     };
-    const rows: tf.Tensor4D[] = [];
-    for (let ry = 0; ry < sh; ry++) {
-      const cols = Array.from({ length: sw }, (_, rx) => phase(ry, rx));
-      rows.push(sw === 1 ? cols[0]! : tf.reshape(tf.stack(cols, 3), [n, Qy, Qx * sw, ci]));
-    }
-    const full = sh === 1 ? rows[0]! : tf.reshape(tf.stack(rows, 2), [n, Qy * sh, Qx * sw, ci]);
-    return tf.slice(full, [0, 0, 0, 0], [n, h, w, ci]);
+    for (let p = 0; p < sh * sw; p++) phases.push(phase(Math.floor(p / sw), p % sw).dataSync() as Float32Array);
   });
-  const values = result.dataSync() as Float32Array;
-  result.dispose();
+  // Interleave on the host: phase (ry, rx) row qy, column qx is dx row s·qy + ry, column s·qx + rx (inside the input).
   const out = args.backend.makeOutput([n, h, w, ci], 'float32');
-  (args.backend.typedArrayFromHeap(out) as Float32Array).set(values);
+  const dx = args.backend.typedArrayFromHeap(out) as Float32Array;
+  for (let ry = 0; ry < sh; ry++) {
+    for (let rx = 0; rx < sw; rx++) {
+      const src = phases[ry * sw + rx]!;
+      for (let i = 0; i < n; i++) {
+        for (let qy = 0, iy = ry; iy < h; qy++, iy += sh) {
+          for (let qx = 0, ix = rx; ix < w; qx++, ix += sw) {
+            const from = ((i * Qy + qy) * Qx + qx) * ci, to = ((i * h + iy) * w + ix) * ci;
+            for (let c = 0; c < ci; c++) dx[to + c] = src[from + c]!;
+          }
+        }
+      }
+    }
+  }
   return out;
 }
