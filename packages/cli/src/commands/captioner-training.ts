@@ -29,6 +29,7 @@ interface TrainFlags {
   minLrRatio: number;
   clip: number;
   weightDecay: number;
+  focalGamma: number;
   checkpointEvery: number;
   workers: number;
   resume: boolean;
@@ -72,6 +73,7 @@ export function addCaptionerTrainingCommands(program: Command, setExit: (code: n
     .option('--min-lr-ratio <x>', 'final learning rate as a fraction of the peak (cosine decay)', num('--min-lr-ratio', { nonNegative: true }), 0.05)
     .option('--clip <x>', 'clip the global gradient norm to this (0: off)', num('--clip', { nonNegative: true }), 1)
     .option('--weight-decay <x>', 'AdamW decoupled weight decay on matrices', num('--weight-decay', { nonNegative: true }), 0.01)
+    .option('--focal-gamma <x>', 'focal loss: weight each token by (1 - p)^x, p the right token\'s probability (0: cross-entropy)', num('--focal-gamma', { nonNegative: true }), 0)
     .option('--checkpoint-every <n>', 'steps between checkpoints', int('--checkpoint-every', 1), 50)
     .option('--workers <n>', 'gradient worker threads beside the main thread (data parallel)', int('--workers', 0), 1)
     .option('--stop-at <step>', 'stop (with a checkpoint) after this step; run again to continue', int('--stop-at', 1))
@@ -126,6 +128,7 @@ async function trainCommand(f: TrainFlags): Promise<number> {
       data,
       steps: f.steps,
       batchSize: f.batchSize,
+      focalGamma: f.focalGamma,
       learningRate: f.lr,
       warmupSteps: f.warmup,
       minLrRatio: f.minLrRatio,

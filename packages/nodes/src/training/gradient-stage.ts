@@ -16,9 +16,11 @@ import { registerWasmGradientKernels } from './wasm-gradient-kernels.js';
 export interface GradientStageSetup {
   readonly modelDir: string;
   readonly data: CaptionDataSource;
+  /** Focal-loss γ (0: plain cross-entropy), as TrainCaptionerOptions.focalGamma. */
+  readonly focalGamma?: number;
 }
 
-let replica: { trainable: TrainableCaptioner; logMel: LogMel; data: CaptionDataSource; folder?: LabelledClip[] } | undefined;
+let replica: { trainable: TrainableCaptioner; logMel: LogMel; data: CaptionDataSource; folder?: LabelledClip[]; focalGamma: number } | undefined;
 
 export async function setup(options: GradientStageSetup): Promise<void> {
   await registerTfjsGradients();
@@ -26,7 +28,7 @@ export async function setup(options: GradientStageSetup): Promise<void> {
   if (model.report.backend === 'wasm') registerWasmGradientKernels();
   const trainable = new TrainableCaptioner(model);
   const logMel = new LogMel({ nMels: model.config.thinker_config.audio_config.num_mel_bins });
-  replica = { trainable, logMel, data: options.data, folder: options.data.kind === 'folder' ? await loadCaptionFolder(options.data.dir) : undefined };
+  replica = { trainable, logMel, data: options.data, folder: options.data.kind === 'folder' ? await loadCaptionFolder(options.data.dir) : undefined, focalGamma: options.focalGamma ?? 0 };
 }
 
 /**
@@ -35,7 +37,7 @@ export async function setup(options: GradientStageSetup): Promise<void> {
  */
 export function stage(inputs: Record<string, tf.Tensor>): Record<string, tf.Tensor> {
   if (!replica) throw new Error('gradient stage: setup did not run');
-  const { trainable, logMel, data, folder } = replica;
+  const { trainable, logMel, data, folder, focalGamma } = replica;
   const indices = inputs.__indices;
   if (!indices) throw new Error('gradient stage: no __indices input');
   for (const p of trainable.parameters) {
@@ -44,21 +46,21 @@ export function stage(inputs: Record<string, tf.Tensor>): Record<string, tf.Tens
     p.variable.assign(tf.reshape(w, p.variable.shape));
   }
   const examples = Array.from(indices.dataSync(), (i) => captionExample(labelledClip(data, i, folder), trainable.model.tokenizer, logMel));
-  const { loss, tokens, grads } = shardGradients(trainable, examples);
+  const { loss, tokens, grads } = shardGradients(trainable, examples, { focalGamma });
   const out: Record<string, tf.Tensor> = { __loss: tf.tensor1d([loss, tokens]) };
   for (const [name, g] of grads) out[name] = tf.tensor(g.data, g.shape, 'float32');
   return out;
 }
 
 /**
- * Gradients of Σ (per-token cross-entropy) over the examples — the sum, not the mean, so shards of different token
- * counts add up exactly — as host arrays by parameter name.
+ * Gradients of Σ (per-token cross-entropy, or focal loss with `focalGamma`) over the examples — the sum, not the
+ * mean, so shards of different token counts add up exactly — as host arrays by parameter name.
  */
-export function shardGradients(trainable: TrainableCaptioner, examples: Parameters<TrainableCaptioner['loss']>[0]): { loss: number; tokens: number; grads: Map<string, HostTensor> } {
+export function shardGradients(trainable: TrainableCaptioner, examples: Parameters<TrainableCaptioner['loss']>[0], options: { focalGamma?: number } = {}): { loss: number; tokens: number; grads: Map<string, HostTensor> } {
   let tokens = 0;
   const vars = trainable.parameters.map((p) => p.variable);
   const { value, grads } = tf.variableGrads(() => {
-    const r = trainable.loss(examples);
+    const r = trainable.loss(examples, options);
     tokens = r.tokens;
     return tf.mul(r.loss, r.tokens) as tf.Scalar;
   }, vars);

@@ -157,6 +157,12 @@ describe('trainCaptioner', () => {
     expect(tf.memory().numTensors).toBe(before);
     expect(batch.tokens).toBe(alone.reduce((a, r) => a + r.tokens, 0));
     expect(batch.loss).toBeCloseTo(alone.reduce((a, r) => a + r.loss, 0), 4);
+    // The focal loss weights each token by (1 − p)^γ ≤ 1: below the cross-entropy, equal to it at γ = 0.
+    expect(shardGradients(trainable, examples, { focalGamma: 0 }).loss).toBe(batch.loss);
+    const focal = shardGradients(trainable, examples, { focalGamma: 2 }).loss;
+    expect(focal).toBeGreaterThan(0);
+    expect(focal).toBeLessThan(batch.loss);
+    expect(() => trainable.loss(examples, { focalGamma: -1 })).toThrow(/focalGamma must be ≥ 0, got -1/);
     // Gradients add up the same way (summed-loss gradients), here the lm_head's.
     const g = (r: typeof batch) => r.grads.get('model.lmHead.weight')!.data as Float32Array;
     const sum = g(alone[0]!).map((v, j) => v + g(alone[1]!)[j]! + g(alone[2]!)[j]!);

@@ -35,6 +35,12 @@ export interface TrainCaptionerOptions {
   readonly minLrRatio?: number;
   readonly clipNorm?: number;
   readonly weightDecay?: number;
+  /**
+   * Focal loss: weight each token's cross-entropy by (1 − p)^γ, p the probability the model gives the right token
+   * (default 0: plain cross-entropy). Concentrates a fine-tuning run on the tokens still wrong; the logged loss is the
+   * weighted one.
+   */
+  readonly focalGamma?: number;
   /** Steps between checkpoints (and always at the end). */
   readonly checkpointEvery?: number;
   /** Gradient worker threads beside the main thread (0: all in-process). The batch is split into workers + 1 shards. */
@@ -90,17 +96,19 @@ interface TrainerState {
  */
 export async function trainCaptioner(options: TrainCaptionerOptions): Promise<TrainCaptionerResult> {
   const o = {
-    learningRate: 2e-3, warmupSteps: 50, minLrRatio: 0.05, clipNorm: 1, weightDecay: 0.01, checkpointEvery: 100, workers: 0, resume: true,
+    learningRate: 2e-3, warmupSteps: 50, minLrRatio: 0.05, clipNorm: 1, weightDecay: 0.01, focalGamma: 0, checkpointEvery: 100, workers: 0, resume: true,
     ...options,
   };
   if (!Number.isInteger(o.steps) || o.steps <= 0) throw new Error(`trainCaptioner: steps must be a positive integer, got ${o.steps}`);
   if (!Number.isInteger(o.batchSize) || o.batchSize <= 0) throw new Error(`trainCaptioner: batchSize must be a positive integer, got ${o.batchSize}`);
   if (!Number.isInteger(o.workers) || o.workers < 0) throw new Error(`trainCaptioner: workers must be a non-negative integer, got ${o.workers}`);
+  if (!(o.focalGamma >= 0)) throw new Error(`trainCaptioner: focalGamma must be ≥ 0, got ${o.focalGamma}`);
   if (o.batchSize < o.workers + 1) throw new Error(`trainCaptioner: batchSize ${o.batchSize} is smaller than the ${o.workers + 1} shards (workers + 1)`);
   await registerTfjsGradients();
 
   const ckptDir = join(o.outDir, 'checkpoint');
-  const hyper = { steps: o.steps, batchSize: o.batchSize, learningRate: o.learningRate, warmupSteps: o.warmupSteps, minLrRatio: o.minLrRatio, clipNorm: o.clipNorm, weightDecay: o.weightDecay, data: o.data };
+  // focalGamma is recorded only when used, so checkpoints written before it existed still resume.
+  const hyper = { steps: o.steps, batchSize: o.batchSize, learningRate: o.learningRate, warmupSteps: o.warmupSteps, minLrRatio: o.minLrRatio, clipNorm: o.clipNorm, weightDecay: o.weightDecay, data: o.data, ...(o.focalGamma > 0 ? { focalGamma: o.focalGamma } : {}) };
   let state: TrainerState;
   if (o.resume && existsSync(join(ckptDir, 'trainer-state.json'))) {
     state = JSON.parse(readFileSync(join(ckptDir, 'trainer-state.json'), 'utf8')) as TrainerState;
@@ -158,7 +166,7 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
     for (let w = 0; w < o.workers; w++) {
       // From sources the sibling is gradient-stage.ts; in a build, gradient-stage.js.
       const module = new URL(import.meta.url.endsWith('.ts') ? './gradient-stage.ts' : './gradient-stage.js', import.meta.url);
-      workers.push(await WorkerStage.start({ module, setup: { modelDir: ckptDir, data: o.data } }));
+      workers.push(await WorkerStage.start({ module, setup: { modelDir: ckptDir, data: o.data, focalGamma: o.focalGamma } }));
     }
     const schedule = { peak: o.learningRate, warmup: o.warmupSteps, total: o.steps, minRatio: o.minLrRatio };
     const stopAt = Math.min(o.steps, o.stopAtStep ?? o.steps);
@@ -173,7 +181,7 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
         const weights = workers.length ? currentWeights(trainable) : undefined;
         const remote = workers.map((w, k) => w.run({ ...copyWeights(weights!), __indices: { dtype: 'int32', shape: [shards[k + 1]!.length], data: Int32Array.from(shards[k + 1]!) } }));
         const examples = shards[0]!.map((i) => captionExample(labelledClip(o.data, i, folder), model.tokenizer, logMel));
-        const local = shardGradients(trainable, examples);
+        const local = shardGradients(trainable, examples, { focalGamma: o.focalGamma });
         const results = [local, ...(await Promise.all(remote)).map(fromWorker)];
         const tokens = results.reduce((a, r) => a + r.tokens, 0);
         const lossSum = results.reduce((a, r) => a + r.loss, 0);

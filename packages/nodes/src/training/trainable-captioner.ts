@@ -84,7 +84,8 @@ export class TrainableCaptioner {
   }
 
   /**
-   * Teacher-forced cross-entropy of a batch: the clips go through the audio tower together, each prompt
+   * Teacher-forced cross-entropy of a batch (or, with `focalGamma` γ > 0, the focal loss −(1 − p)^γ · log p per
+   * token): the clips go through the audio tower together, each prompt
    * (`<|im_start|>user <|audio_start|> audio rows <|audio_end|><|im_end|> <|im_start|>assistant`, the chat template the
    * captioner runs) plus its caption and <|im_end|> through the text model, and every caption token and the final
    * <|im_end|> is predicted from the rows before it. Returns a scalar tensor (mean over target tokens) — call inside
@@ -94,7 +95,9 @@ export class TrainableCaptioner {
    * const { value, grads } = tf.variableGrads(() => trainable.loss(batch).loss, trainable.parameters.map((p) => p.variable));
    * ```
    */
-  loss(batch: readonly CaptionExample[]): { loss: tf.Scalar; tokens: number } {
+  loss(batch: readonly CaptionExample[], options: { focalGamma?: number } = {}): { loss: tf.Scalar; tokens: number } {
+    const gamma = options.focalGamma ?? 0;
+    if (!(gamma >= 0)) throw new Error(`TrainableCaptioner.loss: focalGamma must be ≥ 0, got ${gamma}`);
     if (batch.length === 0) throw new Error('TrainableCaptioner.loss: empty batch');
     const mel = this.model.config.thinker_config.audio_config.num_mel_bins;
     const th = this.model.config.thinker_config;
@@ -151,7 +154,9 @@ export class TrainableCaptioner {
       const out = this.thinker.forward(inputs, { positions, segments, logits: 'all', differentiableRouting: true });
       out.lastHiddenState.dispose();
       const logp = tf.logSoftmax(tf.gather(out.logits!, tf.tensor1d(targetRows, 'int32')));
-      const picked = tf.mul(logp, tf.oneHot(tf.tensor1d(targets, 'int32'), this.thinker.vocabSize));
+      let picked: tf.Tensor = tf.sum(tf.mul(logp, tf.oneHot(tf.tensor1d(targets, 'int32'), this.thinker.vocabSize)), 1); // log p(target)
+      // Focal loss: each token's cross-entropy weighted by (1 − p)^γ, so tokens the model already gets right count less.
+      if (gamma > 0) picked = tf.mul(tf.pow(tf.sub(1, tf.exp(picked)), gamma), picked);
       return tf.div(tf.neg(tf.sum(picked)), tokens) as tf.Scalar;
     });
     return { loss, tokens };
