@@ -1,6 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { qwen3OmniExpectedTensors, writeSafetensors, type Qwen3OmniConfigLike, type TensorToWrite } from '@omniflow/runtime-gpu';
+import { qwen3OmniExpectedTensors, SafetensorsFile, writeSafetensors, type Qwen3OmniConfigLike, type TensorToWrite } from '@omniflow/runtime-gpu';
 import { parseQwen3OmniConfig } from '../models/qwen3-omni/config.js';
 import { CAPTION_WORDS } from './captions.js';
 import { SceneRandom } from './scenes.js';
@@ -305,4 +305,26 @@ export function growCaptioner(config: Record<string, any>, weights: Record<strin
   const unused = Object.keys(weights).filter((k) => !(k in out));
   if (unused.length) throw new Error(`growCaptioner: ${unused.length} tensor(s) are not part of a captioner of this config: ${unused.slice(0, 3).join(', ')}`);
   return { config: grown, weights: out };
+}
+
+/**
+ * Every tensor of a safetensors file as float32 host data (bf16/f16 widened), ready to hand back to writeSafetensors:
+ * a model folder's weights for growCaptioner, a checkpoint's optimizer moments.
+ *
+ * ```ts
+ * const weights = readFloatTensors('models/omniflow-captioner/model.safetensors');
+ * weights['thinker.model.norm.weight'].shape; // [128]
+ * ```
+ */
+export function readFloatTensors(path: string): Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> {
+  const f = SafetensorsFile.open(path);
+  try {
+    return Object.fromEntries(f.keys().map((k) => {
+      const t = f.read(k);
+      if (!(t.data instanceof Float32Array)) throw new Error(`${path}: tensor '${k}' is not floating point`);
+      return [k, { dtype: 'F32' as const, shape: t.shape, data: t.data }];
+    }));
+  } finally {
+    f.close();
+  }
 }

@@ -3,7 +3,7 @@ import type { HostTensor } from '@omniflow/runtime-gpu';
 import { LogMel } from '../media/log-mel.js';
 import { loadQwen3Omni } from '../models/qwen3-omni/load.js';
 import { captionExample, labelledClip, loadCaptionFolder, type CaptionDataSource, type LabelledClip } from './caption-data.js';
-import { TrainableCaptioner } from './trainable-captioner.js';
+import { TrainableCaptioner, type CaptionLossOptions } from './trainable-captioner.js';
 import { registerTfjsGradients } from './tfjs-gradients.js';
 import { registerWasmGradientKernels } from './wasm-gradient-kernels.js';
 
@@ -22,12 +22,20 @@ export interface GradientStageSetup {
 
 let replica: { trainable: TrainableCaptioner; logMel: LogMel; data: CaptionDataSource; folder?: LabelledClip[]; focalGamma: number } | undefined;
 
-export async function setup(options: GradientStageSetup): Promise<void> {
+/**
+ * A model folder loaded for training, as the trainer and each gradient worker hold it: tfjs's gradient functions
+ * registered, the captioner's two modules loaded, the wasm training kernels registered once that backend is up (not
+ * before: its own kernels would replace them), the weights made trainable, and the log-mel extractor of its config.
+ */
+export async function loadTrainableCaptioner(dir: string): Promise<{ trainable: TrainableCaptioner; logMel: LogMel }> {
   await registerTfjsGradients();
-  const model = await loadQwen3Omni(options.modelDir, { modules: ['thinker', 'audio_tower'] });
+  const model = await loadQwen3Omni(dir, { modules: ['thinker', 'audio_tower'] });
   if (model.report.backend === 'wasm') registerWasmGradientKernels();
-  const trainable = new TrainableCaptioner(model);
-  const logMel = new LogMel({ nMels: model.config.thinker_config.audio_config.num_mel_bins });
+  return { trainable: new TrainableCaptioner(model), logMel: new LogMel({ nMels: model.config.thinker_config.audio_config.num_mel_bins }) };
+}
+
+export async function setup(options: GradientStageSetup): Promise<void> {
+  const { trainable, logMel } = await loadTrainableCaptioner(options.modelDir);
   replica = { trainable, logMel, data: options.data, folder: options.data.kind === 'folder' ? await loadCaptionFolder(options.data.dir) : undefined, focalGamma: options.focalGamma ?? 0 };
 }
 
@@ -56,7 +64,7 @@ export function stage(inputs: Record<string, tf.Tensor>): Record<string, tf.Tens
  * Gradients of Σ (per-token cross-entropy, or focal loss with `focalGamma`) over the examples — the sum, not the
  * mean, so shards of different token counts add up exactly — as host arrays by parameter name.
  */
-export function shardGradients(trainable: TrainableCaptioner, examples: Parameters<TrainableCaptioner['loss']>[0], options: { focalGamma?: number } = {}): { loss: number; tokens: number; grads: Map<string, HostTensor> } {
+export function shardGradients(trainable: TrainableCaptioner, examples: Parameters<TrainableCaptioner['loss']>[0], options: CaptionLossOptions = {}): { loss: number; tokens: number; grads: Map<string, HostTensor> } {
   let tokens = 0;
   const vars = trainable.parameters.map((p) => p.variable);
   const { value, grads } = tf.variableGrads(() => {

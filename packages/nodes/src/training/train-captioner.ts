@@ -1,16 +1,13 @@
 import { cpSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { SafetensorsFile, WorkerStage, writeSafetensors, type HostTensor, type HostTensors, type TensorToWrite } from '@omniflow/runtime-gpu';
-import { LogMel } from '../media/log-mel.js';
+import { WorkerStage, writeSafetensors, type HostTensor, type HostTensors } from '@omniflow/runtime-gpu';
 import { loadQwen3Omni, type Qwen3OmniModel } from '../models/qwen3-omni/load.js';
 import { Adam, learningRate } from './adam.js';
 import { captionExample, labelledClip, loadCaptionFolder, type CaptionDataSource } from './caption-data.js';
-import { captionerConfig, growCaptioner, initialCaptionerWeights, writeCaptionerFolder, type CaptionerGrowth, type CaptionerSizes } from './captioner-model.js';
-import { shardGradients } from './gradient-stage.js';
-import { TrainableCaptioner } from './trainable-captioner.js';
-import { registerTfjsGradients } from './tfjs-gradients.js';
-import { registerWasmGradientKernels } from './wasm-gradient-kernels.js';
+import { captionerConfig, growCaptioner, initialCaptionerWeights, readFloatTensors, writeCaptionerFolder, type CaptionerGrowth, type CaptionerSizes } from './captioner-model.js';
+import { loadTrainableCaptioner, shardGradients } from './gradient-stage.js';
+import type { TrainableCaptioner } from './trainable-captioner.js';
 
 /*
  * The captioner training loop: teacher-forced cross-entropy over the model's own forward, Adam with global-norm
@@ -104,7 +101,6 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
   if (!Number.isInteger(o.workers) || o.workers < 0) throw new Error(`trainCaptioner: workers must be a non-negative integer, got ${o.workers}`);
   if (!(o.focalGamma >= 0)) throw new Error(`trainCaptioner: focalGamma must be ≥ 0, got ${o.focalGamma}`);
   if (o.batchSize < o.workers + 1) throw new Error(`trainCaptioner: batchSize ${o.batchSize} is smaller than the ${o.workers + 1} shards (workers + 1)`);
-  await registerTfjsGradients();
 
   const ckptDir = join(o.outDir, 'checkpoint');
   // focalGamma is recorded only when used, so checkpoints written before it existed still resume.
@@ -130,7 +126,7 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
       const grow = o.init.grow && ((o.init.grow.audioLayers ?? 0) > 0 || (o.init.grow.textLayers ?? 0) > 0);
       for (const f of grow ? ['tokenizer.json', 'tokenizer_config.json'] : ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) cpSync(join(o.init.from, f), join(ckptDir, f));
       if (grow) {
-        const grown = growCaptioner(JSON.parse(readFileSync(join(o.init.from, 'config.json'), 'utf8')), readAllTensors(join(o.init.from, 'model.safetensors')), o.init.grow!, o.init.seed ?? 0);
+        const grown = growCaptioner(JSON.parse(readFileSync(join(o.init.from, 'config.json'), 'utf8')), readFloatTensors(join(o.init.from, 'model.safetensors')), o.init.grow!, o.init.seed ?? 0);
         writeFileSync(join(ckptDir, 'config.json'), `${JSON.stringify(grown.config, null, 2)}\n`);
         writeSafetensors(join(ckptDir, 'model.safetensors'), grown.weights, { format: 'pt' });
       }
@@ -142,27 +138,13 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
     writeFileSync(join(ckptDir, 'trainer-state.json'), JSON.stringify(state));
   }
 
-  const model = await loadQwen3Omni(ckptDir, { modules: ['thinker', 'audio_tower'] });
-  if (model.report.backend === 'wasm') registerWasmGradientKernels();
-  const trainable = new TrainableCaptioner(model);
+  const { trainable, logMel } = await loadTrainableCaptioner(ckptDir);
+  const model = trainable.model;
   const adam = new Adam(new Map(trainable.parameters.map((p) => [p.name, p.variable])), { clipNorm: o.clipNorm, weightDecay: o.weightDecay });
   const workers: WorkerStage[] = [];
   try {
-    if (existsSync(join(ckptDir, 'optimizer.safetensors'))) {
-      const f = SafetensorsFile.open(join(ckptDir, 'optimizer.safetensors'));
-      try {
-        const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-        for (const k of f.keys()) {
-          const t = f.read(k);
-          tensors[k] = { shape: t.shape, data: t.data as Float32Array };
-        }
-        adam.importState(state.step, tensors);
-      } finally {
-        f.close();
-      }
-    }
+    if (existsSync(join(ckptDir, 'optimizer.safetensors'))) adam.importState(state.step, readFloatTensors(join(ckptDir, 'optimizer.safetensors')));
     const folder = o.data.kind === 'folder' ? await loadCaptionFolder(o.data.dir) : undefined;
-    const logMel = new LogMel({ nMels: model.config.thinker_config.audio_config.num_mel_bins });
     for (let w = 0; w < o.workers; w++) {
       // From sources the sibling is gradient-stage.ts; in a build, gradient-stage.js.
       const module = new URL(import.meta.url.endsWith('.ts') ? './gradient-stage.ts' : './gradient-stage.js', import.meta.url);
@@ -221,6 +203,7 @@ export async function trainCaptioner(options: TrainCaptionerOptions): Promise<Tr
     adam.dispose();
     model.dispose();
     trainable.embedTokens.dispose();
+    logMel.dispose();
   }
 }
 
@@ -239,19 +222,6 @@ function saveCheckpoint(dir: string, trainable: TrainableCaptioner, adam: Adam, 
   renameSync(dir, old);
   renameSync(tmp, dir);
   rmSync(old, { recursive: true, force: true });
-}
-
-/** Every tensor of a safetensors file as float32 host data (the model files this trainer writes). */
-function readAllTensors(path: string): Record<string, TensorToWrite> {
-  const f = SafetensorsFile.open(path);
-  try {
-    return Object.fromEntries(f.keys().map((k) => {
-      const t = f.read(k);
-      return [k, { dtype: 'F32' as const, shape: t.shape, data: t.data }];
-    }));
-  } finally {
-    f.close();
-  }
 }
 
 function currentWeights(trainable: TrainableCaptioner): Map<string, Float32Array> {

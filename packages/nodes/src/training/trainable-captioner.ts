@@ -27,6 +27,12 @@ export interface CaptionExample {
   readonly captionIds: readonly number[];
 }
 
+/** How TrainableCaptioner.loss weighs the tokens. */
+export interface CaptionLossOptions {
+  /** Focal loss: each token's cross-entropy weighted by (1 − p)^γ (default 0: plain cross-entropy). */
+  readonly focalGamma?: number;
+}
+
 /** What one loss evaluation reports besides the gradients. */
 export interface LossStats {
   /** Mean cross-entropy per target token. */
@@ -95,7 +101,7 @@ export class TrainableCaptioner {
    * const { value, grads } = tf.variableGrads(() => trainable.loss(batch).loss, trainable.parameters.map((p) => p.variable));
    * ```
    */
-  loss(batch: readonly CaptionExample[], options: { focalGamma?: number } = {}): { loss: tf.Scalar; tokens: number } {
+  loss(batch: readonly CaptionExample[], options: CaptionLossOptions = {}): { loss: tf.Scalar; tokens: number } {
     const gamma = options.focalGamma ?? 0;
     if (!(gamma >= 0)) throw new Error(`TrainableCaptioner.loss: focalGamma must be ≥ 0, got ${gamma}`);
     if (batch.length === 0) throw new Error('TrainableCaptioner.loss: empty batch');
