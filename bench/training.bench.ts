@@ -3,8 +3,8 @@
  * generated clips fine-tuning the shipped weights (the cost per step is the same as from random weights), all in
  * process (`workers: 0`, one core: the baseline) and split with one gradient worker (`workers: 1`, two cores: what the
  * shipped model was trained with). The first steps are dropped (compilation, warm-up). Reported: median seconds per
- * step, clips per second, what a 60-minute budget buys in steps and clips, and the minutes the shipped model's 16,800
- * steps take at this speed. Noisy when other processes share the CPUs.
+ * step, clips per second, what a 60-minute budget buys in steps and clips, and the minutes the shipped model's 8000
+ * steps (models/omniflow-captioner/TRAINING.md) take at this speed. Noisy when other processes share the CPUs.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,7 +14,7 @@ import { builtinCaptionerDir, trainCaptioner } from '@omniflow/nodes';
 const BATCH = 12;
 const STEPS = 36;
 const WARMUP_STEPS = 6;
-const SHIPPED_RECIPE_STEPS = 16_800;
+const SHIPPED_RECIPE_STEPS = 8000;
 
 export async function run(): Promise<object> {
   const root = mkdtempSync(join(tmpdir(), 'omniflow-training-bench-'));

@@ -166,10 +166,14 @@ interface PlannedEvent extends PlacedEvent {
   readonly level: number;
 }
 
-/** Start and end of every event: segments in order with short gaps; a foreground starts a little after its bed. */
-/** A bed under a click train is at most this fraction of the clicks' level (−12 dB). */
+/**
+ * A bed under a click train is at most this fraction of the clicks' level (−12 dB). A click carries about 1 ms of
+ * energy, a 25 ms mel frame of a bed 25 ms: under a bed as loud as itself a click changes its frame's log-mel by well
+ * under a decibel, so no log-mel model can count it and a caption naming it would be a wrong label.
+ */
 const CLICK_BED_RATIO = 0.25;
 
+/** Start and end of every event: segments in order with short gaps; a foreground starts a little after its bed. */
 function placeSegments(segments: readonly SceneSegment[], rng: SceneRandom): { events: PlannedEvent[]; seconds: number } {
   const events: PlannedEvent[] = [];
   let t = rng.uniform(0.1, 0.25);
@@ -190,9 +194,7 @@ function placeSegments(segments: readonly SceneSegment[], rng: SceneRandom): { e
       bed = { ...bed, end };
       if (over.end > bed.end - 0.1) over = squeeze(over, bed.end - 0.1);
     }
-    // A click carries about 1 ms of energy, a 25 ms mel frame of a bed 25 ms: under a bed as loud as itself a click
-    // changes the frame's log-mel by well under a decibel, so no log-mel model (and no label) can count it. A bed under
-    // clicks is therefore drawn at most CLICK_BED_RATIO of the clicks' level.
+    // Clicks must stand out of their bed's log-mel frames (CLICK_BED_RATIO).
     if (over.event.kind === 'clicks') bed = { ...bed, level: Math.min(bed.level, over.level * CLICK_BED_RATIO) };
     events.push(bed, over);
     t = bed.end;
